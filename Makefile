@@ -1,0 +1,29 @@
+# Two commands on a fresh machine: `make demo` and `make test`. Both create .venv when missing.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-stamp
+# DeepSpeed builds no C++ ops at install time; it JIT-compiles the few it needs on first use.
+export DS_BUILD_OPS := 0
+export PIP_DISABLE_PIP_VERSION_CHECK := 1
+
+.PHONY: demo test lint format clean-venv
+
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q -c constraints.txt torch torchvision
+	$(PY) -m pip install -q -c constraints.txt -e ".[train,eval,test]"
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/genhancer demo --output runs/demo --overwrite
+
+test: $(STAMP)
+	$(PY) -m ruff check genhancer_llava llava_patches tests
+	$(PY) -m pytest -q
+
+format: $(STAMP)
+	$(PY) -m ruff format genhancer_llava llava_patches tests
+	$(PY) -m ruff check --fix genhancer_llava llava_patches tests
+
+clean-venv:
+	rm -rf $(VENV)

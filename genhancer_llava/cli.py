@@ -1,0 +1,162 @@
+"""`genhancer`: the command line.
+
+    genhancer enhance --preset NAME [--output DIR] [--num_processes N] [--zero 2|3] [k=v ...]
+    genhancer export RUN_DIR [--output DIR] [--overwrite]
+    genhancer presets | genhancer config --preset NAME [k=v ...]
+    genhancer make-tiny-clip DIR
+    genhancer demo [--output DIR]
+
+Mistakes in the input print one line, `error: ...`, and exit with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import yaml
+
+from .config import available_presets, load_config
+from .errors import GenhancerError
+
+__all__ = ["main", "build_parser"]
+
+
+def _add_config_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--preset", help=f"one of: {', '.join(available_presets())}")
+    parser.add_argument("--config", help="a YAML config file (may `inherit:` a preset)")
+    parser.add_argument("overrides", nargs="*", help="key.sub=value overrides")
+
+
+def _config_from(args: argparse.Namespace):
+    if not args.preset and not args.config:
+        raise GenhancerError(
+            f"pass --preset NAME or --config FILE; presets: {', '.join(available_presets())}"
+        )
+    overrides = list(args.overrides)
+    if getattr(args, "output", None):
+        overrides.append(f"run.output_dir={args.output}")
+    return load_config(args.preset, args.config, overrides)
+
+
+def cmd_enhance(args: argparse.Namespace) -> None:
+    from .launch import enhance
+
+    cfg = _config_from(args)
+    encoder_dir = enhance(
+        cfg, args.num_processes, args.zero, args.overwrite, args.resume, args.accelerate_config
+    )
+    print(f"enhanced encoder: {encoder_dir}")
+
+
+def cmd_export(args: argparse.Namespace) -> None:
+    from .export import export_encoder
+
+    print(f"enhanced encoder: {export_encoder(args.run_dir, args.output, args.overwrite)}")
+
+
+def cmd_presets(args: argparse.Namespace) -> None:
+    print("\n".join(available_presets()))
+
+
+def cmd_config(args: argparse.Namespace) -> None:
+    print(yaml.safe_dump(_config_from(args).to_dict(), sort_keys=False), end="")
+
+
+def cmd_make_tiny_clip(args: argparse.Namespace) -> None:
+    from .tiny import make_tiny_clip
+
+    folder = make_tiny_clip(args.folder, image_size=args.image_size, patch_size=args.patch_size,
+                            hidden_size=args.hidden_size, projection_dim=args.projection_dim)
+    print(f"tiny CLIP written to {folder}")
+
+
+def cmd_demo(args: argparse.Namespace) -> None:
+    """The built-in demo: tiny CLIP -> both stages on DeepSpeed ZeRO-2 -> export -> check."""
+    from .launch import enhance
+    from .run_dir import RunDir, stages_for
+    from .tiny import make_tiny_clip
+
+    out = Path(args.output)
+    cfg = load_config("demo", overrides=[f"run.output_dir={out}"])
+    base = make_tiny_clip(out / "base-clip", image_size=cfg.encoder.image_size, patch_size=8,
+                          hidden_size=64, projection_dim=64)
+    cfg = load_config("demo", overrides=[f"run.output_dir={out}", f"encoder.path={base}"])
+    print(f"demo: random tiny CLIP at {base}; enhancing with preset 'demo'", flush=True)
+    encoder_dir = enhance(cfg, num_processes=1, zero=2, overwrite=args.overwrite)
+    run = RunDir(out)
+    print("\n== GenHancer demo ==")
+    for stage in stages_for(cfg):
+        s = run.summary(stage)
+        print(f"{stage:<8} ({s['policy']}): flow_loss {s['loss_first']:.4f} at start -> "
+              f"{s['loss_last']:.4f} at step {s['steps']}")
+    check = textwrap.dedent(f"""
+        from transformers import CLIPModel, CLIPVisionModel
+        CLIPModel.from_pretrained({str(encoder_dir)!r})
+        CLIPVisionModel.from_pretrained({str(encoder_dir)!r})
+    """)
+    subprocess.run([sys.executable, "-c", check], check=True, capture_output=True)
+    print(f"enhanced encoder: {encoder_dir}")
+    print("  loads with CLIPModel.from_pretrained and CLIPVisionModel.from_pretrained")
+    info = json.loads((encoder_dir / "genhancer.json").read_text())
+    print(f"  provenance: {encoder_dir / 'genhancer.json'} (base {info['base_model']})")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="genhancer", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("enhance", help="stage 1 + stage 2 through accelerate, then export")
+    _add_config_args(p)
+    p.add_argument("--output", help="run folder (sets run.output_dir)")
+    p.add_argument("--num_processes", type=int, default=1)
+    p.add_argument("--zero", type=int, default=2, choices=[2, 3])
+    p.add_argument("--overwrite", action="store_true", help="start over in an existing run folder")
+    p.add_argument("--resume", help="'latest' or a checkpoint folder: continue a run")
+    p.add_argument("--accelerate_config", help="an accelerate config instead of the shipped one")
+    p.set_defaults(func=cmd_enhance)
+
+    p = sub.add_parser("export", help="merge a run's LoRA into its base; write an HF folder")
+    p.add_argument("run_dir")
+    p.add_argument("--output", help="default: RUN_DIR/encoder")
+    p.add_argument("--overwrite", action="store_true")
+    p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("presets", help="list the shipped presets")
+    p.set_defaults(func=cmd_presets)
+
+    p = sub.add_parser("config", help="print the resolved config")
+    _add_config_args(p)
+    p.set_defaults(func=cmd_config)
+
+    p = sub.add_parser("make-tiny-clip", help="write a tiny random CLIPModel folder")
+    p.add_argument("folder")
+    p.add_argument("--image_size", type=int, default=32)
+    p.add_argument("--patch_size", type=int, default=8)
+    p.add_argument("--hidden_size", type=int, default=64)
+    p.add_argument("--projection_dim", type=int, default=32)
+    p.set_defaults(func=cmd_make_tiny_clip)
+
+    p = sub.add_parser("demo", help="the built-in demo (tiny CLIP, CPU, a few minutes)")
+    p.add_argument("--output", default="runs/demo")
+    p.add_argument("--overwrite", action="store_true")
+    p.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except GenhancerError as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

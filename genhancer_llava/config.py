@@ -1,0 +1,443 @@
+"""Typed run configuration: dataclasses, YAML presets, `key.sub=value` overrides.
+
+The paper's settings live in YAML presets shipped with the package (`genhancer_llava/presets`),
+never as constants in code. A preset may name another with `inherit:` and change a few keys.
+Every dataclass checks its values in `__post_init__` and raises `ConfigError` with a one-line
+message naming the key and what to do.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .errors import ConfigError
+
+__all__ = [
+    "EncoderConfig",
+    "TargetConfig",
+    "ProjectorConfig",
+    "DenoiserConfig",
+    "LoraConfig",
+    "StageConfig",
+    "DataConfig",
+    "OptimConfig",
+    "RunConfig",
+    "Config",
+    "available_presets",
+    "load_config",
+    "apply_overrides",
+]
+
+STAGE2_MODES = ("lora-only", "all")
+SCHEDULES = ("two-stage", "end-to-end")
+
+
+def _check(ok: bool, key: str, value: Any, hint: str) -> None:
+    if not ok:
+        raise ConfigError(f"{key}={value!r} is invalid: {hint}")
+
+
+def _positive(key: str, value: float) -> None:
+    _check(value > 0, key, value, "must be > 0")
+
+
+@dataclass
+class EncoderConfig:
+    """The vision encoder to enhance (a local Hugging Face folder)."""
+
+    path: str = ""  # CLIPModel or CLIPVisionModelWithProjection folder; no hub names
+    family: str = "clip"
+    image_size: int = 224
+    # Fraction of patch tokens appended to the conditioning (paper ablation; 0 = global token only).
+    local_token_ratio: float = 0.0
+
+    def __post_init__(self) -> None:
+        _check(self.family == "clip", "encoder.family", self.family, "supported: clip")
+        _positive("encoder.image_size", self.image_size)
+        _check(
+            0.0 <= self.local_token_ratio <= 1.0,
+            "encoder.local_token_ratio",
+            self.local_token_ratio,
+            "must be in [0, 1]",
+        )
+
+
+@dataclass
+class TargetConfig:
+    """What the denoiser reconstructs; produced by a frozen module outside the trained one."""
+
+    kind: str = "flux_vae"  # flux_vae: autoencoder latents; pixels: packed pixel patches
+    path: str = ""  # local AutoencoderKL folder (flux_vae only)
+    latent_channels: int = 16
+    downsample: int = 8  # autoencoder's spatial factor
+    pack: int = 2  # tokens pack pack x pack latents (flux_vae) or pixels (pixels)
+    scaling_factor: float = 0.3611
+    shift_factor: float = 0.1159
+    sample_posterior: bool = True  # the paper samples z; the mean is the other option
+
+    def __post_init__(self) -> None:
+        _check(self.kind in ("flux_vae", "pixels"), "target.kind", self.kind,
+               "choose flux_vae or pixels")
+        _positive("target.pack", self.pack)
+        _positive("target.latent_channels", self.latent_channels)
+        _positive("target.downsample", self.downsample)
+
+    @property
+    def token_dim(self) -> int:
+        channels = self.latent_channels if self.kind == "flux_vae" else 3
+        return channels * self.pack * self.pack
+
+    @property
+    def token_stride(self) -> int:
+        """Image pixels per token side."""
+        return self.pack * (self.downsample if self.kind == "flux_vae" else 1)
+
+    def grid(self, image_size: int) -> tuple[int, int]:
+        if image_size % self.token_stride:
+            raise ConfigError(
+                f"encoder.image_size={image_size} is not a multiple of the target's token stride "
+                f"{self.token_stride} (target.kind={self.kind}); pick a multiple of it"
+            )
+        side = image_size // self.token_stride
+        return side, side
+
+
+@dataclass
+class ProjectorConfig:
+    """h_omega: global token -> adaLN vector and -> one context token (widths of the denoiser)."""
+
+    pooled_dim: int = 768
+    context_dim: int = 4096
+
+    def __post_init__(self) -> None:
+        _positive("projector.pooled_dim", self.pooled_dim)
+        _positive("projector.context_dim", self.context_dim)
+
+
+@dataclass
+class DenoiserConfig:
+    """The randomly initialised FLUX-style DiT and its rectified-flow objective."""
+
+    kind: str = "flow"
+    num_layers: int = 2  # double-stream (MM-DiT) blocks
+    num_single_layers: int = 4
+    num_attention_heads: int = 24
+    attention_head_dim: int = 128
+    axes_dims_rope: tuple[int, int, int] = (16, 56, 56)
+    guidance: float | None = 4.0  # constant fed to the guidance embedding; null = no embedding
+    timestep_sampling: str = "logit_normal"  # logit_normal: sigmoid(s * N(0, 1)); uniform
+    logit_normal_scale: float = 1.0  # s
+
+    def __post_init__(self) -> None:
+        _check(self.kind == "flow", "denoiser.kind", self.kind, "supported: flow")
+        _check(self.num_layers >= 0, "denoiser.num_layers", self.num_layers, "must be >= 0")
+        _check(self.num_single_layers >= 0, "denoiser.num_single_layers",
+               self.num_single_layers, "must be >= 0")
+        _positive("denoiser.num_attention_heads", self.num_attention_heads)
+        _positive("denoiser.attention_head_dim", self.attention_head_dim)
+        self.axes_dims_rope = tuple(int(a) for a in self.axes_dims_rope)
+        _check(
+            len(self.axes_dims_rope) == 3 and sum(self.axes_dims_rope) == self.attention_head_dim,
+            "denoiser.axes_dims_rope",
+            list(self.axes_dims_rope),
+            f"needs 3 even sizes summing to attention_head_dim={self.attention_head_dim}",
+        )
+        _check(all(a % 2 == 0 for a in self.axes_dims_rope), "denoiser.axes_dims_rope",
+               list(self.axes_dims_rope), "each size must be even")
+        _check(self.timestep_sampling in ("logit_normal", "uniform"),
+               "denoiser.timestep_sampling", self.timestep_sampling,
+               "choose logit_normal or uniform")
+        _positive("denoiser.logit_normal_scale", self.logit_normal_scale)
+
+
+@dataclass
+class LoraConfig:
+    """LoRA on the vision tower in stage 2 (never on a text tower: none is loaded)."""
+
+    r: int = 16
+    alpha: int = 16
+    dropout: float = 0.1
+    bias: str = "lora_only"
+    target_modules: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2")
+    include_projection: bool = False  # also adapt visual_projection
+
+    def __post_init__(self) -> None:
+        _positive("lora.r", self.r)
+        _positive("lora.alpha", self.alpha)
+        _check(0.0 <= self.dropout < 1.0, "lora.dropout", self.dropout, "must be in [0, 1)")
+        _check(self.bias in ("none", "lora_only", "all"), "lora.bias", self.bias,
+               "choose none, lora_only or all")
+        self.target_modules = tuple(self.target_modules)
+        _check(len(self.target_modules) > 0, "lora.target_modules", self.target_modules,
+               "name at least one module")
+
+
+@dataclass
+class StageConfig:
+    steps: int = 1000  # optimiser steps
+    lr: float = 1e-4
+    mode: str = ""  # stage 2 only: lora-only | all
+
+    def check(self, name: str) -> None:
+        _positive(f"{name}.steps", self.steps)
+        _positive(f"{name}.lr", self.lr)
+
+
+@dataclass
+class DataConfig:
+    kind: str = "folder"  # folder: images under path (recursive); synthetic: generated shapes
+    path: str = ""
+    num_images: int = 256  # synthetic only
+    crop_scale: tuple[float, float] = (0.9, 1.0)
+    num_workers: int = 2
+
+    def __post_init__(self) -> None:
+        _check(self.kind in ("folder", "synthetic"), "data.kind", self.kind,
+               "choose folder or synthetic")
+        self.crop_scale = tuple(float(s) for s in self.crop_scale)
+        lo, hi = self.crop_scale
+        _check(0 < lo <= hi <= 1, "data.crop_scale", list(self.crop_scale),
+               "needs 0 < low <= high <= 1")
+        _positive("data.num_images", self.num_images)
+        _check(self.num_workers >= 0, "data.num_workers", self.num_workers, "must be >= 0")
+
+
+@dataclass
+class OptimConfig:
+    per_device_batch_size: int = 16
+    gradient_accumulation_steps: int = 2
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = 1e-8
+    weight_decay: float = 0.01
+    grad_clip: float = 1.0
+
+    def __post_init__(self) -> None:
+        _positive("optim.per_device_batch_size", self.per_device_batch_size)
+        _positive("optim.gradient_accumulation_steps", self.gradient_accumulation_steps)
+        self.betas = tuple(float(b) for b in self.betas)
+        _check(all(0 <= b < 1 for b in self.betas) and len(self.betas) == 2, "optim.betas",
+               list(self.betas), "needs two values in [0, 1)")
+        _check(self.weight_decay >= 0, "optim.weight_decay", self.weight_decay, "must be >= 0")
+        _positive("optim.grad_clip", self.grad_clip)
+        _positive("optim.eps", self.eps)
+
+
+@dataclass
+class RunConfig:
+    output_dir: str = "runs/genhancer"
+    seed: int = 0
+    mixed_precision: str = "auto"  # auto: bf16 on GPU, fp32 on CPU
+    log_every: int = 10
+    save_every: int = 1000  # periodic checkpoint, optimiser steps
+    keep_checkpoints: int = 2
+
+    def __post_init__(self) -> None:
+        _check(self.mixed_precision in ("auto", "bf16", "fp16", "no"), "run.mixed_precision",
+               self.mixed_precision, "choose auto, bf16, fp16 or no")
+        _positive("run.log_every", self.log_every)
+        _positive("run.save_every", self.save_every)
+        _positive("run.keep_checkpoints", self.keep_checkpoints)
+
+
+@dataclass
+class Config:
+    """A whole enhancement run."""
+
+    name: str = "custom"
+    schedule: str = "two-stage"  # two-stage: stage 1 then stage 2; end-to-end: ablation
+    encoder: EncoderConfig = field(default_factory=EncoderConfig)
+    target: TargetConfig = field(default_factory=TargetConfig)
+    projector: ProjectorConfig = field(default_factory=ProjectorConfig)
+    denoiser: DenoiserConfig = field(default_factory=DenoiserConfig)
+    lora: LoraConfig = field(default_factory=LoraConfig)
+    stage1: StageConfig = field(default_factory=lambda: StageConfig(steps=100_000, lr=1e-4))
+    stage2: StageConfig = field(
+        default_factory=lambda: StageConfig(steps=10_000, lr=1e-5, mode="lora-only")
+    )
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+
+    def __post_init__(self) -> None:
+        _check(self.schedule in SCHEDULES, "schedule", self.schedule,
+               f"choose one of {', '.join(SCHEDULES)}")
+        self.stage1.check("stage1")
+        self.stage2.check("stage2")
+        _check(self.stage2.mode in STAGE2_MODES, "stage2.mode", self.stage2.mode,
+               f"choose one of {', '.join(STAGE2_MODES)}")
+        self.target.grid(self.encoder.image_size)  # raises when the size does not tile
+
+    def to_dict(self) -> dict[str, Any]:
+        return _to_plain(dataclasses.asdict(self))
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
+
+
+def _to_plain(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _to_plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_to_plain(v) for v in value]
+    return value
+
+
+# ---- building dataclasses from plain dicts ------------------------------------------------
+
+
+def _from_dict(cls: type, data: dict[str, Any], prefix: str) -> Any:
+    if not isinstance(data, dict):
+        raise ConfigError(f"{prefix or 'config'} must be a mapping, got {type(data).__name__}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    kwargs = {}
+    for key, value in data.items():
+        if key not in names:
+            where = f"{prefix}.{key}" if prefix else key
+            raise ConfigError(f"unknown config key '{where}'; known: {', '.join(sorted(names))}")
+        kwargs[key] = _coerce(hints[key], value, f"{prefix}.{key}" if prefix else key)
+    return cls(**kwargs)
+
+
+def _coerce(hint: Any, value: Any, key: str) -> Any:
+    if dataclasses.is_dataclass(hint):
+        return _from_dict(hint, value, key)
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        hint = next(a for a in args if a is not type(None))
+        return _coerce(hint, value, key)
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key}={value!r} is invalid: expected a list")
+        inner = args[0] if args else Any
+        return tuple(_coerce(inner, v, key) for v in value)
+    if hint is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if hint is float and isinstance(value, str):
+        try:
+            return float(value)  # YAML reads "1e-4" as a string
+        except ValueError:
+            pass
+    if hint in (int, float, str, bool) and not isinstance(value, hint):
+        raise ConfigError(f"{key}={value!r} is invalid: expected {hint.__name__}")
+    if hint is int and isinstance(value, bool):
+        raise ConfigError(f"{key}={value!r} is invalid: expected int")
+    return value
+
+
+def _deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _deep_merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+# ---- presets and files --------------------------------------------------------------------
+
+
+def _preset_dir() -> Any:
+    return resources.files("genhancer_llava") / "presets"
+
+
+def available_presets() -> list[str]:
+    return sorted(p.name[: -len(".yaml")] for p in _preset_dir().iterdir()
+                  if p.name.endswith(".yaml"))
+
+
+def _read_yaml(text: str, where: str) -> dict[str, Any]:
+    try:
+        data = yaml.safe_load(text) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{where} is not valid YAML: {err}".replace("\n", " ")) from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where} must hold a mapping of config keys")
+    return data
+
+
+def _resolve(data: dict[str, Any], seen: tuple[str, ...]) -> dict[str, Any]:
+    parent = data.pop("inherit", None)
+    if parent is None:
+        return data
+    if parent in seen:
+        raise ConfigError(f"preset inheritance loops: {' -> '.join(seen + (parent,))}")
+    return _deep_merge(_resolve(_preset_data(parent), seen + (parent,)), data)
+
+
+def _preset_data(name: str) -> dict[str, Any]:
+    path = _preset_dir() / f"{name}.yaml"
+    if not path.is_file():
+        raise ConfigError(
+            f"unknown preset '{name}'; known presets: {', '.join(available_presets())}"
+        )
+    return _read_yaml(path.read_text(), f"preset {name}")
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """`a.b=value` -> (["a", "b"], value parsed as YAML)."""
+    if "=" not in text:
+        raise ConfigError(f"override '{text}' must look like key.sub=value")
+    key, raw = text.split("=", 1)
+    parts = key.strip().split(".")
+    if not all(parts):
+        raise ConfigError(f"override '{text}' has an empty key part")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    return parts, value
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    data = dict(data)
+    for text in overrides:
+        parts, value = parse_override(text)
+        node = data
+        for part in parts[:-1]:
+            child = node.get(part)
+            child = dict(child) if isinstance(child, dict) else {}
+            node[part] = child
+            node = child
+        node[parts[-1]] = value
+    return data
+
+
+def load_config(
+    preset: str | None = None,
+    config_file: str | Path | None = None,
+    overrides: list[str] | None = None,
+) -> Config:
+    """Build a `Config` from a preset name or YAML file, then `key.sub=value` overrides.
+
+    Args:
+        preset: name of a shipped preset (see `available_presets()`).
+        config_file: a YAML file; may `inherit:` a preset. Used instead of `preset`.
+        overrides: strings like `stage1.steps=10` or `data.crop_scale=[0.9,1.0]`.
+    """
+    if preset and config_file:
+        raise ConfigError("pass either a preset or a config file, not both")
+    if config_file:
+        path = Path(config_file)
+        if not path.is_file():
+            raise ConfigError(f"config file {path} does not exist")
+        data = _resolve(_read_yaml(path.read_text(), str(path)), ())
+    elif preset:
+        data = _resolve(_preset_data(preset), (preset,))
+        data.setdefault("name", preset)
+    else:
+        data = {}
+    data = apply_overrides(data, overrides or [])
+    return _from_dict(Config, data, "")

@@ -1,0 +1,174 @@
+"""The Enhancer (encoder + projector + denoiser, the one module training prepares) and the stage
+policy that says what each stage trains.
+
+Policy table (asserted by tests):
+
+| policy      | encoder            | projector | denoiser | starts from              |
+|-------------|--------------------|-----------|----------|--------------------------|
+| stage1      | frozen             | trained   | trained  | random projector/DiT     |
+| lora-only   | LoRA (r=16) only   | frozen    | frozen   | stage-1 projector/DiT    |
+| all         | LoRA (r=16) only   | trained   | trained  | stage-1 projector/DiT    |
+| end-to-end  | LoRA (r=16) only   | trained   | trained  | random (ablation)        |
+
+Frozen parts stay in the graph: in `lora-only` the loss still flows through the frozen DiT and
+projector into the LoRA weights.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from .config import Config, LoraConfig
+from .denoisers import FlowDenoiser
+from .encoders import CLIPEncoder, load_encoder
+from .projector import Projector
+
+__all__ = [
+    "Enhancer",
+    "StagePolicy",
+    "STAGE_POLICIES",
+    "build_enhancer",
+    "apply_stage_policy",
+    "add_lora",
+    "trainable_parameter_table",
+]
+
+
+@dataclass(frozen=True)
+class StagePolicy:
+    encoder_lora: bool  # False: encoder frozen; True: LoRA adapters trained, base frozen
+    projector: bool
+    denoiser: bool
+    from_stage1: bool  # projector and denoiser start from the stage-1 state
+
+
+STAGE_POLICIES: dict[str, StagePolicy] = {
+    "stage1": StagePolicy(encoder_lora=False, projector=True, denoiser=True, from_stage1=False),
+    "lora-only": StagePolicy(encoder_lora=True, projector=False, denoiser=False, from_stage1=True),
+    "all": StagePolicy(encoder_lora=True, projector=True, denoiser=True, from_stage1=True),
+    "end-to-end": StagePolicy(encoder_lora=True, projector=True, denoiser=True, from_stage1=False),
+}
+
+
+class Enhancer(nn.Module):
+    """Images + target tokens -> {"flow_loss": scalar}.
+
+    Args:
+        encoder: the vision encoder (global token, optional local tokens).
+        projector: global token -> denoiser conditioning.
+        denoiser: the flow denoiser, conditioned only on the projector's outputs.
+    """
+
+    def __init__(self, encoder: CLIPEncoder, projector: Projector, denoiser: FlowDenoiser) -> None:
+        super().__init__()
+        self.encoder = encoder
+        self.projector = projector
+        self.denoiser = denoiser
+
+    def encoder_trainable(self) -> bool:
+        return any(p.requires_grad for p in self.encoder.parameters())
+
+    def condition(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        # No decorator: whether the encoder builds a graph is decided by the stage policy.
+        with torch.set_grad_enabled(torch.is_grad_enabled() and self.encoder_trainable()):
+            enc = self.encoder(pixel_values)
+        return self.projector(enc.global_token, enc.local_tokens)  # (B, P), (B, T, D)
+
+    def forward(self, pixel_values: torch.Tensor, target: torch.Tensor) -> dict[str, torch.Tensor]:
+        # pixel_values: (B, 3, H, W) encoder view; target: (B, N, C) clean target tokens
+        pooled, context = self.condition(pixel_values)
+        return self.denoiser(target, pooled, context)
+
+
+def build_enhancer(cfg: Config, encoder: CLIPEncoder | None = None) -> Enhancer:
+    """Encoder from `cfg.encoder.path` (unless given), fresh projector and flow denoiser."""
+    if encoder is None:
+        encoder = load_encoder(
+            cfg.encoder.path, cfg.encoder.image_size, cfg.encoder.local_token_ratio
+        )
+    projector = Projector(
+        encoder.global_dim,
+        cfg.projector.pooled_dim,
+        cfg.projector.context_dim,
+        local_dim=encoder.local_dim if encoder.num_local_tokens else None,
+    )
+    denoiser = FlowDenoiser(
+        cfg.denoiser,
+        in_channels=cfg.target.token_dim,
+        pooled_dim=cfg.projector.pooled_dim,
+        context_dim=cfg.projector.context_dim,
+        grid=cfg.target.grid(cfg.encoder.image_size),
+    )
+    return Enhancer(encoder, projector, denoiser)
+
+
+def add_lora(encoder: CLIPEncoder, cfg: LoraConfig) -> None:
+    """Wrap the encoder's vision tower with peft LoRA adapters (in place)."""
+    from peft import LoraConfig as PeftLoraConfig
+    from peft import get_peft_model
+
+    peft_config = PeftLoraConfig(
+        r=cfg.r,
+        lora_alpha=cfg.alpha,
+        lora_dropout=cfg.dropout,
+        bias=cfg.bias,
+        target_modules=encoder.lora_target_regex(cfg.target_modules, cfg.include_projection),
+    )
+    encoder.model = get_peft_model(encoder.model, peft_config)
+
+
+def _is_lora_param(name: str) -> bool:
+    return "lora_" in name
+
+
+def apply_stage_policy(enhancer: Enhancer, policy: str, lora: LoraConfig) -> StagePolicy:
+    """Set `requires_grad` on every parameter for `policy` (adding LoRA when it needs it).
+
+    This is the single place that decides what a stage trains.
+    """
+    if policy not in STAGE_POLICIES:
+        raise ValueError(f"unknown stage policy '{policy}'; known: {', '.join(STAGE_POLICIES)}")
+    rule = STAGE_POLICIES[policy]
+    has_lora = any(_is_lora_param(n) for n, _ in enhancer.encoder.named_parameters())
+    if rule.encoder_lora and not has_lora:
+        add_lora(enhancer.encoder, lora)
+    enhancer.encoder.requires_grad_(False)
+    if rule.encoder_lora:
+        lora_modules = set()
+        for name, param in enhancer.encoder.named_parameters():
+            if _is_lora_param(name):
+                param.requires_grad_(True)
+                lora_modules.add(name.split(".lora_")[0])
+        # bias="lora_only" (the paper's setting): biases of adapted layers train too.
+        if lora.bias == "lora_only":
+            for name, param in enhancer.encoder.named_parameters():
+                if name.endswith(".bias") and name.rsplit(".base_layer", 1)[0] in lora_modules:
+                    param.requires_grad_(True)
+        elif lora.bias == "all":
+            for name, param in enhancer.encoder.named_parameters():
+                if name.endswith(".bias"):
+                    param.requires_grad_(True)
+    enhancer.projector.requires_grad_(rule.projector)
+    enhancer.denoiser.requires_grad_(rule.denoiser)
+    return rule
+
+
+def trainable_parameter_table(enhancer: Enhancer) -> dict[str, dict[str, int]]:
+    """{"encoder"/"encoder.lora"/"projector"/"denoiser": {"trainable": n, "total": n}}."""
+    table: dict[str, dict[str, int]] = {}
+
+    def add(group: str, param: nn.Parameter) -> None:
+        row = table.setdefault(group, {"trainable": 0, "total": 0})
+        row["total"] += param.numel()
+        row["trainable"] += param.numel() if param.requires_grad else 0
+
+    for name, param in enhancer.named_parameters():
+        part = name.split(".", 1)[0]
+        if part == "encoder" and _is_lora_param(name):
+            add("encoder.lora", param)
+        else:
+            add(part, param)
+    return table

@@ -1,0 +1,124 @@
+"""Export: LoRA merged into the base encoder, written as a standard Hugging Face folder.
+
+The folder loads with `CLIPModel.from_pretrained` (when the base had a text tower, copied
+unchanged) and `CLIPVisionModel.from_pretrained`, without this package. It carries the base's
+processor and tokenizer files and a `genhancer.json` provenance record.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+import transformers
+from transformers import CLIPModel, CLIPVisionModelWithProjection
+
+from . import __version__
+from .encoders import load_encoder, read_clip_vision_config
+from .errors import GenhancerError
+from .run_dir import RunDir, stages_for
+
+__all__ = ["merge_adapter", "export_encoder", "PROCESSOR_FILES"]
+
+# Processor and tokenizer files copied from the base folder when present.
+PROCESSOR_FILES = (
+    "preprocessor_config.json",
+    "processor_config.json",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "vocab.json",
+    "merges.txt",
+    "added_tokens.json",
+    "spiece.model",
+)
+
+
+def merge_adapter(base_path: str | Path, adapter_dir: str | Path, image_size: int):
+    """Base vision tower + projection with the LoRA adapter merged in (a plain HF model)."""
+    from peft import PeftModel
+
+    adapter_dir = Path(adapter_dir)
+    if not (adapter_dir / "adapter_config.json").is_file():
+        raise GenhancerError(f"{adapter_dir} holds no LoRA adapter (adapter_config.json missing)")
+    encoder = load_encoder(base_path, image_size, dtype=torch.float32)
+    peft_model = PeftModel.from_pretrained(encoder.model, adapter_dir)
+    return peft_model.merge_and_unload()
+
+
+def _full_model(base_path: Path, merged: CLIPVisionModelWithProjection):
+    """The base's own model class with the merged vision weights in it."""
+    _, model_type = read_clip_vision_config(base_path)
+    if model_type != "clip":
+        return merged
+    verbosity = transformers.logging.get_verbosity()
+    transformers.logging.set_verbosity_error()
+    try:
+        full = CLIPModel.from_pretrained(base_path)
+    finally:
+        transformers.logging.set_verbosity(verbosity)
+    full.vision_model.load_state_dict(merged.vision_model.state_dict(), strict=True)
+    full.visual_projection.load_state_dict(merged.visual_projection.state_dict(), strict=True)
+    return full
+
+
+def export_encoder(
+    run_dir: str | Path, output: str | Path | None = None, overwrite: bool = False
+) -> Path:
+    """Merge the run's final LoRA adapter into its base encoder and write an HF folder.
+
+    Args:
+        run_dir: an enhancement run's output folder (holds config.yaml and the stage folders).
+        output: where to write; default `run_dir/encoder`.
+        overwrite: replace an existing output folder (otherwise an error).
+    """
+    run = RunDir(Path(run_dir))
+    cfg = run.load_config()
+    stage = stages_for(cfg)[-1]
+    adapter = run.final(stage) / "adapter"
+    if not adapter.is_dir():
+        raise GenhancerError(
+            f"{adapter} is missing: the run's last stage ({stage}) has not finished; run it first"
+        )
+    output = Path(output) if output else run.encoder_dir
+    if output.exists() and any(output.iterdir()) and not overwrite:
+        raise GenhancerError(f"{output} already exists; pass --overwrite to replace it")
+
+    base = Path(cfg.encoder.path)
+    merged = merge_adapter(base, adapter, cfg.encoder.image_size)
+    model = _full_model(base, merged)
+
+    # Write next to the target, then swap in: an interrupted export never leaves half a folder.
+    tmp = output.with_name(output.name + ".tmp-export")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+    model.save_pretrained(tmp, safe_serialization=True)
+    for name in PROCESSOR_FILES:
+        if (base / name).is_file():
+            shutil.copy2(base / name, tmp / name)
+    (tmp / "genhancer.json").write_text(json.dumps(_provenance(run, cfg, base), indent=2))
+    if output.exists():
+        shutil.rmtree(output)
+    tmp.rename(output)
+    return output
+
+
+def _provenance(run: RunDir, cfg: Any, base: Path) -> dict[str, Any]:
+    stages = {}
+    for stage in stages_for(cfg):
+        summary = run.summary(stage) or {}
+        stages[stage] = {k: summary.get(k) for k in ("policy", "steps", "loss_first", "loss_last")}
+    return {
+        "genhancer_llava_version": __version__,
+        "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "base_model": str(base.resolve()),
+        "family": cfg.encoder.family,
+        "global_token": "visual_projection(pooler_output)",
+        "stages": stages,
+        "config": cfg.to_dict(),
+    }

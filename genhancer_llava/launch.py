@@ -1,0 +1,145 @@
+"""Run a whole enhancement: check inputs, write the run folder, launch each stage through
+`accelerate launch` (DeepSpeed ZeRO from the shipped configs), then export.
+
+Stages are separate launches: each builds its own model and optimiser, and each can be resumed
+on its own. This module starts processes; it does not import accelerate itself.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+from .config import Config
+from .encoders import read_clip_vision_config
+from .errors import GenhancerError
+from .export import export_encoder
+from .run_dir import RunDir, stages_for
+
+__all__ = ["accelerate_config", "check_inputs", "prepare_run_dir", "launch_stage", "enhance"]
+
+REPO_SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
+
+
+def accelerate_config(zero: int, path: str | Path | None = None) -> Path:
+    """The accelerate + DeepSpeed config for ZeRO stage `zero` (or the given file)."""
+    if path:
+        config = Path(path)
+    else:
+        if zero not in (2, 3):
+            raise GenhancerError(f"--zero {zero} is not supported; choose 2 or 3")
+        config = REPO_SCRIPTS / "accelerate" / f"zero{zero}.yaml"
+    if not config.is_file():
+        raise GenhancerError(
+            f"accelerate config {config} not found; pass --accelerate_config PATH (the repo ships "
+            "scripts/accelerate/zero2.yaml and zero3.yaml)"
+        )
+    return config
+
+
+def check_inputs(cfg: Config) -> None:
+    """Fail before any process starts when a path or shape is wrong (one-line errors)."""
+    if not cfg.encoder.path:
+        raise GenhancerError(
+            "encoder.path is empty; pass encoder.path=/path/to/local/clip-folder"
+        )
+    vision, _ = read_clip_vision_config(cfg.encoder.path)
+    if cfg.encoder.image_size != vision.image_size:
+        raise GenhancerError(
+            f"encoder.image_size={cfg.encoder.image_size} but the CLIP at {cfg.encoder.path} "
+            f"takes {vision.image_size} px; set encoder.image_size={vision.image_size}"
+        )
+    if cfg.encoder.image_size % vision.patch_size:
+        raise GenhancerError(
+            f"encoder.image_size={cfg.encoder.image_size} is not a multiple of the patch size "
+            f"{vision.patch_size}"
+        )
+    if cfg.target.kind == "flux_vae" and not Path(cfg.target.path or "").is_dir():
+        raise GenhancerError(
+            f"autoencoder folder '{cfg.target.path}' does not exist; set target.path to the "
+            "FLUX autoencoder folder, or target.kind=pixels"
+        )
+    if cfg.data.kind == "folder" and not Path(cfg.data.path or "").is_dir():
+        raise GenhancerError(f"data folder '{cfg.data.path}' does not exist; set data.path")
+
+
+def prepare_run_dir(cfg: Config, overwrite: bool, resume: bool) -> RunDir:
+    """Create the run folder and write config.yaml; never clobber a run unless asked."""
+    run = RunDir(Path(cfg.run.output_dir))
+    if run.has_outputs():
+        if overwrite:
+            run.clear()
+        elif not resume:
+            raise GenhancerError(
+                f"{run.root} already holds a run; pass --overwrite to start over or "
+                "--resume latest to continue it"
+            )
+    run.root.mkdir(parents=True, exist_ok=True)
+    if not (resume and run.config_file.is_file()):
+        cfg.save(run.config_file)
+    return run
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def launch_stage(
+    run: RunDir,
+    stage: str,
+    num_processes: int,
+    accel_config: Path,
+    resume: str | None = None,
+) -> None:
+    """`accelerate launch` one stage; raises when it fails."""
+    cmd = [
+        sys.executable, "-m", "accelerate.commands.launch",
+        "--config_file", str(accel_config),
+        "--num_processes", str(num_processes),
+        "--main_process_port", str(_free_port()),
+        "-m", "genhancer_llava.train",
+        "--run_dir", str(run.root), "--stage", stage,
+    ]
+    if resume:
+        cmd += ["--resume", resume]
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    env.setdefault("MASTER_ADDR", "127.0.0.1")
+    code = subprocess.call(cmd, env=env)
+    if code != 0:
+        raise GenhancerError(f"{stage} failed (exit code {code}); its error is printed above")
+
+
+def enhance(
+    cfg: Config,
+    num_processes: int = 1,
+    zero: int = 2,
+    overwrite: bool = False,
+    resume: str | None = None,
+    accel_config: str | Path | None = None,
+) -> Path:
+    """Both stages (or end-to-end) through accelerate, then export; returns the encoder folder.
+
+    Args:
+        cfg: the run config (run.output_dir is the run folder).
+        num_processes: processes per stage launch (GPUs, or CPU processes over gloo).
+        zero: DeepSpeed ZeRO stage of the shipped launcher configs (2 or 3).
+        overwrite: clear this run's earlier outputs in run.output_dir first.
+        resume: "latest" or a checkpoint: continue an interrupted run (finished stages are kept).
+        accel_config: an accelerate config file instead of the shipped ones.
+    """
+    if num_processes < 1:
+        raise GenhancerError(f"--num_processes {num_processes} is invalid; use 1 or more")
+    config_file = accelerate_config(zero, accel_config)
+    check_inputs(cfg)
+    run = prepare_run_dir(cfg, overwrite, resume is not None)
+    for stage in stages_for(cfg):
+        if resume and (run.final(stage) / "summary.json").is_file():
+            print(f"[{stage}] already finished; kept", flush=True)
+            continue
+        launch_stage(run, stage, num_processes, config_file, resume)
+    return export_encoder(run.root, overwrite=True)

@@ -1,0 +1,134 @@
+"""Frozen target producers: what the denoiser learns to reconstruct.
+
+They live outside the trained module (never passed to `accelerator.prepare`), hold no trainable
+parameters and run without gradients, as diffusers' training scripts keep their VAE.
+
+- `FluxAutoencoderTarget`: the FLUX autoencoder (diffusers `AutoencoderKL`, 16 channels, 8x down);
+  z is SAMPLED from the posterior, scaled as 0.3611 * (z - 0.1159) and packed 2x2 into 64-dim
+  tokens, exactly as the paper's code.
+- `PixelTarget`: packed pixel patches in [-1, 1], for tiny and demo runs without an autoencoder.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .config import TargetConfig
+from .errors import GenhancerError
+
+__all__ = ["pack", "unpack", "PixelTarget", "FluxAutoencoderTarget", "build_target", "image_ids"]
+
+
+def pack(x: torch.Tensor, p: int) -> torch.Tensor:
+    """(B, C, H, W) -> (B, H/p * W/p, C * p * p), row-major over the token grid (FLUX order)."""
+    b, c, h, w = x.shape
+    x = x.view(b, c, h // p, p, w // p, p).permute(0, 2, 4, 1, 3, 5)
+    return x.reshape(b, (h // p) * (w // p), c * p * p)
+
+
+def unpack(tokens: torch.Tensor, grid: tuple[int, int], p: int) -> torch.Tensor:
+    """Inverse of `pack`: (B, gh * gw, C * p * p) -> (B, C, gh * p, gw * p)."""
+    b, _, d = tokens.shape
+    gh, gw = grid
+    c = d // (p * p)
+    x = tokens.view(b, gh, gw, c, p, p).permute(0, 3, 1, 4, 2, 5)
+    return x.reshape(b, c, gh * p, gw * p)
+
+
+def image_ids(grid: tuple[int, int]) -> torch.Tensor:
+    """FLUX RoPE positions of the image tokens: (gh * gw, 3) with (0, row, col)."""
+    gh, gw = grid
+    ids = torch.zeros(gh, gw, 3)
+    ids[..., 1] = torch.arange(gh)[:, None]
+    ids[..., 2] = torch.arange(gw)[None, :]
+    return ids.view(gh * gw, 3)
+
+
+class PixelTarget(nn.Module):
+    """Images in [-1, 1] packed into p x p patches: (B, N, 3 * p * p)."""
+
+    def __init__(self, pack_size: int) -> None:
+        super().__init__()
+        self.p = pack_size
+
+    @torch.no_grad()
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        # images: (B, 3, H, W) in [-1, 1]
+        return pack(images, self.p)
+
+    @torch.no_grad()
+    def decode(self, tokens: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+        return unpack(tokens, grid, self.p).clamp(-1, 1)
+
+
+class FluxAutoencoderTarget(nn.Module):
+    """Sampled, shifted and scaled autoencoder latents, packed into tokens."""
+
+    def __init__(self, vae: nn.Module, cfg: TargetConfig) -> None:
+        super().__init__()
+        self.vae = vae.eval().requires_grad_(False)
+        self.p = cfg.pack
+        self.scale = cfg.scaling_factor
+        self.shift = cfg.shift_factor
+        self.sample = cfg.sample_posterior
+
+    @torch.no_grad()
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        # images: (B, 3, H, W) in [-1, 1] -> (B, H/16 * W/16, 64) for FLUX
+        dtype = next(self.vae.parameters()).dtype
+        posterior = self.vae.encode(images.to(dtype)).latent_dist
+        z = posterior.sample() if self.sample else posterior.mode()
+        return pack((z.float() - self.shift) * self.scale, self.p)
+
+    @torch.no_grad()
+    def decode(self, tokens: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+        dtype = next(self.vae.parameters()).dtype
+        z = unpack(tokens.float(), grid, self.p) / self.scale + self.shift
+        return self.vae.decode(z.to(dtype)).sample.float().clamp(-1, 1)
+
+
+def _load_autoencoder(cfg: TargetConfig, dtype: torch.dtype | None) -> nn.Module:
+    from diffusers import AutoencoderKL
+
+    path = Path(cfg.path) if cfg.path else None
+    if path is None or not path.is_dir():
+        raise GenhancerError(
+            f"autoencoder folder '{cfg.path}' does not exist; set target.path to a local "
+            "AutoencoderKL folder (the FLUX.1 'vae' sub-folder) or use target.kind=pixels"
+        )
+    if not (path / "config.json").is_file():
+        raise GenhancerError(f"{path} has no config.json; it is not a diffusers model folder")
+    config = json.loads((path / "config.json").read_text())
+    if config.get("_class_name") not in (None, "AutoencoderKL"):
+        raise GenhancerError(
+            f"{path} holds a {config.get('_class_name')}, not an AutoencoderKL; point "
+            "target.path at the autoencoder"
+        )
+    channels = config.get("latent_channels")
+    downsample = 2 ** (len(config.get("block_out_channels", [])) - 1)
+    if channels != cfg.latent_channels or downsample != cfg.downsample:
+        raise GenhancerError(
+            f"the autoencoder at {path} has {channels} latent channels and {downsample}x "
+            f"down-sampling, the config says {cfg.latent_channels} and {cfg.downsample}; set "
+            f"target.latent_channels={channels} target.downsample={downsample}"
+        )
+    return AutoencoderKL.from_pretrained(path, torch_dtype=dtype)
+
+
+def build_target(
+    cfg: TargetConfig, device: torch.device | str = "cpu", dtype: torch.dtype | None = None
+) -> nn.Module:
+    """The frozen target producer for `cfg` on `device`.
+
+    Args:
+        cfg: the target config.
+        device: where encoding runs (the training device).
+        dtype: autoencoder weights' dtype (bf16 on GPU; the reference kept the VAE in fp32).
+    """
+    if cfg.kind == "pixels":
+        return PixelTarget(cfg.pack).to(device)
+    return FluxAutoencoderTarget(_load_autoencoder(cfg, dtype), cfg).to(device)
