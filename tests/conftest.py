@@ -1,0 +1,47 @@
+"""Shared fixtures: tiny random CLIP folders and tiny run configs, built in code."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from genhancer_llava.config import load_config
+from genhancer_llava.tiny import make_tiny_clip
+
+REPO = Path(__file__).resolve().parents[1]
+os.environ.setdefault("DS_ACCELERATOR", "cpu")
+
+
+@pytest.fixture(scope="session")
+def tiny_clip(tmp_path_factory) -> Path:
+    """A tiny CLIPModel folder: 32 px, patch 8, hidden 64, projection 32."""
+    return make_tiny_clip(tmp_path_factory.mktemp("clip") / "tiny-clip")
+
+
+@pytest.fixture
+def tiny_config(tiny_clip, tmp_path):
+    def build(*overrides: str):
+        return load_config(
+            "tiny",
+            overrides=[f"encoder.path={tiny_clip}", f"run.output_dir={tmp_path / 'run'}",
+                       *overrides],
+        )
+
+    return build
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)
+
+
+def run_python(*args: str, cwd: Path = REPO, timeout: int = 600) -> subprocess.CompletedProcess:
+    """Run `python *args` in a fresh process (as a user would), capturing its output."""
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    return subprocess.run([sys.executable, *args], cwd=cwd, env=env, capture_output=True,
+                          text=True, timeout=timeout)

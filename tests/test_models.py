@@ -1,0 +1,107 @@
+"""Shapes at the paper's settings (meta device) and the flow objective on tiny ones."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
+
+from genhancer_llava.config import load_config
+from genhancer_llava.encoders import CLIPEncoder, load_encoder
+from genhancer_llava.enhancer import build_enhancer
+from genhancer_llava.errors import GenhancerError
+from genhancer_llava.targets import image_ids
+from genhancer_llava.timesteps import sample_timesteps
+
+FLUX_DENOISER_PARAMS = 1_310_154_816  # 2 double + 4 single FLUX blocks, 24 x 128 heads
+
+
+def _meta_clip_l14(image_size: int) -> CLIPEncoder:
+    """OpenAI CLIP ViT-L/14's vision tower shape, on the meta device (no weights)."""
+    config = CLIPVisionConfig(hidden_size=1024, intermediate_size=4096, num_hidden_layers=24,
+                              num_attention_heads=16, patch_size=14, image_size=image_size,
+                              projection_dim=768)
+    with torch.device("meta"):
+        return CLIPEncoder(CLIPVisionModelWithProjection(config))
+
+
+@pytest.mark.parametrize("preset,size,tokens", [
+    ("openai-clip-l14-224", 224, 196), ("openai-clip-l14-336", 336, 441)])
+def test_paper_presets_build_at_paper_shapes_on_meta(preset, size, tokens):
+    cfg = load_config(preset)
+    with torch.device("meta"):
+        enhancer = build_enhancer(cfg, encoder=_meta_clip_l14(size))
+    denoiser = enhancer.denoiser.transformer
+    assert sum(p.numel() for p in denoiser.parameters()) == FLUX_DENOISER_PARAMS
+    assert len(denoiser.transformer_blocks) == 2 and len(denoiser.single_transformer_blocks) == 4
+    assert enhancer.denoiser.img_ids.shape == (tokens, 3)
+    # the projector: d=768 -> 768 (adaLN path) and d=768 -> 4096 (one context token)
+    pooled, context = enhancer.projector.pooled, enhancer.projector.context
+    assert (pooled[1].in_features, pooled[1].out_features, pooled[3].out_features) == (
+        768, 768, 768)
+    assert (context[1].in_features, context[1].out_features, context[3].out_features) == (
+        768, 4096, 4096)
+    projector_params = sum(p.numel() for p in enhancer.projector.parameters())
+    assert 21e6 < projector_params < 23e6
+    assert denoiser.config.pooled_projection_dim == 768
+    assert denoiser.config.joint_attention_dim == 4096
+    assert denoiser.config.in_channels == 64 and denoiser.config.guidance_embeds
+
+
+def test_encoder_global_token_is_projected_pooler_and_text_tower_absent(tiny_clip):
+    encoder = load_encoder(tiny_clip, 32).eval()
+    assert not any("text" in name for name, _ in encoder.named_parameters())
+    x = torch.randn(2, 3, 32, 32)
+    out = encoder(x)
+    reference = CLIPVisionModelWithProjection.from_pretrained(
+        tiny_clip, config=encoder.model.config).eval()
+    assert torch.allclose(out.global_token, reference(pixel_values=x).image_embeds, atol=1e-6)
+    assert out.global_token.shape == (2, 32) and out.local_tokens is None
+
+
+def test_local_token_ratio_appends_patch_tokens(tiny_config):
+    cfg = tiny_config("encoder.local_token_ratio=0.5")
+    enhancer = build_enhancer(cfg).eval()
+    assert enhancer.encoder.num_local_tokens == 8  # half of 4x4 patches
+    pooled, context = enhancer.condition(torch.randn(2, 3, 32, 32))
+    assert pooled.shape == (2, 32) and context.shape == (2, 1 + 8, 64)
+
+
+def test_encoder_errors_name_the_fix(tiny_clip, tmp_path):
+    with pytest.raises(GenhancerError, match="set encoder.image_size=32"):
+        load_encoder(tiny_clip, 64)
+    with pytest.raises(GenhancerError, match="does not exist"):
+        load_encoder(tmp_path / "nope", 32)
+
+
+def test_flow_loss_is_mse_to_noise_minus_x(tiny_config):
+    enhancer = build_enhancer(tiny_config()).eval()
+    pixels, target = torch.randn(2, 3, 32, 32), torch.randn(2, 64, 48)
+    torch.manual_seed(7)
+    loss = enhancer(pixels, target)["flow_loss"]
+    # the same draws by hand: t = sigmoid(N(0,1)), n ~ N(0, I), x_t = (1-t)x + tn
+    torch.manual_seed(7)
+    t = sample_timesteps(2, "logit_normal", 1.0)
+    noise = torch.randn_like(target)
+    x_t = (1 - t[:, None, None]) * target + t[:, None, None] * noise
+    pooled, context = enhancer.condition(pixels)
+    v = enhancer.denoiser.transformer(
+        hidden_states=x_t, encoder_hidden_states=context, pooled_projections=pooled,
+        timestep=t, img_ids=image_ids((8, 8)), txt_ids=torch.zeros(1, 3),
+        guidance=torch.full((2,), 4.0), return_dict=False)[0]
+    assert torch.allclose(loss, F.mse_loss(v, noise - target), atol=1e-6)
+
+
+def test_denoiser_sees_the_global_token_through_both_paths(tiny_config):
+    enhancer = build_enhancer(tiny_config()).eval()
+    den = enhancer.denoiser
+    x_t, t = torch.randn(1, 64, 48), torch.tensor([0.5])
+    pooled, context = torch.randn(1, 32), torch.randn(1, 1, 64)
+    base = den.velocity(x_t, t, pooled, context)
+    assert not torch.allclose(base, den.velocity(x_t, t, pooled + 1, context))
+    assert not torch.allclose(base, den.velocity(x_t, t, pooled, context + 1))
+
+
+def test_sampler_returns_target_shaped_tokens(tiny_config):
+    enhancer = build_enhancer(tiny_config()).eval()
+    pooled, context = enhancer.condition(torch.randn(2, 3, 32, 32))
+    assert enhancer.denoiser.sample(pooled, context, steps=3).shape == (2, 64, 48)
