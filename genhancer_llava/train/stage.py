@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import sys
 import time
@@ -65,13 +66,17 @@ class StageResult:
     images: int = 0
     skipped: int = 0
     seconds: float = 0.0
+    distributed: dict[str, Any] = field(default_factory=dict)
 
 
 # ---- setup ---------------------------------------------------------------------------------
 
 
 def setup_accelerator(cfg: Config, run: RunDir, stage: str) -> Accelerator:
-    handlers = [] if torch.cuda.is_available() else [InitProcessGroupKwargs(backend="gloo")]
+    handlers = []
+    if not torch.cuda.is_available() and "LOCAL_RANK" in os.environ:
+        # launched processes on CPU talk over gloo; a plain single process needs no group
+        handlers.append(InitProcessGroupKwargs(backend="gloo"))
     accelerator = Accelerator(
         gradient_accumulation_steps=cfg.optim.gradient_accumulation_steps,
         mixed_precision=resolve_mixed_precision(cfg.run.mixed_precision),
@@ -223,6 +228,7 @@ def _summary(result: StageResult, table: dict[str, Any]) -> dict[str, Any]:
         "images_skipped": result.skipped,
         "seconds": round(result.seconds, 2),
         "parameters": table,
+        "distributed": result.distributed,
     }
 
 
@@ -257,7 +263,8 @@ def train_stage(cfg: Config, run: RunDir, stage: str, resume_from: str | None = 
     accelerator.init_trackers("genhancer", config={"stage": stage, "policy": policy, "lr": lr})
     accelerator.print(_table_text(stage, policy, table))
 
-    result = StageResult(stage=stage, policy=policy, steps=steps)
+    result = StageResult(stage=stage, policy=policy, steps=steps,
+                         distributed=_distribution(accelerator))
     log_every = cfg.run.log_every
     bar = tqdm(total=steps, initial=start, desc=stage, unit="step",
                disable=not accelerator.is_local_main_process)
@@ -313,6 +320,17 @@ def train_stage(cfg: Config, run: RunDir, stage: str, resume_from: str | None = 
         )
     accelerator.end_training()
     return result
+
+
+def _distribution(accelerator: Accelerator) -> dict[str, Any]:
+    plugin = accelerator.state.deepspeed_plugin
+    return {
+        "type": str(accelerator.distributed_type.value),
+        "num_processes": accelerator.num_processes,
+        "zero_stage": plugin.zero_stage if plugin is not None else None,
+        "mixed_precision": accelerator.mixed_precision,
+        "device": str(accelerator.device),
+    }
 
 
 def _table_text(stage: str, policy: str, table: dict[str, dict[str, int]]) -> str:

@@ -1,0 +1,151 @@
+"""The real pipeline on tiny models: trainer processes, checkpoints, export, and the shell
+entry point through `accelerate launch` on DeepSpeed ZeRO-2."""
+
+import json
+import textwrap
+
+import pytest
+import torch
+from peft import PeftModel
+from safetensors.torch import load_file
+from transformers import CLIPModel, CLIPVisionModel
+
+from genhancer_llava.encoders import load_encoder
+from genhancer_llava.export import export_encoder
+from genhancer_llava.launch import prepare_run_dir
+from genhancer_llava.run_dir import RunDir
+
+from .conftest import REPO, run_python
+
+
+@pytest.fixture(scope="module")
+def finished_run(tiny_clip, tmp_path_factory):
+    """A tiny run: stage 1 and stage 2 in plain trainer processes, then export."""
+    from genhancer_llava.config import load_config
+
+    out = tmp_path_factory.mktemp("pipeline") / "run"
+    cfg = load_config("tiny", overrides=[
+        f"encoder.path={tiny_clip}", f"run.output_dir={out}", "run.save_every=2",
+        "stage2.lr=1e-3",  # big enough that the merged weights visibly move
+    ])
+    run = prepare_run_dir(cfg, overwrite=False, resume=False)
+    logs = {}
+    for stage in ("stage1", "stage2"):
+        proc = run_python("-m", "genhancer_llava.train", "--run_dir", str(out), "--stage", stage)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        logs[stage] = proc.stdout + proc.stderr
+    export_encoder(out)
+    return run, logs
+
+
+def test_stages_leave_their_state_and_summaries(finished_run):
+    run, logs = finished_run
+    s1, s2 = run.summary("stage1"), run.summary("stage2")
+    assert (s1["policy"], s1["steps"], s2["policy"], s2["steps"]) == ("stage1", 6, "lora-only", 4)
+    assert s1["parameters"]["encoder"]["trainable"] == 0
+    assert s2["parameters"]["projector"]["trainable"] == 0
+    assert s1["distributed"]["type"] == "NO" and s1["distributed"]["mixed_precision"] == "no"
+    assert [step for step, _ in s1["losses"]] == list(range(1, 7))
+    assert "[stage1] stage1: flow_loss" in logs["stage1"]
+    final1 = run.final("stage1")
+    assert {p.name for p in final1.iterdir()} == {
+        "projector.safetensors", "denoiser.safetensors", "summary.json"}
+    assert (run.final("stage2") / "adapter" / "adapter_config.json").is_file()
+    # periodic checkpoints (every 2 steps, the last 2 kept) with their step recorded
+    kept = sorted(p.name for p in run.checkpoints("stage1").iterdir())
+    assert kept == ["step-00000002", "step-00000004"]
+    assert json.loads((run.checkpoints("stage1") / kept[-1] / "progress.json").read_text()) == {
+        "step": 4}
+    assert any(run.logs("stage1").rglob("events.out.tfevents.*"))
+
+
+def test_stage2_starts_from_stage1_and_keeps_projector_and_denoiser(finished_run):
+    run, _ = finished_run
+    for part in ("projector", "denoiser"):
+        a = load_file(run.final("stage1") / f"{part}.safetensors")
+        b = load_file(run.final("stage2") / f"{part}.safetensors")
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_export_equals_the_lora_model_and_keeps_the_text_tower(finished_run, tiny_clip):
+    run, _ = finished_run
+    exported = run.encoder_dir
+    x = torch.randn(3, 3, 32, 32)
+
+    base = load_encoder(tiny_clip, 32).model.eval()
+    lora = PeftModel.from_pretrained(load_encoder(tiny_clip, 32).model,
+                                     run.final("stage2") / "adapter").eval()
+    full = CLIPModel.from_pretrained(exported).eval()
+    vision = CLIPVisionModel.from_pretrained(exported).eval()
+    with torch.no_grad():
+        lora_out = lora.vision_model(pixel_values=x)
+        lora_global = lora.visual_projection(lora_out.pooler_output)
+        full_global = full.get_image_features(pixel_values=x)
+        full_global = getattr(full_global, "pooler_output", full_global)
+        vision_hidden = vision(pixel_values=x).last_hidden_state
+        base_global = base(pixel_values=x).image_embeds
+    assert (full_global - lora_global).abs().max() < 1e-5
+    assert (vision_hidden - lora_out.last_hidden_state).abs().max() < 1e-5
+    assert (full_global - base_global).abs().max() > 1e-4  # the adapter did change the tower
+
+    original = CLIPModel.from_pretrained(tiny_clip)
+    text_original = original.text_model.state_dict()
+    for key, value in full.text_model.state_dict().items():
+        assert torch.equal(value, text_original[key]), key
+    assert torch.equal(full.text_projection.weight, original.text_projection.weight)
+    for name in ("preprocessor_config.json", "tokenizer.json", "vocab.json", "merges.txt"):
+        assert (exported / name).is_file(), name
+    info = json.loads((exported / "genhancer.json").read_text())
+    assert info["stages"]["stage2"]["steps"] == 4 and info["config"]["encoder"]["path"]
+    assert info["base_model"] == str(tiny_clip.resolve())
+
+
+def test_export_does_not_overwrite_unless_asked(finished_run):
+    from genhancer_llava.errors import GenhancerError
+
+    run, _ = finished_run
+    before = (run.encoder_dir / "genhancer.json").read_text()
+    with pytest.raises(GenhancerError, match="already exists; pass --overwrite"):
+        export_encoder(run.root)
+    assert (run.encoder_dir / "genhancer.json").read_text() == before
+
+
+def test_export_loads_in_a_plain_process_without_this_package(finished_run, tmp_path):
+    run, _ = finished_run
+    check = textwrap.dedent(f"""
+        import sys
+        sys.modules["genhancer_llava"] = None  # prove nothing of ours is needed
+        from transformers import CLIPModel, CLIPVisionModel, CLIPProcessor
+        CLIPModel.from_pretrained({str(run.encoder_dir)!r})
+        CLIPVisionModel.from_pretrained({str(run.encoder_dir)!r})
+        CLIPProcessor.from_pretrained({str(run.encoder_dir)!r})
+        print("loaded")
+    """)
+    proc = run_python("-c", check, cwd=tmp_path)
+    assert proc.returncode == 0 and "loaded" in proc.stdout, proc.stderr[-2000:]
+
+
+@pytest.mark.slow
+def test_enhance_clip_sh_runs_both_stages_on_deepspeed_zero2(tiny_clip, tmp_path):
+    out = tmp_path / "run"
+    proc = run_python_bash(
+        "scripts/enhance_clip.sh", "--preset", "tiny", "--num_processes", "1", "--zero", "2",
+        "--output", str(out), f"encoder.path={tiny_clip}",
+    )
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
+    run = RunDir(out)
+    for stage in ("stage1", "stage2"):
+        dist = run.summary(stage)["distributed"]
+        assert dist["type"] == "DEEPSPEED" and dist["zero_stage"] == 2, dist
+    assert f"enhanced encoder: {out / 'encoder'}" in proc.stdout
+    vision = CLIPVisionModel.from_pretrained(out / "encoder")
+    assert vision.config.image_size == 32
+
+
+def run_python_bash(*args):
+    import os
+    import subprocess
+
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    return subprocess.run(["bash", *args], cwd=REPO, env=env, capture_output=True, text=True,
+                          timeout=900)
