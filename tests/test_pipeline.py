@@ -149,3 +149,18 @@ def run_python_bash(*args):
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     return subprocess.run(["bash", *args], cwd=REPO, env=env, capture_output=True, text=True,
                           timeout=900)
+
+
+def test_resume_latest_continues_from_the_newest_checkpoint(finished_run, tmp_path):
+    import shutil
+
+    run, _ = finished_run
+    copy = RunDir(tmp_path / "copy")
+    shutil.copytree(run.root, copy.root)
+    shutil.rmtree(copy.final("stage1"))  # as if stopped after the step-4 checkpoint
+    proc = run_python("-m", "genhancer_llava.train", "--run_dir", str(copy.root),
+                      "--stage", "stage1", "--resume", "latest")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "resumed from" in proc.stdout and "at step 4" in proc.stdout
+    summary = copy.summary("stage1")
+    assert [step for step, _ in summary["losses"]] == [5, 6]

@@ -60,7 +60,8 @@ def test_lora_targets_only_vision_layers_and_optionally_the_projection(tiny_conf
                for n, _ in enhancer.encoder.named_parameters() if "lora_" in n}
     assert "visual_projection" in adapted
     assert len(adapted) == 2 * 6 + 1
-    assert all(a.startswith("vision_model.encoder.layers.") for a in adapted - {"visual_projection"})
+    layers = adapted - {"visual_projection"}
+    assert all(a.startswith("vision_model.encoder.layers.") for a in layers)
 
 
 def _train(enhancer, steps, lr, fixed_draws=False):
