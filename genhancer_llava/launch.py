@@ -13,6 +13,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import torch
+
 from .config import Config
 from .encoders import read_clip_vision_config
 from .errors import GenhancerError
@@ -109,6 +111,8 @@ def launch_stage(
         cmd += ["--resume", resume]
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     env.setdefault("MASTER_ADDR", "127.0.0.1")
+    if not torch.cuda.is_available():
+        env.setdefault("DS_ACCELERATOR", "cpu")  # the launcher imports DeepSpeed too
     code = subprocess.call(cmd, env=env)
     if code != 0:
         raise GenhancerError(f"{stage} failed (exit code {code}); its error is printed above")

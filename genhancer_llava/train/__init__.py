@@ -6,8 +6,16 @@ Run one stage of a run folder written by `genhancer enhance`:
 """
 
 import os
+import warnings
 
 import torch
+
+# peft calls a transformers property that transformers 5 renamed; harmless, and once per stage.
+warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated")
+# DeepSpeed's ZeRO calls torch.distributed collectives that torch has renamed; harmless.
+warnings.filterwarnings(
+    "ignore", message=r"`torch\.distributed\.(reduce_scatter_tensor|all_gather_into_tensor)`"
+)
 
 if not torch.cuda.is_available():
     # DeepSpeed picks its accelerator at import; on a CPU-only machine say so before it looks.

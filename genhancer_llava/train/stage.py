@@ -265,11 +265,13 @@ def train_stage(cfg: Config, run: RunDir, stage: str, resume_from: str | None = 
 
     result = StageResult(stage=stage, policy=policy, steps=steps,
                          distributed=_distribution(accelerator))
-    log_every = cfg.run.log_every
     bar = tqdm(total=steps, initial=start, desc=stage, unit="step",
-               disable=not accelerator.is_local_main_process)
+               disable=not accelerator.is_local_main_process,
+               mininterval=1.0 if sys.stderr.isatty() else 30.0)  # quieter in batch logs
     batches = _batches(dataloader)
-    step, running, micro, images = start, 0.0, 0, 0
+    step, images = start, 0
+    micro_losses: list[float] = []  # this optimiser step's micro-batches
+    window: list[float] = []  # optimiser-step losses since the last log line
     tic = time.perf_counter()
     model.train()
     while step < steps:
@@ -291,20 +293,22 @@ def train_stage(cfg: Config, run: RunDir, stage: str, resume_from: str | None = 
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad()
-        running += loss.detach().float().item()
-        micro += 1
+        micro_losses.append(loss.detach().float().item())
         images += batch["pixel_values"].shape[0]
         if not accelerator.sync_gradients:
             continue
         step += 1
-        if step == 1 or step % log_every == 0 or step == steps:
-            mean = accelerator.reduce(torch.tensor(running / micro, device=accelerator.device),
-                                      "mean").item()
+        window.append(sum(micro_losses) / len(micro_losses))
+        micro_losses.clear()
+        if step == start + 1 or step % cfg.run.log_every == 0 or step == steps:
+            # mean over the steps since the last log line and over all ranks
+            local = torch.tensor(sum(window) / len(window), device=accelerator.device)
+            mean = accelerator.reduce(local, "mean").item()
+            window.clear()
             rate = images * accelerator.num_processes / max(time.perf_counter() - tic, 1e-9)
             result.losses.append((step, mean))
             accelerator.log({"flow_loss": mean, "images_per_s": rate}, step=step)
             bar.set_postfix(loss=f"{mean:.4f}", img_s=f"{rate:.1f}")
-        running, micro = 0.0, 0
         bar.update(1)
         if step % cfg.run.save_every == 0 and step < steps:
             save_checkpoint(accelerator, run, stage, step, cfg.run.keep_checkpoints)
