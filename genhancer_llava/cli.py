@@ -2,6 +2,7 @@
 
     genhancer enhance --preset NAME [--output DIR] [--num_processes N] [--zero 2|3] [k=v ...]
     genhancer export RUN_DIR [--output DIR] [--overwrite]
+    genhancer preview RUN_DIR|FINAL_DIR [--output PNG]
     genhancer presets | genhancer config --preset NAME [k=v ...]
     genhancer make-tiny-clip DIR
     genhancer demo [--output DIR]
@@ -57,6 +58,12 @@ def cmd_export(args: argparse.Namespace) -> None:
     from .export import export_encoder
 
     print(f"enhanced encoder: {export_encoder(args.run_dir, args.output, args.overwrite)}")
+
+
+def cmd_preview(args: argparse.Namespace) -> None:
+    from .preview import preview_run
+
+    print(f"preview: {preview_run(args.path, args.output, args.images, args.steps)}")
 
 
 def cmd_presets(args: argparse.Namespace) -> None:
@@ -126,6 +133,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", help="default: RUN_DIR/encoder")
     p.add_argument("--overwrite", action="store_true")
     p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("preview", help="PNG of inputs and their reconstructions from a run")
+    p.add_argument("path", help="a run folder or a stage's final folder")
+    p.add_argument("--output", help="PNG path (default: <final>/preview.png)")
+    p.add_argument("--images", type=int, help="number of images (default run.preview_images)")
+    p.add_argument("--steps", type=int, help="sampler steps (default run.preview_sample_steps)")
+    p.set_defaults(func=cmd_preview)
 
     p = sub.add_parser("presets", help="list the shipped presets")
     p.set_defaults(func=cmd_presets)

@@ -193,15 +193,21 @@ class StageConfig:
 
 @dataclass
 class DataConfig:
-    kind: str = "folder"  # folder: images under path (recursive); synthetic: generated shapes
+    # folder: images under path (recursive); shards: webdataset tars (brace pattern or a .txt
+    # list of paths); synthetic: generated shapes
+    kind: str = "folder"
     path: str = ""
     num_images: int = 256  # synthetic only
     crop_scale: tuple[float, float] = (0.9, 1.0)
     num_workers: int = 2
+    shuffle_buffer: int = 1000  # shards only: deterministic sample shuffle within a slot
+    log_keys: bool = False  # write the keys each rank trained on to <stage>/keys-rank<r>.txt
 
     def __post_init__(self) -> None:
-        _check(self.kind in ("folder", "synthetic"), "data.kind", self.kind,
-               "choose folder or synthetic")
+        _check(self.kind in ("folder", "shards", "synthetic"), "data.kind", self.kind,
+               "choose folder, shards or synthetic")
+        _check(self.shuffle_buffer >= 0, "data.shuffle_buffer", self.shuffle_buffer,
+               "must be >= 0")
         self.crop_scale = tuple(float(s) for s in self.crop_scale)
         lo, hi = self.crop_scale
         _check(0 < lo <= hi <= 1, "data.crop_scale", list(self.crop_scale),
@@ -238,6 +244,9 @@ class RunConfig:
     log_every: int = 10
     save_every: int = 1000  # periodic checkpoint, optimiser steps
     keep_checkpoints: int = 2
+    preview_every: int = 0  # reconstruction preview PNG every N steps (0: only at the end)
+    preview_images: int = 4
+    preview_sample_steps: int = 28  # Euler steps of the preview sampler
 
     def __post_init__(self) -> None:
         _check(self.mixed_precision in ("auto", "bf16", "fp16", "no"), "run.mixed_precision",
@@ -245,6 +254,9 @@ class RunConfig:
         _positive("run.log_every", self.log_every)
         _positive("run.save_every", self.save_every)
         _positive("run.keep_checkpoints", self.keep_checkpoints)
+        _check(self.preview_every >= 0, "run.preview_every", self.preview_every, "must be >= 0")
+        _positive("run.preview_images", self.preview_images)
+        _positive("run.preview_sample_steps", self.preview_sample_steps)
 
 
 @dataclass

@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 
 from .config import Config
+from .data import expand_shards
 from .encoders import read_clip_vision_config
 from .errors import GenhancerError
 from .export import export_encoder
@@ -66,6 +67,8 @@ def check_inputs(cfg: Config) -> None:
         )
     if cfg.data.kind == "folder" and not Path(cfg.data.path or "").is_dir():
         raise GenhancerError(f"data folder '{cfg.data.path}' does not exist; set data.path")
+    if cfg.data.kind == "shards":
+        expand_shards(cfg.data.path)  # every shard must exist before any process starts
 
 
 def prepare_run_dir(cfg: Config, overwrite: bool, resume: bool) -> RunDir:

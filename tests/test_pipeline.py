@@ -5,6 +5,7 @@ import json
 import textwrap
 
 import pytest
+from PIL import Image
 import torch
 from peft import PeftModel
 from safetensors.torch import load_file
@@ -54,8 +55,12 @@ def test_stages_leave_their_state_and_summaries(finished_run):
     # periodic checkpoints (every 2 steps, the last 2 kept) with their step recorded
     kept = sorted(p.name for p in run.checkpoints("stage1").iterdir())
     assert kept == ["step-00000002", "step-00000004"]
-    assert json.loads((run.checkpoints("stage1") / kept[-1] / "progress.json").read_text()) == {
-        "step": 4}
+    progress = json.loads((run.checkpoints("stage1") / kept[-1] / "progress.json").read_text())
+    assert progress["step"] == 4 and progress["batches_per_rank"] == [4]
+    assert [step for step, _ in progress["losses"]] == [1, 2, 3, 4]
+    # a reconstruction preview at the end of each stage: 2 images, inputs over reconstructions
+    with Image.open(run.stage("stage1") / "previews" / "final.png") as grid:
+        assert grid.size == (2 * 32, 2 * 32)
     assert any(run.logs("stage1").rglob("events.out.tfevents.*"))
 
 
@@ -163,4 +168,4 @@ def test_resume_latest_continues_from_the_newest_checkpoint(finished_run, tmp_pa
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "resumed from" in proc.stdout and "at step 4" in proc.stdout
     summary = copy.summary("stage1")
-    assert [step for step, _ in summary["losses"]] == [5, 6]
+    assert [step for step, _ in summary["losses"]] == [1, 2, 3, 4, 5, 6]  # 1-4 restored

@@ -3,8 +3,10 @@
 Distribution comes from the launcher: `accelerate launch --config_file <zero2|zero3>.yaml`
 makes this DeepSpeed ZeRO; a plain `python -m genhancer_llava.train` runs one process. Only the
 Enhancer goes through `accelerator.prepare`; the target producer (autoencoder or pixels) stays
-outside, frozen. Settings the launcher config leaves as "auto" (gradient accumulation, clipping,
-precision) come from the run's config, the single source of truth.
+outside, frozen. The data stream shards itself by rank and worker (see `genhancer_llava.data`)
+and is not prepared either, so that its position can be restored exactly. Settings the launcher
+config leaves as "auto" (batch sizes, accumulation, clipping, precision) come from the run's
+config, the single source of truth.
 """
 
 from __future__ import annotations
@@ -15,7 +17,6 @@ import os
 import shutil
 import sys
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +27,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from ..config import Config
-from ..data import build_dataset, collate
+from ..data import build_stream, collate
 from ..enhancer import (
     STAGE_POLICIES,
     Enhancer,
@@ -35,10 +36,13 @@ from ..enhancer import (
     trainable_parameter_table,
 )
 from ..errors import GenhancerError
+from ..preview import preview_batch, reconstruct, save_grid
 from ..run_dir import RunDir, load_module, save_tensors
 from ..targets import build_target
+from .checkpoint import Progress, load_checkpoint, read_progress, save_checkpoint
+from .faults import fault_at, kill_self
 
-__all__ = ["main", "train_stage", "policy_for", "StageResult"]
+__all__ = ["main", "train_stage", "policy_for"]
 
 
 def policy_for(cfg: Config, stage: str) -> str:
@@ -55,18 +59,6 @@ def resolve_mixed_precision(value: str) -> str:
     if value == "auto":
         return "bf16" if torch.cuda.is_available() else "no"
     return value
-
-
-@dataclass
-class StageResult:
-    stage: str
-    policy: str
-    steps: int
-    losses: list[tuple[int, float]] = field(default_factory=list)
-    images: int = 0
-    skipped: int = 0
-    seconds: float = 0.0
-    distributed: dict[str, Any] = field(default_factory=dict)
 
 
 # ---- setup ---------------------------------------------------------------------------------
@@ -89,19 +81,25 @@ def setup_accelerator(cfg: Config, run: RunDir, stage: str) -> Accelerator:
         ds = plugin.deepspeed_config
         ds["gradient_clipping"] = cfg.optim.grad_clip
         ds["gradient_accumulation_steps"] = cfg.optim.gradient_accumulation_steps
+        ds["train_micro_batch_size_per_gpu"] = cfg.optim.per_device_batch_size
+        ds["train_batch_size"] = global_batch(cfg, accelerator.num_processes)
     return accelerator
+
+
+def global_batch(cfg: Config, world_size: int) -> int:
+    o = cfg.optim
+    return o.per_device_batch_size * o.gradient_accumulation_steps * world_size
 
 
 def build_model(cfg: Config, run: RunDir, stage: str) -> tuple[Enhancer, str]:
     policy = policy_for(cfg, stage)
     rule = STAGE_POLICIES[policy]
-    if rule.from_stage1:
-        final = run.final("stage1")
-        if not (final / "denoiser.safetensors").is_file():
-            raise GenhancerError(
-                f"{stage} ({policy}) starts from the stage-1 state, but {final} is missing; run "
-                "stage 1 first (genhancer enhance runs both), or set schedule=end-to-end"
-            )
+    final = run.final("stage1")
+    if rule.from_stage1 and not (final / "denoiser.safetensors").is_file():
+        raise GenhancerError(
+            f"{stage} ({policy}) starts from the stage-1 state, but {final} is missing; run "
+            "stage 1 first (genhancer enhance runs both), or set schedule=end-to-end"
+        )
     enhancer = build_enhancer(cfg)
     if rule.from_stage1:
         load_module(enhancer.projector, final / "projector.safetensors")
@@ -110,24 +108,20 @@ def build_model(cfg: Config, run: RunDir, stage: str) -> tuple[Enhancer, str]:
     return enhancer, policy
 
 
-def build_dataloader(cfg: Config, enhancer: Enhancer) -> DataLoader:
-    dataset = build_dataset(
+def build_dataloader(cfg: Config, enhancer: Enhancer, accelerator: Accelerator,
+                     start_batches: int) -> DataLoader:
+    stream = build_stream(
         cfg.data, cfg.encoder.image_size, enhancer.encoder.image_mean,
-        enhancer.encoder.image_std, seed=cfg.run.seed,
+        enhancer.encoder.image_std, seed=cfg.run.seed, rank=accelerator.process_index,
+        world_size=accelerator.num_processes, batch_size=cfg.optim.per_device_batch_size,
+        start_batches=start_batches,
     )
-    if len(dataset) < cfg.optim.per_device_batch_size:
-        raise GenhancerError(
-            f"{len(dataset)} images cannot fill one batch of optim.per_device_batch_size="
-            f"{cfg.optim.per_device_batch_size}; add images or lower the batch size"
-        )
     return DataLoader(
-        dataset,
+        stream,
         batch_size=cfg.optim.per_device_batch_size,
-        shuffle=True,
-        drop_last=True,
         num_workers=cfg.data.num_workers,
-        persistent_workers=cfg.data.num_workers > 0,
         collate_fn=collate,
+        # its own generator: creating the loader must not advance the training RNG
         generator=torch.Generator().manual_seed(cfg.run.seed),
     )
 
@@ -143,45 +137,11 @@ def build_optimizer(cfg: Config, enhancer: Enhancer, lr: float):
     return optimizer, scheduler
 
 
-# ---- checkpoints ---------------------------------------------------------------------------
+# ---- the stage's final state ---------------------------------------------------------------
 
 
-def save_checkpoint(accelerator: Accelerator, run: RunDir, stage: str, step: int, keep: int):
-    """An accelerate state (model, optimiser, scheduler, RNG) plus the step, in step-N."""
-    folder = run.checkpoints(stage) / f"step-{step:08d}"
-    accelerator.save_state(str(folder))  # every rank writes its part under ZeRO
-    if accelerator.is_main_process:
-        (folder / "progress.json").write_text(json.dumps({"step": step}))
-        done = sorted(p for p in run.checkpoints(stage).glob("step-*")
-                      if (p / "progress.json").is_file())
-        for old in done[:-keep]:
-            shutil.rmtree(old, ignore_errors=True)
-    accelerator.wait_for_everyone()
-
-
-def latest_checkpoint(run: RunDir, stage: str) -> Path | None:
-    done = sorted(p for p in run.checkpoints(stage).glob("step-*")
-                  if (p / "progress.json").is_file())
-    return done[-1] if done else None
-
-
-def resume(accelerator: Accelerator, run: RunDir, stage: str, which: str) -> int:
-    folder = latest_checkpoint(run, stage) if which == "latest" else Path(which)
-    if folder is None:
-        accelerator.print(f"[{stage}] no checkpoint to resume from; starting at step 0")
-        return 0
-    if not (folder / "progress.json").is_file():
-        raise GenhancerError(f"{folder} is not a complete checkpoint (progress.json missing)")
-    accelerator.load_state(str(folder))
-    step = json.loads((folder / "progress.json").read_text())["step"]
-    accelerator.print(f"[{stage}] resumed from {folder} at step {step}")
-    return step
-
-
-def save_final(
-    accelerator: Accelerator, model: torch.nn.Module, run: RunDir, stage: str,
-    result: StageResult, table: dict[str, Any],
-) -> None:
+def save_final(accelerator: Accelerator, model: torch.nn.Module, run: RunDir, stage: str,
+               summary: dict[str, Any]) -> None:
     """projector/denoiser weights, the LoRA adapter (peft format) and summary.json."""
     state = accelerator.get_state_dict(model)  # gathered on rank 0 under ZeRO-3
     if accelerator.is_main_process:
@@ -191,9 +151,9 @@ def save_final(
         tmp.mkdir(parents=True)
         for part in ("projector", "denoiser"):
             save_tensors(_sub_state(state, f"{part}."), tmp / f"{part}.safetensors")
-        if STAGE_POLICIES[result.policy].encoder_lora:
+        if STAGE_POLICIES[summary["policy"]].encoder_lora:
             _save_adapter(accelerator.unwrap_model(model), state, tmp / "adapter")
-        (tmp / "summary.json").write_text(json.dumps(_summary(result, table), indent=2))
+        (tmp / "summary.json").write_text(json.dumps(summary, indent=2))
         shutil.rmtree(final, ignore_errors=True)
         tmp.rename(final)
     accelerator.wait_for_everyone()
@@ -216,37 +176,40 @@ def _save_adapter(enhancer: Enhancer, state: dict[str, torch.Tensor], folder: Pa
     peft_model.peft_config["default"].save_pretrained(str(folder))
 
 
-def _summary(result: StageResult, table: dict[str, Any]) -> dict[str, Any]:
+def _distribution(accelerator: Accelerator, cfg: Config) -> dict[str, Any]:
+    plugin = accelerator.state.deepspeed_plugin
     return {
-        "stage": result.stage,
-        "policy": result.policy,
-        "steps": result.steps,
-        "loss_first": result.losses[0][1] if result.losses else None,
-        "loss_last": result.losses[-1][1] if result.losses else None,
-        "losses": result.losses,
-        "images_seen": result.images,
-        "images_skipped": result.skipped,
-        "seconds": round(result.seconds, 2),
-        "parameters": table,
-        "distributed": result.distributed,
+        "type": str(accelerator.distributed_type.value),
+        "num_processes": accelerator.num_processes,
+        "zero_stage": plugin.zero_stage if plugin is not None else None,
+        "mixed_precision": accelerator.mixed_precision,
+        "device": str(accelerator.device),
+        "global_batch": global_batch(cfg, accelerator.num_processes),
     }
 
 
 # ---- the loop ------------------------------------------------------------------------------
 
 
-def _batches(dataloader: DataLoader):
-    epoch = 0
-    while True:
-        if hasattr(dataloader, "set_epoch"):
-            dataloader.set_epoch(epoch)
-        yield from dataloader
-        epoch += 1
+def _preview(accelerator, model, target, batch, cfg: Config, path: Path) -> None:
+    """Runs on every rank (ZeRO-3 gathers parameters collectively); rank 0 writes the PNG."""
+    encoder_views, target_views = batch
+    images = reconstruct(accelerator.unwrap_model(model), target, encoder_views,
+                         cfg.run.preview_sample_steps, seed=cfg.run.seed)
+    if accelerator.is_main_process:
+        save_grid(target_views, images, path)
+
+
+def _all_finite(accelerator: Accelerator, loss: torch.Tensor) -> bool:
+    """The same answer on every rank, so that all stop together."""
+    bad = torch.tensor(0.0 if torch.isfinite(loss) else 1.0, device=accelerator.device)
+    return accelerator.reduce(bad, "sum").item() == 0
 
 
 def train_stage(cfg: Config, run: RunDir, stage: str, resume_from: str | None = None):
-    """Train one stage of `run` to its final state; returns its `StageResult`."""
+    """Train one stage of `run` to its final state; returns its summary."""
     accelerator = setup_accelerator(cfg, run, stage)
+    rank, world = accelerator.process_index, accelerator.num_processes
     steps, lr = stage_settings(cfg, stage)
     set_seed(cfg.run.seed)  # same initial weights on every rank
     enhancer, policy = build_model(cfg, run, stage)
@@ -254,38 +217,48 @@ def train_stage(cfg: Config, run: RunDir, stage: str, resume_from: str | None = 
     table = trainable_parameter_table(enhancer)
     dtype = torch.bfloat16 if accelerator.mixed_precision == "bf16" else torch.float32
     target = build_target(cfg.target, accelerator.device, dtype)
-    dataloader = build_dataloader(cfg, enhancer)
+    checkpoint, progress = (None, Progress(batches_per_rank=[0] * world))
+    if resume_from:
+        checkpoint, progress = read_progress(run, stage, resume_from, world)
+    dataloader = build_dataloader(cfg, enhancer, accelerator, progress.batches_per_rank[rank])
+    previews = preview_batch(cfg, enhancer, cfg.run.preview_images)
     optimizer, scheduler = build_optimizer(cfg, enhancer, lr)
-    model, optimizer, dataloader, scheduler = accelerator.prepare(
-        enhancer, optimizer, dataloader, scheduler
-    )
-    start = resume(accelerator, run, stage, resume_from) if resume_from else 0
+    model, optimizer, scheduler = accelerator.prepare(enhancer, optimizer, scheduler)
+    if checkpoint is not None:
+        load_checkpoint(accelerator, checkpoint)  # model, optimiser, scheduler, RNG states
+        accelerator.print(f"[{stage}] resumed from {checkpoint} at step {progress.step}")
     accelerator.init_trackers("genhancer", config={"stage": stage, "policy": policy, "lr": lr})
     accelerator.print(_table_text(stage, policy, table))
+    keys_file = None
+    if cfg.data.log_keys:
+        keys_file = (run.stage(stage) / f"keys-rank{rank}.txt").open("a")
 
-    result = StageResult(stage=stage, policy=policy, steps=steps,
-                         distributed=_distribution(accelerator))
-    bar = tqdm(total=steps, initial=start, desc=stage, unit="step",
+    bar = tqdm(total=steps, initial=progress.step, desc=stage, unit="step",
                disable=not accelerator.is_local_main_process,
                mininterval=1.0 if sys.stderr.isatty() else 30.0)  # quieter in batch logs
-    batches = _batches(dataloader)
-    step, images = start, 0
+    batches_seen, images, skipped = progress.batches_per_rank[rank], 0, 0
     micro_losses: list[float] = []  # this optimiser step's micro-batches
     window: list[float] = []  # optimiser-step losses since the last log line
     tic = time.perf_counter()
     model.train()
-    while step < steps:
+    batches = iter(dataloader)
+    while progress.step < steps:
         batch = next(batches)
-        result.skipped += int(batch["skipped"])
+        batches_seen += 1
+        skipped += batch["skipped"]
         if "pixel_values" not in batch:
             continue  # every image of this batch was unreadable
-        tokens = target.encode(batch["target_pixels"])
+        if keys_file:
+            keys_file.write("".join(k + "\n" for k in batch["keys"]))
+        tokens = target.encode(batch["target_pixels"].to(accelerator.device))
         with accelerator.accumulate(model):
-            loss = model(batch["pixel_values"], tokens)["flow_loss"]
-            if not torch.isfinite(loss):
+            loss = model(batch["pixel_values"].to(accelerator.device), tokens)["flow_loss"]
+            if fault_at("nan-loss", progress.step + 1):
+                loss = loss * float("nan")
+            if not _all_finite(accelerator, loss):
                 raise GenhancerError(
-                    f"[{stage}] the loss became {loss.item()} at step {step}; lower the lr "
-                    f"(now {lr}) or check the data; checkpoints so far are kept"
+                    f"[{stage}] the loss became non-finite at step {progress.step + 1}; lower "
+                    f"the lr (now {lr}) or check the data; checkpoints so far are kept"
                 )
             accelerator.backward(loss)
             if accelerator.sync_gradients:
@@ -297,44 +270,70 @@ def train_stage(cfg: Config, run: RunDir, stage: str, resume_from: str | None = 
         images += batch["pixel_values"].shape[0]
         if not accelerator.sync_gradients:
             continue
-        step += 1
+        progress.step += 1
+        step = progress.step
         window.append(sum(micro_losses) / len(micro_losses))
         micro_losses.clear()
-        if step == start + 1 or step % cfg.run.log_every == 0 or step == steps:
+        if len(progress.losses) == 0 or step % cfg.run.log_every == 0 or step == steps:
             # mean over the steps since the last log line and over all ranks
             local = torch.tensor(sum(window) / len(window), device=accelerator.device)
             mean = accelerator.reduce(local, "mean").item()
             window.clear()
-            rate = images * accelerator.num_processes / max(time.perf_counter() - tic, 1e-9)
-            result.losses.append((step, mean))
+            rate = images * world / max(time.perf_counter() - tic, 1e-9)
+            progress.losses.append([step, mean])
             accelerator.log({"flow_loss": mean, "images_per_s": rate}, step=step)
             bar.set_postfix(loss=f"{mean:.4f}", img_s=f"{rate:.1f}")
         bar.update(1)
+        if fault_at("kill-after-step", step):
+            kill_self()
+        if cfg.run.preview_every and step % cfg.run.preview_every == 0 and step < steps:
+            _preview(accelerator, model, target, previews, cfg,
+                     run.stage(stage) / "previews" / f"step-{step:08d}.png")
         if step % cfg.run.save_every == 0 and step < steps:
-            save_checkpoint(accelerator, run, stage, step, cfg.run.keep_checkpoints)
+            _collect(accelerator, progress, batches_seen, images, skipped)
+            images, skipped = 0, 0
+            if keys_file:
+                keys_file.flush()
+            save_checkpoint(accelerator, run, stage, progress, cfg.run.keep_checkpoints)
     bar.close()
-    result.images = images * accelerator.num_processes
-    result.seconds = time.perf_counter() - tic
-    save_final(accelerator, model, run, stage, result, table)
-    if result.losses:
+    if keys_file:
+        keys_file.close()
+    _collect(accelerator, progress, batches_seen, images, skipped)
+    _preview(accelerator, model, target, previews, cfg,
+             run.stage(stage) / "previews" / "final.png")
+    summary = {
+        "stage": stage,
+        "policy": policy,
+        "steps": steps,
+        "loss_first": progress.losses[0][1] if progress.losses else None,
+        "loss_last": progress.losses[-1][1] if progress.losses else None,
+        "losses": progress.losses,
+        "images_seen": progress.images,
+        "images_skipped": progress.skipped,
+        "seconds_this_run": round(time.perf_counter() - tic, 2),
+        "parameters": table,
+        "distributed": _distribution(accelerator, cfg),
+    }
+    save_final(accelerator, model, run, stage, summary)
+    if progress.losses:
         accelerator.print(
-            f"[{stage}] {policy}: flow_loss {result.losses[0][1]:.4f} (step "
-            f"{result.losses[0][0]}) -> {result.losses[-1][1]:.4f} (step {result.losses[-1][0]}) "
-            f"in {result.seconds:.1f} s; skipped images: {result.skipped}"
+            f"[{stage}] {policy}: flow_loss {summary['loss_first']:.4f} (step "
+            f"{progress.losses[0][0]}) -> {summary['loss_last']:.4f} (step {steps}); "
+            f"images {progress.images}, skipped (unreadable) {progress.skipped}"
         )
     accelerator.end_training()
-    return result
+    return summary
 
 
-def _distribution(accelerator: Accelerator) -> dict[str, Any]:
-    plugin = accelerator.state.deepspeed_plugin
-    return {
-        "type": str(accelerator.distributed_type.value),
-        "num_processes": accelerator.num_processes,
-        "zero_stage": plugin.zero_stage if plugin is not None else None,
-        "mixed_precision": accelerator.mixed_precision,
-        "device": str(accelerator.device),
-    }
+def _collect(accelerator: Accelerator, progress: Progress, batches_seen: int, images: int,
+             skipped: int) -> None:
+    """Fold this rank's counters since the last call into `progress`, summed over ranks."""
+    counts = torch.tensor([images, skipped], device=accelerator.device, dtype=torch.long)
+    counts = accelerator.reduce(counts, "sum")
+    progress.images += int(counts[0])
+    progress.skipped += int(counts[1])
+    positions = accelerator.gather(torch.tensor([batches_seen], device=accelerator.device))
+    progress.batches_per_rank = [int(b) for b in positions.tolist()]
 
 
 def _table_text(stage: str, policy: str, table: dict[str, dict[str, int]]) -> str:
@@ -357,4 +356,3 @@ def main(argv: list[str] | None = None) -> None:
     except GenhancerError as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
-
