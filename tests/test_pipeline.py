@@ -5,9 +5,9 @@ import json
 import textwrap
 
 import pytest
-from PIL import Image
 import torch
 from peft import PeftModel
+from PIL import Image
 from safetensors.torch import load_file
 from transformers import CLIPModel, CLIPVisionModel
 
