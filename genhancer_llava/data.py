@@ -279,14 +279,17 @@ class ImageStream(IterableDataset):
     def __iter__(self):
         info = get_worker_info()
         worker, num_workers = (info.id, info.num_workers) if info else (0, 1)
-        slot = self.rank * num_workers + worker
+        # A DataLoader takes batch i from worker i % K. A resumed loader starts again at worker
+        # 0, so worker w takes the place of the worker that produced batch start_batches + w.
+        role = (worker + self.start_batches) % num_workers
+        slot = self.rank * num_workers + role
         slots = self.world_size * num_workers
         if hasattr(self.source, "__len__") and len(self.source) < slots:
             raise GenhancerError(
                 f"{len(self.source)} images cannot feed {self.world_size} ranks x "
                 f"{num_workers} workers; add images or lower data.num_workers"
             )
-        skip = worker_skip(self.start_batches, worker, num_workers) * self.batch_size
+        skip = worker_skip(self.start_batches, role, num_workers) * self.batch_size
         epoch = 0
         while True:
             produced = 0

@@ -111,8 +111,8 @@ def test_worker_skip_counts_round_robin_batches():
     assert worker_skip(0, 0, 1) == 0 and worker_skip(7, 0, 1) == 7
 
 
-@pytest.mark.parametrize("workers", [0, 2])
-def test_resumed_stream_continues_exactly(workers):
+@pytest.mark.parametrize("workers,start", [(0, 4), (2, 4), (2, 3), (3, 5)])
+def test_resumed_stream_continues_exactly(workers, start):
     cfg = DataConfig(kind="synthetic", num_images=10, num_workers=workers)
 
     def batches(start, n):
@@ -121,9 +121,9 @@ def test_resumed_stream_continues_exactly(workers):
         it = iter(loader)
         return [next(it) for _ in range(n)]
 
-    straight = batches(0, 7)  # crosses epoch boundaries (10 images, batches of 3)
-    resumed = batches(4, 3)
-    for a, b in zip(straight[4:], resumed, strict=True):
+    straight = batches(0, 8)  # crosses epoch boundaries (10 images, batches of 3)
+    resumed = batches(start, 8 - start)
+    for a, b in zip(straight[start:], resumed, strict=True):
         assert a["keys"] == b["keys"]
         assert torch.equal(a["pixel_values"], b["pixel_values"])
 

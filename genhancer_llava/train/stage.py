@@ -229,9 +229,11 @@ def train_stage(cfg: Config, run: RunDir, stage: str, resume_from: str | None = 
         accelerator.print(f"[{stage}] resumed from {checkpoint} at step {progress.step}")
     accelerator.init_trackers("genhancer", config={"stage": stage, "policy": policy, "lr": lr})
     accelerator.print(_table_text(stage, policy, table))
-    keys_file = None
-    if cfg.data.log_keys:
-        keys_file = (run.stage(stage) / f"keys-rank{rank}.txt").open("a")
+    # keys reach the file at checkpoints, so after a kill it matches the checkpoint resumed
+    keys_path = run.stage(stage) / f"keys-rank{rank}.txt" if cfg.data.log_keys else None
+    if keys_path and checkpoint is None:
+        keys_path.unlink(missing_ok=True)
+    pending_keys: list[str] = []
 
     bar = tqdm(total=steps, initial=progress.step, desc=stage, unit="step",
                disable=not accelerator.is_local_main_process,
@@ -242,62 +244,61 @@ def train_stage(cfg: Config, run: RunDir, stage: str, resume_from: str | None = 
     tic = time.perf_counter()
     model.train()
     batches = iter(dataloader)
-    while progress.step < steps:
-        batch = next(batches)
-        batches_seen += 1
-        skipped += batch["skipped"]
-        if "pixel_values" not in batch:
-            continue  # every image of this batch was unreadable
-        if keys_file:
-            keys_file.write("".join(k + "\n" for k in batch["keys"]))
-        tokens = target.encode(batch["target_pixels"].to(accelerator.device))
-        with accelerator.accumulate(model):
-            loss = model(batch["pixel_values"].to(accelerator.device), tokens)["flow_loss"]
-            if fault_at("nan-loss", progress.step + 1):
-                loss = loss * float("nan")
-            if not _all_finite(accelerator, loss):
-                raise GenhancerError(
-                    f"[{stage}] the loss became non-finite at step {progress.step + 1}; lower "
-                    f"the lr (now {lr}) or check the data; checkpoints so far are kept"
-                )
-            accelerator.backward(loss)
-            if accelerator.sync_gradients:
-                accelerator.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad()
-        micro_losses.append(loss.detach().float().item())
-        images += batch["pixel_values"].shape[0]
-        if not accelerator.sync_gradients:
-            continue
-        progress.step += 1
-        step = progress.step
-        window.append(sum(micro_losses) / len(micro_losses))
-        micro_losses.clear()
-        if len(progress.losses) == 0 or step % cfg.run.log_every == 0 or step == steps:
-            # mean over the steps since the last log line and over all ranks
-            local = torch.tensor(sum(window) / len(window), device=accelerator.device)
-            mean = accelerator.reduce(local, "mean").item()
-            window.clear()
-            rate = images * world / max(time.perf_counter() - tic, 1e-9)
-            progress.losses.append([step, mean])
-            accelerator.log({"flow_loss": mean, "images_per_s": rate}, step=step)
-            bar.set_postfix(loss=f"{mean:.4f}", img_s=f"{rate:.1f}")
-        bar.update(1)
-        if fault_at("kill-after-step", step):
-            kill_self()
-        if cfg.run.preview_every and step % cfg.run.preview_every == 0 and step < steps:
-            _preview(accelerator, model, target, previews, cfg,
-                     run.stage(stage) / "previews" / f"step-{step:08d}.png")
-        if step % cfg.run.save_every == 0 and step < steps:
-            _collect(accelerator, progress, batches_seen, images, skipped)
-            images, skipped = 0, 0
-            if keys_file:
-                keys_file.flush()
-            save_checkpoint(accelerator, run, stage, progress, cfg.run.keep_checkpoints)
-    bar.close()
-    if keys_file:
-        keys_file.close()
+    try:
+        while progress.step < steps:
+            batch = next(batches)
+            batches_seen += 1
+            skipped += batch["skipped"]
+            if "pixel_values" not in batch:
+                continue  # every image of this batch was unreadable
+            pending_keys.extend(batch["keys"])
+            tokens = target.encode(batch["target_pixels"].to(accelerator.device))
+            with accelerator.accumulate(model):
+                loss = model(batch["pixel_values"].to(accelerator.device), tokens)["flow_loss"]
+                if fault_at("nan-loss", progress.step + 1):
+                    loss = loss * float("nan")
+                if not _all_finite(accelerator, loss):
+                    raise GenhancerError(
+                        f"[{stage}] the loss became non-finite at step {progress.step + 1}; lower "
+                        f"the lr (now {lr}) or check the data; checkpoints so far are kept"
+                    )
+                accelerator.backward(loss)
+                if accelerator.sync_gradients:
+                    accelerator.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
+                optimizer.step()
+                scheduler.step()
+                optimizer.zero_grad()
+            micro_losses.append(loss.detach().float().item())
+            images += batch["pixel_values"].shape[0]
+            if not accelerator.sync_gradients:
+                continue
+            progress.step += 1
+            step = progress.step
+            window.append(sum(micro_losses) / len(micro_losses))
+            micro_losses.clear()
+            if len(progress.losses) == 0 or step % cfg.run.log_every == 0 or step == steps:
+                # mean over the steps since the last log line and over all ranks
+                local = torch.tensor(sum(window) / len(window), device=accelerator.device)
+                mean = accelerator.reduce(local, "mean").item()
+                window.clear()
+                rate = images * world / max(time.perf_counter() - tic, 1e-9)
+                progress.losses.append([step, mean])
+                accelerator.log({"flow_loss": mean, "images_per_s": rate}, step=step)
+                bar.set_postfix(loss=f"{mean:.4f}", img_s=f"{rate:.1f}")
+            bar.update(1)
+            if fault_at("kill-after-step", step):
+                kill_self()
+            if cfg.run.preview_every and step % cfg.run.preview_every == 0 and step < steps:
+                _preview(accelerator, model, target, previews, cfg,
+                         run.stage(stage) / "previews" / f"step-{step:08d}.png")
+            if step % cfg.run.save_every == 0 and step < steps:
+                _collect(accelerator, progress, batches_seen, images, skipped)
+                images, skipped = 0, 0
+                pending_keys = _write_keys(keys_path, pending_keys)
+                save_checkpoint(accelerator, run, stage, progress, cfg.run.keep_checkpoints)
+    finally:
+        bar.close()  # before any error message, so that the message is the last line
+    _write_keys(keys_path, pending_keys)
     _collect(accelerator, progress, batches_seen, images, skipped)
     _preview(accelerator, model, target, previews, cfg,
              run.stage(stage) / "previews" / "final.png")
@@ -323,6 +324,13 @@ def train_stage(cfg: Config, run: RunDir, stage: str, resume_from: str | None = 
         )
     accelerator.end_training()
     return summary
+
+
+def _write_keys(path: Path | None, keys: list[str]) -> list[str]:
+    if path is not None and keys:
+        with path.open("a") as f:
+            f.write("".join(k + "\n" for k in keys))
+    return []
 
 
 def _collect(accelerator: Accelerator, progress: Progress, batches_seen: int, images: int,
