@@ -42,7 +42,7 @@ from ..targets import build_target
 from .checkpoint import Progress, load_checkpoint, read_progress, save_checkpoint
 from .faults import fault_at, kill_self
 
-__all__ = ["main", "train_stage", "policy_for"]
+__all__ = ["main", "train_stage", "StageTrainer", "policy_for"]
 
 
 def policy_for(cfg: Config, stage: str) -> str:
@@ -191,13 +191,8 @@ def _distribution(accelerator: Accelerator, cfg: Config) -> dict[str, Any]:
 # ---- the loop ------------------------------------------------------------------------------
 
 
-def _preview(accelerator, model, target, batch, cfg: Config, path: Path) -> None:
-    """Runs on every rank (ZeRO-3 gathers parameters collectively); rank 0 writes the PNG."""
-    encoder_views, target_views = batch
-    images = reconstruct(accelerator.unwrap_model(model), target, encoder_views,
-                         cfg.run.preview_sample_steps, seed=cfg.run.seed)
-    if accelerator.is_main_process:
-        save_grid(target_views, images, path)
+def _every(step: int, period: int) -> bool:
+    return period > 0 and step % period == 0
 
 
 def _all_finite(accelerator: Accelerator, loss: torch.Tensor) -> bool:
@@ -206,142 +201,177 @@ def _all_finite(accelerator: Accelerator, loss: torch.Tensor) -> bool:
     return accelerator.reduce(bad, "sum").item() == 0
 
 
+class StageTrainer:
+    """One stage, recipe-style: setup (here), `fit` (the loop), `checkpoint`, `finish`."""
+
+    def __init__(self, cfg: Config, run: RunDir, stage: str, resume_from: str | None = None):
+        self.cfg, self.run, self.stage = cfg, run, stage
+        self.accelerator = accelerator = setup_accelerator(cfg, run, stage)
+        self.rank, self.world = accelerator.process_index, accelerator.num_processes
+        self.steps, self.lr = stage_settings(cfg, stage)
+        set_seed(cfg.run.seed)  # same initial weights on every rank
+        enhancer, self.policy = build_model(cfg, run, stage)
+        set_seed(cfg.run.seed, device_specific=True)  # different noise and timesteps per rank
+        self.table = trainable_parameter_table(enhancer)
+        dtype = torch.bfloat16 if accelerator.mixed_precision == "bf16" else torch.float32
+        self.target = build_target(cfg.target, accelerator.device, dtype)
+        checkpoint, self.progress = None, Progress(batches_per_rank=[0] * self.world)
+        if resume_from:
+            checkpoint, self.progress = read_progress(run, stage, resume_from, self.world)
+        self.batches_seen = self.progress.batches_per_rank[self.rank]
+        self.dataloader = build_dataloader(cfg, enhancer, accelerator, self.batches_seen)
+        self.previews = preview_batch(cfg, enhancer, cfg.run.preview_images)
+        optimizer, scheduler = build_optimizer(cfg, enhancer, self.lr)
+        self.model, self.optimizer, self.scheduler = accelerator.prepare(
+            enhancer, optimizer, scheduler
+        )
+        if checkpoint is not None:
+            load_checkpoint(accelerator, checkpoint)  # model, optimiser, scheduler, RNG states
+            accelerator.print(f"[{stage}] resumed from {checkpoint} at step {self.progress.step}")
+        accelerator.init_trackers("genhancer",
+                                  config={"stage": stage, "policy": self.policy, "lr": self.lr})
+        accelerator.print(_table_text(stage, self.policy, self.table))
+        # keys reach the file at checkpoints, so after a kill it matches the checkpoint resumed
+        self.keys_path = (run.stage(stage) / f"keys-rank{self.rank}.txt"
+                          if cfg.data.log_keys else None)
+        if self.keys_path and checkpoint is None:
+            self.keys_path.unlink(missing_ok=True)
+        self.pending_keys: list[str] = []
+        self.images = self.skipped = 0  # this rank's, since the last checkpoint
+        self.tic = time.perf_counter()
+
+    def micro_step(self, batch: dict[str, Any]) -> float:
+        """Forward + backward of one micro-batch; the optimiser steps when accumulation ends."""
+        accelerator, model = self.accelerator, self.model
+        tokens = self.target.encode(batch["target_pixels"].to(accelerator.device))
+        with accelerator.accumulate(model):
+            loss = model(batch["pixel_values"].to(accelerator.device), tokens)["flow_loss"]
+            if fault_at("nan-loss", self.progress.step + 1):
+                loss = loss * float("nan")
+            if not _all_finite(accelerator, loss):
+                raise GenhancerError(
+                    f"[{self.stage}] the loss became non-finite at step {self.progress.step + 1};"
+                    f" lower the lr (now {self.lr}) or check the data; checkpoints so far are kept"
+                )
+            accelerator.backward(loss)
+            if accelerator.sync_gradients:
+                accelerator.clip_grad_norm_(model.parameters(), self.cfg.optim.grad_clip)
+            self.optimizer.step()
+            self.scheduler.step()
+            self.optimizer.zero_grad()
+        return loss.detach().float().item()
+
+    def fit(self) -> None:
+        cfg, progress = self.cfg, self.progress
+        bar = tqdm(total=self.steps, initial=progress.step, desc=self.stage, unit="step",
+                   disable=not self.accelerator.is_local_main_process,
+                   mininterval=1.0 if sys.stderr.isatty() else 30.0)  # quieter in batch logs
+        micro_losses: list[float] = []  # this optimiser step's micro-batches
+        window: list[float] = []  # optimiser-step losses since the last log line
+        batches = iter(self.dataloader)
+        self.model.train()
+        try:
+            while progress.step < self.steps:
+                batch = next(batches)
+                self.batches_seen += 1
+                self.skipped += batch["skipped"]
+                if "pixel_values" not in batch:
+                    continue  # every image of this batch was unreadable
+                self.pending_keys.extend(batch["keys"])
+                micro_losses.append(self.micro_step(batch))
+                self.images += batch["pixel_values"].shape[0]
+                if not self.accelerator.sync_gradients:
+                    continue
+                progress.step += 1
+                step = progress.step
+                window.append(sum(micro_losses) / len(micro_losses))
+                micro_losses.clear()
+                if not progress.losses or step % cfg.run.log_every == 0 or step == self.steps:
+                    bar.set_postfix(self.log(step, window))
+                    window = []
+                bar.update(1)
+                if fault_at("kill-after-step", step):
+                    kill_self()
+                if step < self.steps and _every(step, cfg.run.preview_every):
+                    self.preview(f"step-{step:08d}.png")
+                if step < self.steps and _every(step, cfg.run.save_every):
+                    self.checkpoint()
+        finally:
+            bar.close()  # before any error message, so that the message is the last line
+
+    def log(self, step: int, window: list[float]) -> dict[str, str]:
+        """Mean loss over the steps since the last log line and over all ranks."""
+        local = torch.tensor(sum(window) / len(window), device=self.accelerator.device)
+        mean = self.accelerator.reduce(local, "mean").item()
+        rate = self.images * self.world / max(time.perf_counter() - self.tic, 1e-9)
+        self.progress.losses.append([step, mean])
+        self.accelerator.log({"flow_loss": mean, "images_per_s": rate}, step=step)
+        return {"loss": f"{mean:.4f}", "img_s": f"{rate:.1f}"}
+
+    def preview(self, name: str) -> None:
+        """Runs on every rank (ZeRO-3 gathers parameters collectively); rank 0 writes it."""
+        encoder_views, target_views = self.previews
+        images = reconstruct(self.accelerator.unwrap_model(self.model), self.target,
+                             encoder_views, self.cfg.run.preview_sample_steps,
+                             seed=self.cfg.run.seed)
+        if self.accelerator.is_main_process:
+            save_grid(target_views, images, self.run.stage(self.stage) / "previews" / name)
+
+    def _collect(self) -> None:
+        """Fold every rank's counters since the last call into `progress`."""
+        accelerator, progress = self.accelerator, self.progress
+        counts = torch.tensor([self.images, self.skipped], device=accelerator.device)
+        counts = accelerator.reduce(counts, "sum")
+        progress.images += int(counts[0])
+        progress.skipped += int(counts[1])
+        positions = accelerator.gather(torch.tensor([self.batches_seen],
+                                                    device=accelerator.device))
+        progress.batches_per_rank = [int(b) for b in positions.tolist()]
+        self.images = self.skipped = 0
+        if self.keys_path is not None and self.pending_keys:
+            with self.keys_path.open("a") as f:
+                f.write("".join(k + "\n" for k in self.pending_keys))
+        self.pending_keys = []
+
+    def checkpoint(self) -> None:
+        self._collect()
+        save_checkpoint(self.accelerator, self.run, self.stage, self.progress,
+                        self.cfg.run.keep_checkpoints)
+
+    def finish(self) -> dict[str, Any]:
+        """Final preview, weights, adapter and summary.json."""
+        self._collect()
+        self.preview("final.png")
+        progress = self.progress
+        summary = {
+            "stage": self.stage,
+            "policy": self.policy,
+            "steps": self.steps,
+            "loss_first": progress.losses[0][1] if progress.losses else None,
+            "loss_last": progress.losses[-1][1] if progress.losses else None,
+            "losses": progress.losses,
+            "images_seen": progress.images,
+            "images_skipped": progress.skipped,
+            "seconds_this_run": round(time.perf_counter() - self.tic, 2),
+            "parameters": self.table,
+            "distributed": _distribution(self.accelerator, self.cfg),
+        }
+        save_final(self.accelerator, self.model, self.run, self.stage, summary)
+        if progress.losses:
+            self.accelerator.print(
+                f"[{self.stage}] {self.policy}: flow_loss {summary['loss_first']:.4f} (step "
+                f"{progress.losses[0][0]}) -> {summary['loss_last']:.4f} (step {self.steps}); "
+                f"images {progress.images}, skipped (unreadable) {progress.skipped}"
+            )
+        self.accelerator.end_training()
+        return summary
+
+
 def train_stage(cfg: Config, run: RunDir, stage: str, resume_from: str | None = None):
     """Train one stage of `run` to its final state; returns its summary."""
-    accelerator = setup_accelerator(cfg, run, stage)
-    rank, world = accelerator.process_index, accelerator.num_processes
-    steps, lr = stage_settings(cfg, stage)
-    set_seed(cfg.run.seed)  # same initial weights on every rank
-    enhancer, policy = build_model(cfg, run, stage)
-    set_seed(cfg.run.seed, device_specific=True)  # different noise and timesteps per rank
-    table = trainable_parameter_table(enhancer)
-    dtype = torch.bfloat16 if accelerator.mixed_precision == "bf16" else torch.float32
-    target = build_target(cfg.target, accelerator.device, dtype)
-    checkpoint, progress = (None, Progress(batches_per_rank=[0] * world))
-    if resume_from:
-        checkpoint, progress = read_progress(run, stage, resume_from, world)
-    dataloader = build_dataloader(cfg, enhancer, accelerator, progress.batches_per_rank[rank])
-    previews = preview_batch(cfg, enhancer, cfg.run.preview_images)
-    optimizer, scheduler = build_optimizer(cfg, enhancer, lr)
-    model, optimizer, scheduler = accelerator.prepare(enhancer, optimizer, scheduler)
-    if checkpoint is not None:
-        load_checkpoint(accelerator, checkpoint)  # model, optimiser, scheduler, RNG states
-        accelerator.print(f"[{stage}] resumed from {checkpoint} at step {progress.step}")
-    accelerator.init_trackers("genhancer", config={"stage": stage, "policy": policy, "lr": lr})
-    accelerator.print(_table_text(stage, policy, table))
-    # keys reach the file at checkpoints, so after a kill it matches the checkpoint resumed
-    keys_path = run.stage(stage) / f"keys-rank{rank}.txt" if cfg.data.log_keys else None
-    if keys_path and checkpoint is None:
-        keys_path.unlink(missing_ok=True)
-    pending_keys: list[str] = []
-
-    bar = tqdm(total=steps, initial=progress.step, desc=stage, unit="step",
-               disable=not accelerator.is_local_main_process,
-               mininterval=1.0 if sys.stderr.isatty() else 30.0)  # quieter in batch logs
-    batches_seen, images, skipped = progress.batches_per_rank[rank], 0, 0
-    micro_losses: list[float] = []  # this optimiser step's micro-batches
-    window: list[float] = []  # optimiser-step losses since the last log line
-    tic = time.perf_counter()
-    model.train()
-    batches = iter(dataloader)
-    try:
-        while progress.step < steps:
-            batch = next(batches)
-            batches_seen += 1
-            skipped += batch["skipped"]
-            if "pixel_values" not in batch:
-                continue  # every image of this batch was unreadable
-            pending_keys.extend(batch["keys"])
-            tokens = target.encode(batch["target_pixels"].to(accelerator.device))
-            with accelerator.accumulate(model):
-                loss = model(batch["pixel_values"].to(accelerator.device), tokens)["flow_loss"]
-                if fault_at("nan-loss", progress.step + 1):
-                    loss = loss * float("nan")
-                if not _all_finite(accelerator, loss):
-                    raise GenhancerError(
-                        f"[{stage}] the loss became non-finite at step {progress.step + 1}; lower "
-                        f"the lr (now {lr}) or check the data; checkpoints so far are kept"
-                    )
-                accelerator.backward(loss)
-                if accelerator.sync_gradients:
-                    accelerator.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
-                optimizer.step()
-                scheduler.step()
-                optimizer.zero_grad()
-            micro_losses.append(loss.detach().float().item())
-            images += batch["pixel_values"].shape[0]
-            if not accelerator.sync_gradients:
-                continue
-            progress.step += 1
-            step = progress.step
-            window.append(sum(micro_losses) / len(micro_losses))
-            micro_losses.clear()
-            if len(progress.losses) == 0 or step % cfg.run.log_every == 0 or step == steps:
-                # mean over the steps since the last log line and over all ranks
-                local = torch.tensor(sum(window) / len(window), device=accelerator.device)
-                mean = accelerator.reduce(local, "mean").item()
-                window.clear()
-                rate = images * world / max(time.perf_counter() - tic, 1e-9)
-                progress.losses.append([step, mean])
-                accelerator.log({"flow_loss": mean, "images_per_s": rate}, step=step)
-                bar.set_postfix(loss=f"{mean:.4f}", img_s=f"{rate:.1f}")
-            bar.update(1)
-            if fault_at("kill-after-step", step):
-                kill_self()
-            if cfg.run.preview_every and step % cfg.run.preview_every == 0 and step < steps:
-                _preview(accelerator, model, target, previews, cfg,
-                         run.stage(stage) / "previews" / f"step-{step:08d}.png")
-            if step % cfg.run.save_every == 0 and step < steps:
-                _collect(accelerator, progress, batches_seen, images, skipped)
-                images, skipped = 0, 0
-                pending_keys = _write_keys(keys_path, pending_keys)
-                save_checkpoint(accelerator, run, stage, progress, cfg.run.keep_checkpoints)
-    finally:
-        bar.close()  # before any error message, so that the message is the last line
-    _write_keys(keys_path, pending_keys)
-    _collect(accelerator, progress, batches_seen, images, skipped)
-    _preview(accelerator, model, target, previews, cfg,
-             run.stage(stage) / "previews" / "final.png")
-    summary = {
-        "stage": stage,
-        "policy": policy,
-        "steps": steps,
-        "loss_first": progress.losses[0][1] if progress.losses else None,
-        "loss_last": progress.losses[-1][1] if progress.losses else None,
-        "losses": progress.losses,
-        "images_seen": progress.images,
-        "images_skipped": progress.skipped,
-        "seconds_this_run": round(time.perf_counter() - tic, 2),
-        "parameters": table,
-        "distributed": _distribution(accelerator, cfg),
-    }
-    save_final(accelerator, model, run, stage, summary)
-    if progress.losses:
-        accelerator.print(
-            f"[{stage}] {policy}: flow_loss {summary['loss_first']:.4f} (step "
-            f"{progress.losses[0][0]}) -> {summary['loss_last']:.4f} (step {steps}); "
-            f"images {progress.images}, skipped (unreadable) {progress.skipped}"
-        )
-    accelerator.end_training()
-    return summary
-
-
-def _write_keys(path: Path | None, keys: list[str]) -> list[str]:
-    if path is not None and keys:
-        with path.open("a") as f:
-            f.write("".join(k + "\n" for k in keys))
-    return []
-
-
-def _collect(accelerator: Accelerator, progress: Progress, batches_seen: int, images: int,
-             skipped: int) -> None:
-    """Fold this rank's counters since the last call into `progress`, summed over ranks."""
-    counts = torch.tensor([images, skipped], device=accelerator.device, dtype=torch.long)
-    counts = accelerator.reduce(counts, "sum")
-    progress.images += int(counts[0])
-    progress.skipped += int(counts[1])
-    positions = accelerator.gather(torch.tensor([batches_seen], device=accelerator.device))
-    progress.batches_per_rank = [int(b) for b in positions.tolist()]
+    trainer = StageTrainer(cfg, run, stage, resume_from)
+    trainer.fit()
+    return trainer.finish()
 
 
 def _table_text(stage: str, policy: str, table: dict[str, dict[str, int]]) -> str:
