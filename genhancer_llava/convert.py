@@ -29,6 +29,7 @@ from __future__ import annotations
 import gzip
 import json
 import math
+import pickle
 import shutil
 from pathlib import Path
 from typing import Any
@@ -327,7 +328,8 @@ def convert_open_clip(
     try:
         model = open_clip.create_model(name, device="cpu", precision="fp32",
                                        force_quick_gelu=force_quick_gelu, **kwargs)
-    except (RuntimeError, ValueError, KeyError, AssertionError) as err:
+    except (RuntimeError, ValueError, KeyError, AssertionError, OSError,
+            pickle.UnpicklingError) as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise GenhancerError(
             f"open_clip could not load {checkpoint} as '{arch or name}': {first}"
