@@ -230,9 +230,7 @@ def openai_bpe_tokenizer(folder: str | Path, bpe_path: str | Path | None = None)
         bpe_path: the gzip merges file (default: the one inside the open_clip package).
     """
     if bpe_path is None:
-        from open_clip.tokenizer import default_bpe
-
-        bpe_path = default_bpe()
+        bpe_path = _open_clip().tokenizer.default_bpe()
     lines = gzip.open(bpe_path).read().decode("utf-8").split("\n")
     merges = [tuple(line.split()) for line in lines[1: 49152 - 256 - 2 + 1]]
     chars = _byte_characters()

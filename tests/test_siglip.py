@@ -202,3 +202,26 @@ def test_vision_only_siglip_base_exports_a_siglip_vision_model(siglip_run, tmp_p
         b = SiglipVisionModel.from_pretrained(siglip_run.encoder_dir).eval()(
             pixel_values=x).pooler_output
     assert (a - b).abs().max() < 1e-5
+
+
+@pytest.mark.slow
+def test_enhance_clip_sh_runs_a_siglip_on_deepspeed_zero2(tiny_siglip, tmp_path):
+    """The pooling head's MultiheadAttention LoRA through accelerate + DeepSpeed ZeRO-2."""
+    import os
+    import subprocess
+
+    from .conftest import REPO
+
+    out = tmp_path / "run"
+    proc = subprocess.run(
+        ["bash", "scripts/enhance_clip.sh", "--preset", "tiny-siglip", "--num_processes", "1",
+         "--zero", "2", "--output", str(out), f"encoder.path={tiny_siglip}"],
+        cwd=REPO, env=dict(os.environ, PYTHONUNBUFFERED="1"), capture_output=True, text=True,
+        timeout=900,
+    )
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
+    run = RunDir(out)
+    for stage in ("stage1", "stage2"):
+        dist = run.summary(stage)["distributed"]
+        assert dist["type"] == "DEEPSPEED" and dist["zero_stage"] == 2, dist
+    assert SiglipModel.from_pretrained(out / "encoder").config.vision_config.image_size == 32
