@@ -11,7 +11,7 @@ export PIP_DISABLE_PIP_VERSION_CHECK := 1
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q -c constraints.txt torch torchvision
-	$(PY) -m pip install -q -c constraints.txt -e ".[train,eval,test]"
+	$(PY) -m pip install -q -c constraints.txt -e ".[train,eval,test,openclip]"
 	touch $(STAMP)
 
 demo: $(STAMP)

@@ -4,7 +4,8 @@
     genhancer export RUN_DIR [--output DIR] [--overwrite]
     genhancer preview RUN_DIR|FINAL_DIR [--output PNG]
     genhancer presets | genhancer config --preset NAME [k=v ...]
-    genhancer make-tiny-clip DIR
+    genhancer make-tiny-clip DIR | genhancer make-tiny-siglip DIR
+    genhancer convert-open-clip CHECKPOINT OUTPUT [--arch NAME] [--force_quick_gelu]
     genhancer demo [--output DIR]
 
 Mistakes in the input print one line, `error: ...`, and exit with status 2.
@@ -82,6 +83,22 @@ def cmd_make_tiny_clip(args: argparse.Namespace) -> None:
     print(f"tiny CLIP written to {folder}")
 
 
+def cmd_make_tiny_siglip(args: argparse.Namespace) -> None:
+    from .tiny import make_tiny_siglip
+
+    folder = make_tiny_siglip(args.folder, image_size=args.image_size, patch_size=args.patch_size,
+                              hidden_size=args.hidden_size, vision_only=args.vision_only)
+    print(f"tiny SigLIP written to {folder}")
+
+
+def cmd_convert_open_clip(args: argparse.Namespace) -> None:
+    from .convert import convert_open_clip
+
+    out = convert_open_clip(args.checkpoint, args.output, arch=args.arch,
+                            force_quick_gelu=args.force_quick_gelu, overwrite=args.overwrite)
+    print(f"CLIPModel folder: {out}")
+
+
 def cmd_demo(args: argparse.Namespace) -> None:
     """The built-in demo: tiny CLIP -> both stages on DeepSpeed ZeRO-2 -> export -> check."""
     from .launch import enhance
@@ -155,6 +172,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--hidden_size", type=int, default=64)
     p.add_argument("--projection_dim", type=int, default=32)
     p.set_defaults(func=cmd_make_tiny_clip)
+
+    p = sub.add_parser("make-tiny-siglip", help="write a tiny random SiglipModel folder")
+    p.add_argument("folder")
+    p.add_argument("--image_size", type=int, default=32)
+    p.add_argument("--patch_size", type=int, default=8)
+    p.add_argument("--hidden_size", type=int, default=64)
+    p.add_argument("--vision_only", action="store_true", help="a SiglipVisionModel folder")
+    p.set_defaults(func=cmd_make_tiny_siglip)
+
+    p = sub.add_parser("convert-open-clip",
+                       help="convert a local open_clip checkpoint into an HF CLIPModel folder")
+    p.add_argument("checkpoint", help="a weights file (with --arch) or a local open_clip folder "
+                                      "holding open_clip_config.json")
+    p.add_argument("output", help="the CLIPModel folder to write")
+    p.add_argument("--arch", help="open_clip architecture, e.g. ViT-L-14-quickgelu (MetaCLIP L), "
+                                  "ViT-H-14-quickgelu (MetaCLIP H)")
+    p.add_argument("--force_quick_gelu", action="store_true",
+                   help="QuickGELU whatever the architecture says (OpenAI / MetaCLIP weights)")
+    p.add_argument("--overwrite", action="store_true")
+    p.set_defaults(func=cmd_convert_open_clip)
 
     p = sub.add_parser("demo", help="the built-in demo (tiny CLIP, CPU, a few minutes)")
     p.add_argument("--output", default="runs/demo")

@@ -37,6 +37,7 @@ __all__ = [
 ]
 
 STAGE2_MODES = ("lora-only", "all")
+ENCODER_FAMILIES = ("clip", "siglip")
 SCHEDULES = ("two-stage", "end-to-end")
 
 
@@ -53,15 +54,23 @@ def _positive(key: str, value: float) -> None:
 class EncoderConfig:
     """The vision encoder to enhance (a local Hugging Face folder)."""
 
-    path: str = ""  # CLIPModel or CLIPVisionModelWithProjection folder; no hub names
-    family: str = "clip"
+    # A local folder, no hub names. clip: CLIPModel or CLIPVisionModelWithProjection (OpenAI,
+    # MetaCLIP, converted open_clip); siglip: SiglipModel or SiglipVisionModel.
+    path: str = ""
+    family: str = "clip"  # checked against the folder's model_type when it is loaded
     image_size: int = 224
+    # Width of the global token that feeds the projector (768 CLIP L/14, 1024 MetaCLIP H/14,
+    # 1152 SigLIP SO400M); checked against the folder when set, taken from it when null.
+    global_dim: int | None = None
     # Fraction of patch tokens appended to the conditioning (paper ablation; 0 = global token only).
     local_token_ratio: float = 0.0
 
     def __post_init__(self) -> None:
-        _check(self.family == "clip", "encoder.family", self.family, "supported: clip")
+        _check(self.family in ENCODER_FAMILIES, "encoder.family", self.family,
+               f"choose one of {', '.join(ENCODER_FAMILIES)}")
         _positive("encoder.image_size", self.image_size)
+        if self.global_dim is not None:
+            _positive("encoder.global_dim", self.global_dim)
         _check(
             0.0 <= self.local_token_ratio <= 1.0,
             "encoder.local_token_ratio",
@@ -167,7 +176,7 @@ class LoraConfig:
     dropout: float = 0.1
     bias: str = "lora_only"
     target_modules: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2")
-    include_projection: bool = False  # also adapt visual_projection
+    include_projection: bool = False  # also adapt visual_projection (CLIP only)
 
     def __post_init__(self) -> None:
         _positive("lora.r", self.r)

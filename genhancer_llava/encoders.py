@@ -1,8 +1,17 @@
-"""Vision encoders behind one small interface: global token, local tokens, preprocessing stats.
+"""Vision encoders behind one small interface: global token, local tokens, preprocessing stats,
+LoRA target names.
 
-For CLIP-family folders only the vision tower and `visual_projection` are loaded: the text
-tower never enters training (the reference code loads the whole CLIPModel and puts LoRA on the
-text tower too, which never receives a gradient).
+Two families, told apart by the folder's `config.json` `model_type`:
+
+- clip: CLIPModel or CLIPVisionModelWithProjection folders (OpenAI, MetaCLIP, open_clip
+  checkpoints converted by `genhancer convert-open-clip`). Global token:
+  visual_projection(pooler_output), the post-LN CLS in the joint space.
+- siglip: SiglipModel or SiglipVisionModel folders. Global token: pooler_output, the
+  attention-pooling (MAP) head over the post-LN patch tokens (no CLS, no projection).
+
+Only the vision tower (and, for CLIP, `visual_projection`) is loaded: the text tower never
+enters training (the reference code loads the whole model and puts LoRA on the text tower too,
+which never receives a gradient).
 """
 
 from __future__ import annotations
@@ -11,19 +20,48 @@ import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Union
 
 import torch
 import transformers
 from torch import nn
-from transformers import AutoConfig, CLIPVisionConfig, CLIPVisionModelWithProjection
+from transformers import (
+    AutoConfig,
+    CLIPVisionConfig,
+    CLIPVisionModelWithProjection,
+    PretrainedConfig,
+    SiglipVisionConfig,
+    SiglipVisionModel,
+)
 
 from .errors import GenhancerError
 
-__all__ = ["EncoderOutput", "CLIPEncoder", "load_encoder", "read_clip_vision_config"]
+__all__ = [
+    "FAMILIES",
+    "EncoderOutput",
+    "CLIPEncoder",
+    "SiglipEncoder",
+    "Encoder",
+    "folder_family",
+    "read_vision_config",
+    "read_clip_vision_config",
+    "check_resolution",
+    "load_encoder",
+]
 
-# OpenAI CLIP's normalisation, used when a folder has no preprocessor_config.json.
+# OpenAI CLIP's normalisation, used when a CLIP folder has no preprocessor_config.json.
 OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
+# SigLIP's ([-1, 1]), used when a SigLIP folder has no preprocessor_config.json.
+SIGLIP_MEAN = (0.5, 0.5, 0.5)
+SIGLIP_STD = (0.5, 0.5, 0.5)
+
+# family -> {config.json model_type: what the folder holds}
+FAMILIES: dict[str, dict[str, str]] = {
+    "clip": {"clip": "CLIPModel", "clip_vision_model": "CLIPVisionModelWithProjection"},
+    "siglip": {"siglip": "SiglipModel", "siglip_vision_model": "SiglipVisionModel"},
+}
+_FULL_MODEL_TYPES = ("clip", "siglip")  # folders that also hold a text tower
 
 
 @dataclass
@@ -32,42 +70,102 @@ class EncoderOutput:
     local_tokens: torch.Tensor | None  # (B, k, d_local) or None
 
 
-def read_clip_vision_config(path: str | Path) -> tuple[CLIPVisionConfig, str]:
-    """The vision config of a CLIP folder, with the joint-space width, and the folder's kind.
-
-    Returns (vision_config, model_type) where model_type is "clip" for a full CLIPModel folder
-    and "clip_vision_model" for a vision-only one.
-    """
+def folder_family(path: str | Path) -> tuple[str, str]:
+    """(family, model_type) of a local Hugging Face folder; a one-line error otherwise."""
     path = Path(path)
     if not path.is_dir():
         raise GenhancerError(
-            f"encoder folder {path} does not exist; set encoder.path to a local CLIP folder"
+            f"encoder folder {path} does not exist; set encoder.path to a local CLIP or SigLIP "
+            "folder"
         )
     if not (path / "config.json").is_file():
         raise GenhancerError(f"{path} has no config.json; it is not a Hugging Face model folder")
     model_type = json.loads((path / "config.json").read_text()).get("model_type")
-    if model_type not in ("clip", "clip_vision_model"):
+    for family, types in FAMILIES.items():
+        if model_type in types:
+            return family, model_type
+    known = ", ".join(f"{t} ({c})" for types in FAMILIES.values() for t, c in types.items())
+    raise GenhancerError(
+        f"{path} holds a '{model_type}' model, not CLIP or SigLIP; encoder.path takes "
+        f"model_type {known} (open_clip checkpoints: `genhancer convert-open-clip` first)"
+    )
+
+
+def read_vision_config(
+    path: str | Path, family: str | None = None
+) -> tuple[PretrainedConfig, str, str]:
+    """The vision config of a CLIP or SigLIP folder, and the folder's (model_type, family).
+
+    Args:
+        path: a CLIPModel / CLIPVisionModelWithProjection / SiglipModel / SiglipVisionModel folder.
+        family: the family the config expects (`encoder.family`); a mismatch is an error.
+
+    Returns (vision_config, model_type, family). For a full CLIPModel folder the vision config
+    carries the joint-space width (`projection_dim`) of the CLIPConfig.
+    """
+    path = Path(path)
+    found, model_type = folder_family(path)
+    if family is not None and family != found:
+        presets = {"clip": "openai-clip-* or metaclip-*", "siglip": "siglip-so400m-*"}[found]
         raise GenhancerError(
-            f"{path} holds a '{model_type}' model, not CLIP; point encoder.path at a CLIPModel "
-            "or CLIPVisionModelWithProjection folder"
+            f"encoder.family={family} but {path} holds a {FAMILIES[found][model_type]} "
+            f"(family {found}); use a {found} preset ({presets}) or set encoder.family={found}"
         )
     config = AutoConfig.from_pretrained(path)
-    if model_type == "clip":
-        # The joint-space width lives on CLIPConfig; the nested vision config carries a default
-        # (512) that would silently re-initialise visual_projection at the wrong size.
+    if model_type in _FULL_MODEL_TYPES:
         vision = config.vision_config
-        vision.projection_dim = config.projection_dim
-        return vision, model_type
-    return config, model_type
+        if found == "clip":
+            # The joint-space width lives on CLIPConfig; the nested vision config carries a
+            # default (512) that would silently re-initialise visual_projection at the wrong size.
+            vision.projection_dim = config.projection_dim
+        return vision, model_type, found
+    return config, model_type, found
 
 
-def _image_stats(path: Path) -> tuple[tuple[float, ...], tuple[float, ...]]:
+def read_clip_vision_config(path: str | Path) -> tuple[CLIPVisionConfig, str]:
+    """(vision_config, model_type) of a CLIP folder (kept for callers of the CLIP-only API)."""
+    vision, model_type, _ = read_vision_config(path, family="clip")
+    return vision, model_type
+
+
+def check_resolution(path: str | Path, image_size: int, vision: PretrainedConfig) -> None:
+    """The tower's position embeddings cover exactly its own resolution: demand it.
+
+    CLIP towers also need the size to be a multiple of the patch; SigLIP's patch convolution
+    drops the remainder (SO400M/14 at 384 px sees 27 x 27 patches), as its own processor does.
+    """
+    if image_size != vision.image_size:
+        raise GenhancerError(
+            f"encoder.image_size={image_size} but the tower at {path} has position embeddings for "
+            f"{vision.image_size} px only; set encoder.image_size={vision.image_size} (or use a "
+            f"preset of that resolution)"
+        )
+    if isinstance(vision, CLIPVisionConfig) and image_size % vision.patch_size:
+        raise GenhancerError(
+            f"encoder.image_size={image_size} is not a multiple of the patch size "
+            f"{vision.patch_size}"
+        )
+
+
+def _image_stats(
+    path: Path, default: tuple[tuple[float, ...], tuple[float, ...]]
+) -> tuple[tuple[float, ...], tuple[float, ...]]:
     processor = path / "preprocessor_config.json"
     if processor.is_file():
         data = json.loads(processor.read_text())
         if "image_mean" in data and "image_std" in data:
             return tuple(data["image_mean"]), tuple(data["image_std"])
-    return OPENAI_MEAN, OPENAI_STD
+    return default
+
+
+def _pick_local(patches: torch.Tensor, k: int, training: bool) -> torch.Tensor:
+    """k of the P patch tokens: random while training, evenly spread otherwise."""
+    # patches: (B, P, d_local)
+    if training:
+        index = torch.randperm(patches.shape[1], device=patches.device)
+    else:  # deterministic
+        index = torch.linspace(0, patches.shape[1] - 1, patches.shape[1]).long()
+    return patches[:, index[:k].to(patches.device)]  # (B, k, d_local)
 
 
 class CLIPEncoder(nn.Module):
@@ -114,13 +212,87 @@ class CLIPEncoder(nn.Module):
         local = None
         if self.num_local_tokens:
             patches = out.last_hidden_state[:, 1:]  # (B, P, d_local), CLS dropped
-            if self.training:
-                index = torch.randperm(patches.shape[1], device=patches.device)
-            else:  # evenly spread, deterministic
-                index = torch.linspace(0, patches.shape[1] - 1, patches.shape[1]).long()
-            index = index[: self.num_local_tokens].to(patches.device)
-            local = patches[:, index]  # (B, k, d_local)
+            local = _pick_local(patches, self.num_local_tokens, self.training)
         return EncoderOutput(global_token=global_token, local_tokens=local)
+
+
+class SiglipEncoder(nn.Module):
+    """SigLIP vision tower; the global token is its pooler output.
+
+    SigLIP has no CLS token and no projection: `pooler_output` is the multihead attention-pooling
+    (MAP) head applied to the post-LayerNorm patch tokens, the vector SigLIP's contrastive loss
+    uses (1152-d for SO400M). Local tokens are drawn from all patch tokens.
+
+    Args:
+        model: a `SiglipVisionModel` with its pooling head (possibly wrapped by peft).
+        image_mean / image_std: the normalisation the tower was trained with (0.5 / 0.5).
+        local_token_ratio: fraction of patch tokens also returned as local tokens (ablation).
+    """
+
+    family = "siglip"
+
+    def __init__(
+        self,
+        model: SiglipVisionModel,
+        image_mean: tuple[float, ...] = SIGLIP_MEAN,
+        image_std: tuple[float, ...] = SIGLIP_STD,
+        local_token_ratio: float = 0.0,
+    ) -> None:
+        super().__init__()
+        self.model = model
+        self.image_mean = tuple(image_mean)
+        self.image_std = tuple(image_std)
+        config = model.config
+        self.global_dim: int = config.hidden_size
+        self.local_dim: int = config.hidden_size
+        self.image_size: int = config.image_size
+        num_patches = (config.image_size // config.patch_size) ** 2
+        self.num_local_tokens = math.ceil(local_token_ratio * num_patches)
+
+    def lora_target_regex(self, modules: tuple[str, ...], include_projection: bool) -> str:
+        """A peft `target_modules` regex over the tower's layers and its pooling head.
+
+        As the paper's code: the encoder layers' q/k/v/out_proj and fc1/fc2 and the pooling head's
+        attention and MLP. The head's attention is a `torch.nn.MultiheadAttention`, whose forward
+        reads `out_proj.weight` directly (a LoRA on `out_proj` alone would be bypassed), so the
+        whole module is targeted: peft's MultiheadAttention LoRA adapts its fused in-projection
+        and its out-projection.
+        """
+        if include_projection:
+            raise GenhancerError(
+                "lora.include_projection=true adapts CLIP's visual_projection; SigLIP has none "
+                "(its pooling head is adapted already); set lora.include_projection=false"
+            )
+        names = "|".join(modules)
+        parts = [rf"encoder\.layers\.\d+\.(?:self_attn|mlp)\.(?:{names})"]
+        if any(m in modules for m in ("q_proj", "k_proj", "v_proj", "out_proj")):
+            parts.append(r"head\.attention")
+        head_mlp = [m for m in ("fc1", "fc2") if m in modules]
+        if head_mlp:
+            parts.append(rf"head\.mlp\.(?:{'|'.join(head_mlp)})")
+        return rf"(?:.*\.)?(?:{'|'.join(parts)})"
+
+    def forward(self, pixel_values: torch.Tensor) -> EncoderOutput:
+        # pixel_values: (B, 3, H, W), normalised with image_mean / image_std
+        out = self.model(pixel_values=pixel_values)
+        global_token = out.pooler_output  # (B, d), MAP head over post-LN tokens
+        local = None
+        if self.num_local_tokens:
+            # (B, P, d_local): every token is a patch token (no CLS)
+            local = _pick_local(out.last_hidden_state, self.num_local_tokens, self.training)
+        return EncoderOutput(global_token=global_token, local_tokens=local)
+
+
+Encoder = Union[CLIPEncoder, SiglipEncoder]  # noqa: UP007 (a runtime alias)
+
+
+def _from_pretrained(cls, path: Path, config: PretrainedConfig, dtype: torch.dtype | None):
+    verbosity = transformers.logging.get_verbosity()
+    transformers.logging.set_verbosity_error()  # the text-tower keys are skipped on purpose
+    try:
+        return cls.from_pretrained(path, config=config, dtype=dtype, output_loading_info=True)
+    finally:
+        transformers.logging.set_verbosity(verbosity)
 
 
 def load_encoder(
@@ -128,41 +300,44 @@ def load_encoder(
     image_size: int,
     local_token_ratio: float = 0.0,
     dtype: torch.dtype | None = None,
-) -> CLIPEncoder:
-    """Load a CLIP vision tower + projection from a local folder, without the text tower.
+    family: str | None = None,
+) -> Encoder:
+    """Load a CLIP or SigLIP vision tower from a local folder, without the text tower.
 
     Args:
-        path: a CLIPModel or CLIPVisionModelWithProjection folder.
+        path: a CLIPModel, CLIPVisionModelWithProjection, SiglipModel or SiglipVisionModel folder.
         image_size: the resolution training will feed; must equal the tower's.
-        local_token_ratio: see `CLIPEncoder`.
+        local_token_ratio: see `CLIPEncoder` / `SiglipEncoder`.
         dtype: parameter dtype (None keeps the stored one).
+        family: `encoder.family` ("clip" | "siglip"); checked against the folder when given.
     """
     path = Path(path)
-    vision_config, _ = read_clip_vision_config(path)
-    if image_size != vision_config.image_size:
+    vision, _, found = read_vision_config(path, family)
+    check_resolution(path, image_size, vision)
+    if found == "clip":
+        model, info = _from_pretrained(CLIPVisionModelWithProjection, path, vision, dtype)
+        if info["missing_keys"]:
+            # A CLIPVisionModel folder has no visual_projection: it would be random here.
+            missing = sorted(info["missing_keys"])
+            raise GenhancerError(
+                f"{path} lacks {len(missing)} encoder weights (first: {missing[0]}); it needs the "
+                "vision tower and visual_projection (a CLIPModel or CLIPVisionModelWithProjection)"
+            )
+        mean, std = _image_stats(path, (OPENAI_MEAN, OPENAI_STD))
+        return CLIPEncoder(model, mean, std, local_token_ratio)
+
+    assert isinstance(vision, SiglipVisionConfig)
+    if not getattr(vision, "vision_use_head", True):
         raise GenhancerError(
-            f"encoder.image_size={image_size} but the CLIP at {path} takes "
-            f"{vision_config.image_size} px; set encoder.image_size={vision_config.image_size}"
+            f"the SigLIP at {path} has no attention-pooling head (vision_use_head=false); "
+            "GenHancer's SigLIP global token is that head's output"
         )
-    if image_size % vision_config.patch_size:
-        raise GenhancerError(
-            f"encoder.image_size={image_size} is not a multiple of the patch size "
-            f"{vision_config.patch_size}"
-        )
-    verbosity = transformers.logging.get_verbosity()
-    transformers.logging.set_verbosity_error()  # the text-tower keys are skipped on purpose
-    try:
-        model, info = CLIPVisionModelWithProjection.from_pretrained(
-            path, config=vision_config, dtype=dtype, output_loading_info=True
-        )
-    finally:
-        transformers.logging.set_verbosity(verbosity)
+    model, info = _from_pretrained(SiglipVisionModel, path, vision, dtype)
     if info["missing_keys"]:
-        # A CLIPVisionModel folder has no visual_projection: it would be random here.
         missing = sorted(info["missing_keys"])
         raise GenhancerError(
-            f"{path} lacks {len(missing)} encoder weights (first: {missing[0]}); it needs the "
-            "vision tower and visual_projection (a CLIPModel or CLIPVisionModelWithProjection)"
+            f"{path} lacks {len(missing)} SigLIP vision weights (first: {missing[0]}); it needs "
+            "the vision tower with its pooling head (a SiglipModel or SiglipVisionModel folder)"
         )
-    mean, std = _image_stats(path)
-    return CLIPEncoder(model, mean, std, local_token_ratio)
+    mean, std = _image_stats(path, (SIGLIP_MEAN, SIGLIP_STD))
+    return SiglipEncoder(model, mean, std, local_token_ratio)

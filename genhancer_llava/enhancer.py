@@ -23,7 +23,8 @@ from torch import nn
 
 from .config import Config, LoraConfig
 from .denoisers import FlowDenoiser
-from .encoders import CLIPEncoder, load_encoder
+from .encoders import Encoder, load_encoder
+from .errors import GenhancerError
 from .projector import Projector
 
 __all__ = [
@@ -62,7 +63,7 @@ class Enhancer(nn.Module):
         denoiser: the flow denoiser, conditioned only on the projector's outputs.
     """
 
-    def __init__(self, encoder: CLIPEncoder, projector: Projector, denoiser: FlowDenoiser) -> None:
+    def __init__(self, encoder: Encoder, projector: Projector, denoiser: FlowDenoiser) -> None:
         super().__init__()
         self.encoder = encoder
         self.projector = projector
@@ -83,11 +84,29 @@ class Enhancer(nn.Module):
         return self.denoiser(target, pooled, context)
 
 
-def build_enhancer(cfg: Config, encoder: CLIPEncoder | None = None) -> Enhancer:
-    """Encoder from `cfg.encoder.path` (unless given), fresh projector and flow denoiser."""
+def build_enhancer(cfg: Config, encoder: Encoder | None = None) -> Enhancer:
+    """Encoder from `cfg.encoder.path` (unless given), fresh projector and flow denoiser.
+
+    Args:
+        cfg: the run config; `encoder.family` and `encoder.global_dim` are checked against the
+            encoder.
+        encoder: an encoder built elsewhere (tests build paper-sized ones on the meta device).
+    """
     if encoder is None:
         encoder = load_encoder(
-            cfg.encoder.path, cfg.encoder.image_size, cfg.encoder.local_token_ratio
+            cfg.encoder.path, cfg.encoder.image_size, cfg.encoder.local_token_ratio,
+            family=cfg.encoder.family,
+        )
+    if encoder.family != cfg.encoder.family:
+        raise GenhancerError(
+            f"encoder.family={cfg.encoder.family} but the encoder is a {encoder.family} one; set "
+            f"encoder.family={encoder.family} or use a {encoder.family} preset"
+        )
+    if cfg.encoder.global_dim is not None and cfg.encoder.global_dim != encoder.global_dim:
+        raise GenhancerError(
+            f"encoder.global_dim={cfg.encoder.global_dim} but the {encoder.family} encoder's "
+            f"global token is {encoder.global_dim}-d; the folder is not this preset's backbone "
+            f"(or set encoder.global_dim={encoder.global_dim})"
         )
     projector = Projector(
         encoder.global_dim,
@@ -105,7 +124,7 @@ def build_enhancer(cfg: Config, encoder: CLIPEncoder | None = None) -> Enhancer:
     return Enhancer(encoder, projector, denoiser)
 
 
-def add_lora(encoder: CLIPEncoder, cfg: LoraConfig) -> None:
+def add_lora(encoder: Encoder, cfg: LoraConfig) -> None:
     """Wrap the encoder's vision tower with peft LoRA adapters (in place)."""
     from peft import LoraConfig as PeftLoraConfig
     from peft import get_peft_model

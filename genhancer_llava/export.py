@@ -1,8 +1,15 @@
 """Export: LoRA merged into the base encoder, written as a standard Hugging Face folder.
 
-The folder loads with `CLIPModel.from_pretrained` (when the base had a text tower, copied
-unchanged) and `CLIPVisionModel.from_pretrained`, without this package. It carries the base's
-processor and tokenizer files and a `genhancer.json` provenance record.
+The folder has the base's own class, per family, and loads without this package:
+
+| base folder                   | export                       | also loads with   |
+|-------------------------------|------------------------------|-------------------|
+| CLIPModel                     | CLIPModel (text unchanged)   | CLIPVisionModel   |
+| CLIPVisionModelWithProjection | the same class               | CLIPVisionModel   |
+| SiglipModel                   | SiglipModel (text unchanged) | SiglipVisionModel |
+| SiglipVisionModel             | SiglipVisionModel            |                   |
+
+It carries the base's processor and tokenizer files and a `genhancer.json` provenance record.
 """
 
 from __future__ import annotations
@@ -15,10 +22,10 @@ from typing import Any
 
 import torch
 import transformers
-from transformers import CLIPModel, CLIPVisionModelWithProjection
+from transformers import CLIPModel, PreTrainedModel, SiglipModel
 
 from . import __version__
-from .encoders import load_encoder, read_clip_vision_config
+from .encoders import load_encoder, read_vision_config
 from .errors import GenhancerError
 from .run_dir import RunDir, stages_for
 
@@ -38,32 +45,48 @@ PROCESSOR_FILES = (
 )
 
 
-def merge_adapter(base_path: str | Path, adapter_dir: str | Path, image_size: int):
-    """Base vision tower + projection with the LoRA adapter merged in (a plain HF model)."""
+GLOBAL_TOKEN = {
+    "clip": "visual_projection(pooler_output): the post-LN CLS in the joint space",
+    "siglip": "pooler_output: the attention-pooling head over the post-LN patch tokens",
+}
+
+
+def merge_adapter(
+    base_path: str | Path, adapter_dir: str | Path, image_size: int, family: str | None = None
+) -> PreTrainedModel:
+    """Base vision tower (+ CLIP projection) with the LoRA adapter merged in (a plain HF model)."""
     from peft import PeftModel
 
     adapter_dir = Path(adapter_dir)
     if not (adapter_dir / "adapter_config.json").is_file():
         raise GenhancerError(f"{adapter_dir} holds no LoRA adapter (adapter_config.json missing)")
-    encoder = load_encoder(base_path, image_size, dtype=torch.float32)
+    encoder = load_encoder(base_path, image_size, dtype=torch.float32, family=family)
     peft_model = PeftModel.from_pretrained(encoder.model, adapter_dir)
     return peft_model.merge_and_unload()
 
 
-def _full_model(base_path: Path, merged: CLIPVisionModelWithProjection):
-    """The base's own model class with the merged vision weights in it."""
-    _, model_type = read_clip_vision_config(base_path)
-    if model_type != "clip":
-        return merged
+def _quiet_from_pretrained(cls, path: Path) -> PreTrainedModel:
     verbosity = transformers.logging.get_verbosity()
     transformers.logging.set_verbosity_error()
     try:
-        full = CLIPModel.from_pretrained(base_path)
+        return cls.from_pretrained(path)
     finally:
         transformers.logging.set_verbosity(verbosity)
-    full.vision_model.load_state_dict(merged.vision_model.state_dict(), strict=True)
-    full.visual_projection.load_state_dict(merged.visual_projection.state_dict(), strict=True)
-    return full
+
+
+def _full_model(base_path: Path, merged: PreTrainedModel) -> PreTrainedModel:
+    """The base's own model class with the merged vision weights in it."""
+    _, model_type, _ = read_vision_config(base_path)
+    if model_type == "clip":
+        full = _quiet_from_pretrained(CLIPModel, base_path)
+        full.vision_model.load_state_dict(merged.vision_model.state_dict(), strict=True)
+        full.visual_projection.load_state_dict(merged.visual_projection.state_dict(), strict=True)
+        return full
+    if model_type == "siglip":
+        full = _quiet_from_pretrained(SiglipModel, base_path)
+        full.vision_model.load_state_dict(merged.state_dict(), strict=True)
+        return full
+    return merged  # a vision-only base: the merged tower is already its class
 
 
 def export_encoder(
@@ -89,7 +112,7 @@ def export_encoder(
         raise GenhancerError(f"{output} already exists; pass --overwrite to replace it")
 
     base = Path(cfg.encoder.path)
-    merged = merge_adapter(base, adapter, cfg.encoder.image_size)
+    merged = merge_adapter(base, adapter, cfg.encoder.image_size, cfg.encoder.family)
     model = _full_model(base, merged)
 
     # Write next to the target, then swap in: an interrupted export never leaves half a folder.
@@ -118,7 +141,7 @@ def _provenance(run: RunDir, cfg: Any, base: Path) -> dict[str, Any]:
         "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "base_model": str(base.resolve()),
         "family": cfg.encoder.family,
-        "global_token": "visual_projection(pooler_output)",
+        "global_token": GLOBAL_TOKEN[cfg.encoder.family],
         "stages": stages,
         "config": cfg.to_dict(),
     }

@@ -17,7 +17,7 @@ import torch
 
 from .config import Config
 from .data import expand_shards
-from .encoders import read_clip_vision_config
+from .encoders import check_resolution, read_vision_config
 from .errors import GenhancerError
 from .export import export_encoder
 from .run_dir import RunDir, stages_for
@@ -47,19 +47,11 @@ def check_inputs(cfg: Config) -> None:
     """Fail before any process starts when a path or shape is wrong (one-line errors)."""
     if not cfg.encoder.path:
         raise GenhancerError(
-            "encoder.path is empty; pass encoder.path=/path/to/local/clip-folder"
+            "encoder.path is empty; pass encoder.path=/path/to/local/clip-or-siglip-folder"
         )
-    vision, _ = read_clip_vision_config(cfg.encoder.path)
-    if cfg.encoder.image_size != vision.image_size:
-        raise GenhancerError(
-            f"encoder.image_size={cfg.encoder.image_size} but the CLIP at {cfg.encoder.path} "
-            f"takes {vision.image_size} px; set encoder.image_size={vision.image_size}"
-        )
-    if cfg.encoder.image_size % vision.patch_size:
-        raise GenhancerError(
-            f"encoder.image_size={cfg.encoder.image_size} is not a multiple of the patch size "
-            f"{vision.patch_size}"
-        )
+    # family mismatch (a SigLIP folder with a CLIP preset, or the reverse) and resolution
+    vision, _, _ = read_vision_config(cfg.encoder.path, cfg.encoder.family)
+    check_resolution(cfg.encoder.path, cfg.encoder.image_size, vision)
     if cfg.target.kind == "flux_vae" and not Path(cfg.target.path or "").is_dir():
         raise GenhancerError(
             f"autoencoder folder '{cfg.target.path}' does not exist; set target.path to the "

@@ -1,8 +1,11 @@
-"""Tiny random CLIP folders built in code, for tests and the demo (no hub, no downloads).
+"""Tiny random CLIP and SigLIP folders built in code, for tests and the demo (no hub, no
+downloads).
 
-The folder is a standard Hugging Face `CLIPModel` folder: weights, image processor and a
+The CLIP folder is a standard Hugging Face `CLIPModel` folder: weights, image processor and a
 byte-level tokenizer (every character a token), so everything downstream (enhancement, export,
-`CLIPModel.from_pretrained`) runs on it exactly as on a real checkpoint.
+`CLIPModel.from_pretrained`) runs on it exactly as on a real checkpoint. The SigLIP folder is a
+standard `SiglipModel` folder with its image processor (0.5 / 0.5) but no tokenizer: SigLIP's is
+a sentencepiece model, and nothing on the vision path reads it.
 """
 
 from __future__ import annotations
@@ -11,9 +14,17 @@ import json
 from pathlib import Path
 
 import torch
-from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPTokenizer
+from transformers import (
+    CLIPConfig,
+    CLIPImageProcessor,
+    CLIPModel,
+    CLIPTokenizer,
+    SiglipConfig,
+    SiglipImageProcessor,
+    SiglipModel,
+)
 
-__all__ = ["make_tiny_clip", "byte_level_clip_tokenizer"]
+__all__ = ["make_tiny_clip", "make_tiny_siglip", "byte_level_clip_tokenizer"]
 
 
 def _byte_characters() -> list[str]:
@@ -83,4 +94,44 @@ def make_tiny_clip(
         size={"shortest_edge": image_size},
         crop_size={"height": image_size, "width": image_size},
     ).save_pretrained(folder)
+    return folder
+
+
+def make_tiny_siglip(
+    folder: str | Path,
+    image_size: int = 32,
+    patch_size: int = 8,
+    hidden_size: int = 64,
+    num_layers: int = 2,
+    vision_only: bool = False,
+    seed: int = 0,
+) -> Path:
+    """Write a tiny random `SiglipModel` (or `SiglipVisionModel`) folder with its image processor.
+
+    Args:
+        folder: where to write; created if missing.
+        image_size: vision input resolution.
+        patch_size: ViT patch size.
+        hidden_size: width of both towers (the global token is `hidden_size`-d).
+        num_layers: depth of both towers.
+        vision_only: write a `SiglipVisionModel` folder (no text tower) instead.
+        seed: torch seed for the random weights.
+    """
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    common = dict(
+        hidden_size=hidden_size,
+        intermediate_size=hidden_size * 4,
+        num_hidden_layers=num_layers,
+        num_attention_heads=max(1, hidden_size // 32),
+    )
+    config = SiglipConfig(
+        text_config=dict(common, vocab_size=256, max_position_embeddings=16,
+                         pad_token_id=1, bos_token_id=None, eos_token_id=2),
+        vision_config=dict(common, image_size=image_size, patch_size=patch_size),
+    )
+    torch.manual_seed(seed)
+    model = SiglipModel(config)
+    (model.vision_model if vision_only else model).save_pretrained(folder)
+    SiglipImageProcessor(size={"height": image_size, "width": image_size}).save_pretrained(folder)
     return folder

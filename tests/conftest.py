@@ -1,4 +1,4 @@
-"""Shared fixtures: tiny random CLIP folders and tiny run configs, built in code."""
+"""Shared fixtures: tiny random CLIP and SigLIP folders and tiny run configs, built in code."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from genhancer_llava.config import load_config
-from genhancer_llava.tiny import make_tiny_clip
+from genhancer_llava.tiny import make_tiny_clip, make_tiny_siglip
 
 REPO = Path(__file__).resolve().parents[1]
 os.environ.setdefault("DS_ACCELERATOR", "cpu")
@@ -21,6 +21,12 @@ os.environ.setdefault("DS_ACCELERATOR", "cpu")
 def tiny_clip(tmp_path_factory) -> Path:
     """A tiny CLIPModel folder: 32 px, patch 8, hidden 64, projection 32."""
     return make_tiny_clip(tmp_path_factory.mktemp("clip") / "tiny-clip")
+
+
+@pytest.fixture(scope="session")
+def tiny_siglip(tmp_path_factory) -> Path:
+    """A tiny SiglipModel folder: 32 px, patch 8, hidden 64 (the global token is 64-d)."""
+    return make_tiny_siglip(tmp_path_factory.mktemp("siglip") / "tiny-siglip")
 
 
 @pytest.fixture

@@ -3,7 +3,16 @@ import pytest
 from genhancer_llava.config import available_presets, load_config
 from genhancer_llava.errors import ConfigError
 
-PAPER = ["openai-clip-l14-224", "openai-clip-l14-336"]
+# the six backbones of the paper: (preset, family, resolution, latent tokens, global width)
+PAPER_SETTINGS = [
+    ("openai-clip-l14-224", "clip", 224, 196, 768),
+    ("openai-clip-l14-336", "clip", 336, 441, 768),
+    ("metaclip-l14-224", "clip", 224, 196, 768),
+    ("metaclip-h14-224", "clip", 224, 196, 1024),
+    ("siglip-so400m-224", "siglip", 224, 196, 1152),
+    ("siglip-so400m-384", "siglip", 384, 576, 1152),
+]
+PAPER = [p[0] for p in PAPER_SETTINGS]
 
 
 @pytest.mark.parametrize("name", available_presets())
@@ -14,13 +23,14 @@ def test_every_preset_loads_and_round_trips(name, tmp_path):
 
 
 def test_shipped_presets_include_paper_tiny_and_demo():
-    assert {*PAPER, "tiny", "demo"} <= set(available_presets())
+    assert {*PAPER, "tiny", "tiny-siglip", "demo"} <= set(available_presets())
 
 
-@pytest.mark.parametrize("name,size,tokens", [(PAPER[0], 224, 196), (PAPER[1], 336, 441)])
-def test_paper_presets_hold_the_paper_settings(name, size, tokens):
+@pytest.mark.parametrize("name,family,size,tokens,width", PAPER_SETTINGS, ids=PAPER)
+def test_paper_presets_hold_the_paper_settings(name, family, size, tokens, width):
     cfg = load_config(name)
-    assert cfg.encoder.image_size == size
+    assert (cfg.encoder.family, cfg.encoder.image_size, cfg.encoder.global_dim) == (
+        family, size, width)
     gh, gw = cfg.target.grid(size)
     assert gh * gw == tokens and cfg.target.token_dim == 64
     assert (cfg.target.scaling_factor, cfg.target.shift_factor) == (0.3611, 0.1159)
@@ -61,6 +71,8 @@ def test_overrides_parse_values_by_type():
     ("encoder.image_size=30", "encoder.image_size=30"),
     ("denoiser.axes_dims_rope=[4,4,4]", "denoiser.axes_dims_rope"),
     ("encoder.nonsense=1", "unknown config key 'encoder.nonsense'"),
+    ("encoder.family=dino", "encoder.family='dino'"),
+    ("encoder.global_dim=0", "encoder.global_dim=0"),
     ("stage1.steps=ten", "stage1.steps='ten'"),
 ])
 def test_bad_values_name_the_key(override, needle):

@@ -3,10 +3,15 @@
 import pytest
 import torch
 import torch.nn.functional as F
-from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
+from transformers import (
+    CLIPVisionConfig,
+    CLIPVisionModelWithProjection,
+    SiglipVisionConfig,
+    SiglipVisionModel,
+)
 
 from genhancer_llava.config import load_config
-from genhancer_llava.encoders import CLIPEncoder, load_encoder
+from genhancer_llava.encoders import CLIPEncoder, SiglipEncoder, load_encoder
 from genhancer_llava.enhancer import build_enhancer
 from genhancer_llava.errors import GenhancerError
 from genhancer_llava.targets import image_ids
@@ -14,37 +19,77 @@ from genhancer_llava.timesteps import sample_timesteps
 
 FLUX_DENOISER_PARAMS = 1_310_154_816  # 2 double + 4 single FLUX blocks, 24 x 128 heads
 
+# The vision towers of the paper's backbones (public HF configs), without weights.
+CLIP_L14 = dict(hidden_size=1024, intermediate_size=4096, num_hidden_layers=24,
+                num_attention_heads=16, patch_size=14, projection_dim=768)
+METACLIP_H14 = dict(hidden_size=1280, intermediate_size=5120, num_hidden_layers=32,
+                    num_attention_heads=16, patch_size=14, projection_dim=1024)
+SIGLIP_SO400M = dict(hidden_size=1152, intermediate_size=4304, num_hidden_layers=27,
+                     num_attention_heads=16, patch_size=14)
 
-def _meta_clip_l14(image_size: int) -> CLIPEncoder:
-    """OpenAI CLIP ViT-L/14's vision tower shape, on the meta device (no weights)."""
-    config = CLIPVisionConfig(hidden_size=1024, intermediate_size=4096, num_hidden_layers=24,
-                              num_attention_heads=16, patch_size=14, image_size=image_size,
-                              projection_dim=768)
+
+def _meta_encoder(family: str, tower: dict, image_size: int):
+    """A paper backbone's vision tower on the meta device (no weights, no memory)."""
     with torch.device("meta"):
-        return CLIPEncoder(CLIPVisionModelWithProjection(config))
+        if family == "siglip":
+            return SiglipEncoder(SiglipVisionModel(SiglipVisionConfig(**tower,
+                                                                      image_size=image_size)))
+        return CLIPEncoder(CLIPVisionModelWithProjection(CLIPVisionConfig(**tower,
+                                                                          image_size=image_size)))
 
 
-@pytest.mark.parametrize("preset,size,tokens", [
-    ("openai-clip-l14-224", 224, 196), ("openai-clip-l14-336", 336, 441)])
-def test_paper_presets_build_at_paper_shapes_on_meta(preset, size, tokens):
+def _mlp_params(d_in: int, d_out: int) -> int:
+    return 2 * d_in + (d_in * d_out + d_out) + (d_out * d_out + d_out)  # LN, Linear, Linear
+
+
+# (preset, family, tower, size, latent tokens, global-token width) for the six backbones
+PAPER_BACKBONES = [
+    ("openai-clip-l14-224", "clip", CLIP_L14, 224, 196, 768),
+    ("openai-clip-l14-336", "clip", CLIP_L14, 336, 441, 768),
+    ("metaclip-l14-224", "clip", CLIP_L14, 224, 196, 768),
+    ("metaclip-h14-224", "clip", METACLIP_H14, 224, 196, 1024),
+    ("siglip-so400m-224", "siglip", SIGLIP_SO400M, 224, 196, 1152),
+    ("siglip-so400m-384", "siglip", SIGLIP_SO400M, 384, 576, 1152),
+]
+
+
+@pytest.mark.parametrize("preset,family,tower,size,tokens,width", PAPER_BACKBONES,
+                         ids=[b[0] for b in PAPER_BACKBONES])
+def test_paper_presets_build_at_paper_shapes_on_meta(preset, family, tower, size, tokens, width):
     cfg = load_config(preset)
+    assert (cfg.encoder.family, cfg.encoder.image_size, cfg.encoder.global_dim) == (
+        family, size, width)
     with torch.device("meta"):
-        enhancer = build_enhancer(cfg, encoder=_meta_clip_l14(size))
+        enhancer = build_enhancer(cfg, encoder=_meta_encoder(family, tower, size))
     denoiser = enhancer.denoiser.transformer
     assert sum(p.numel() for p in denoiser.parameters()) == FLUX_DENOISER_PARAMS
     assert len(denoiser.transformer_blocks) == 2 and len(denoiser.single_transformer_blocks) == 4
+    # the target token count: the autoencoder's latents of this resolution, packed 2x2
     assert enhancer.denoiser.img_ids.shape == (tokens, 3)
-    # the projector: d=768 -> 768 (adaLN path) and d=768 -> 4096 (one context token)
+    # the projector: d -> 768 (adaLN path) and d -> 4096 (one context token), d = global width
+    assert enhancer.encoder.global_dim == width
     pooled, context = enhancer.projector.pooled, enhancer.projector.context
     assert (pooled[1].in_features, pooled[1].out_features, pooled[3].out_features) == (
-        768, 768, 768)
+        width, 768, 768)
     assert (context[1].in_features, context[1].out_features, context[3].out_features) == (
-        768, 4096, 4096)
+        width, 4096, 4096)
     projector_params = sum(p.numel() for p in enhancer.projector.parameters())
-    assert 21e6 < projector_params < 23e6
+    assert projector_params == _mlp_params(width, 768) + _mlp_params(width, 4096)
+    if width == 768:
+        assert 21e6 < projector_params < 23e6  # the paper's "about 21-23 M"
     assert denoiser.config.pooled_projection_dim == 768
     assert denoiser.config.joint_attention_dim == 4096
     assert denoiser.config.in_channels == 64 and denoiser.config.guidance_embeds
+
+
+def test_preset_with_another_backbone_is_refused():
+    cfg = load_config("metaclip-h14-224")  # expects a 1024-d global token
+    with pytest.raises(GenhancerError, match="encoder.global_dim=1024 but the clip encoder's "
+                                             "global token is 768-d"):
+        build_enhancer(cfg, encoder=_meta_encoder("clip", CLIP_L14, 224))
+    with pytest.raises(GenhancerError, match="encoder.family=siglip but the encoder is a clip"):
+        build_enhancer(load_config("siglip-so400m-224"),
+                       encoder=_meta_encoder("clip", CLIP_L14, 224))
 
 
 def test_encoder_global_token_is_projected_pooler_and_text_tower_absent(tiny_clip):
