@@ -116,7 +116,7 @@ def cmd_demo(args: argparse.Namespace) -> None:
     print("\n== GenHancer demo ==")
     for stage in stages_for(cfg):
         s = run.summary(stage)
-        print(f"{stage:<8} ({s['policy']}): flow_loss {s['loss_first']:.4f} at start -> "
+        print(f"{stage:<8} ({s['policy']}): {s['loss']} {s['loss_first']:.4f} at start -> "
               f"{s['loss_last']:.4f} at step {s['steps']}")
     check = textwrap.dedent(f"""
         from transformers import CLIPModel, CLIPVisionModel

@@ -37,6 +37,10 @@ __all__ = [
 ]
 
 STAGE2_MODES = ("lora-only", "all")
+TARGET_KINDS = ("flux_vae", "pixels", "vq")
+DENOISER_KINDS = ("flow", "masked")
+# which targets each denoiser reconstructs
+DENOISER_TARGETS = {"flow": ("flux_vae", "pixels"), "masked": ("vq",)}
 ENCODER_FAMILIES = ("clip", "siglip")
 SCHEDULES = ("two-stage", "end-to-end")
 
@@ -83,30 +87,38 @@ class EncoderConfig:
 class TargetConfig:
     """What the denoiser reconstructs; produced by a frozen module outside the trained one."""
 
-    kind: str = "flux_vae"  # flux_vae: autoencoder latents; pixels: packed pixel patches
-    path: str = ""  # local AutoencoderKL folder (flux_vae only)
+    # flux_vae: autoencoder latents (flow); pixels: packed pixel patches (flow, tiny runs);
+    # vq: VQ-GAN token ids (masked)
+    kind: str = "flux_vae"
+    path: str = ""  # local AutoencoderKL (flux_vae) or VQModel (vq) folder
     latent_channels: int = 16
-    downsample: int = 8  # autoencoder's spatial factor
+    downsample: int = 8  # the autoencoder's / VQ-GAN's spatial factor
     pack: int = 2  # tokens pack pack x pack latents (flux_vae) or pixels (pixels)
     scaling_factor: float = 0.3611
     shift_factor: float = 0.1159
     sample_posterior: bool = True  # the paper samples z; the mean is the other option
+    codebook_size: int = 16384  # vq only: checked against the VQModel folder
 
     def __post_init__(self) -> None:
-        _check(self.kind in ("flux_vae", "pixels"), "target.kind", self.kind,
-               "choose flux_vae or pixels")
+        _check(self.kind in TARGET_KINDS, "target.kind", self.kind,
+               f"choose one of {', '.join(TARGET_KINDS)}")
         _positive("target.pack", self.pack)
         _positive("target.latent_channels", self.latent_channels)
         _positive("target.downsample", self.downsample)
+        _check(self.codebook_size > 1, "target.codebook_size", self.codebook_size,
+               "must be > 1")
 
     @property
     def token_dim(self) -> int:
+        """Width of one continuous target token (flow targets)."""
         channels = self.latent_channels if self.kind == "flux_vae" else 3
         return channels * self.pack * self.pack
 
     @property
     def token_stride(self) -> int:
         """Image pixels per token side."""
+        if self.kind == "vq":
+            return self.downsample
         return self.pack * (self.downsample if self.kind == "flux_vae" else 1)
 
     def grid(self, image_size: int) -> tuple[int, int]:
@@ -123,36 +135,57 @@ class TargetConfig:
 class ProjectorConfig:
     """h_omega: global token -> adaLN vector and -> one context token (widths of the denoiser)."""
 
-    pooled_dim: int = 768
+    pooled_dim: int = 768  # 0: no adaLN path (the masked denoiser uses cross-attention only)
     context_dim: int = 4096
 
     def __post_init__(self) -> None:
-        _positive("projector.pooled_dim", self.pooled_dim)
+        _check(self.pooled_dim >= 0, "projector.pooled_dim", self.pooled_dim, "must be >= 0")
         _positive("projector.context_dim", self.context_dim)
 
 
 @dataclass
 class DenoiserConfig:
-    """The randomly initialised FLUX-style DiT and its rectified-flow objective."""
+    """The randomly initialised denoiser and its objective.
+
+    flow: a FLUX-style DiT with rectified flow (num_layers double-stream + num_single_layers
+    single-stream blocks). masked: a Perceiver-style transformer (num_layers blocks of
+    self-attention, cross-attention to the condition and MLP, width hidden_size) predicting
+    masked VQ token ids. Both draw a timestep-like t (timestep_sampling, logit_normal_scale);
+    the masked one hides mask_schedule(t) of the tokens.
+    """
 
     kind: str = "flow"
-    num_layers: int = 2  # double-stream (MM-DiT) blocks
-    num_single_layers: int = 4
+    num_layers: int = 2
+    num_single_layers: int = 4  # flow
     num_attention_heads: int = 24
-    attention_head_dim: int = 128
-    axes_dims_rope: tuple[int, int, int] = (16, 56, 56)
-    guidance: float | None = 4.0  # constant fed to the guidance embedding; null = no embedding
+    attention_head_dim: int = 128  # flow
+    axes_dims_rope: tuple[int, int, int] = (16, 56, 56)  # flow
+    guidance: float | None = 4.0  # flow: constant fed to the guidance embedding; null = none
     timestep_sampling: str = "logit_normal"  # logit_normal: sigmoid(s * N(0, 1)); uniform
     logit_normal_scale: float = 1.0  # s
+    hidden_size: int = 1024  # masked: width
+    mlp_ratio: float = 4.0  # masked
+    mask_schedule: str = "cosine"  # masked: cosine (ratio = sin(pi t / 2)) or linear (= t)
 
     def __post_init__(self) -> None:
-        _check(self.kind == "flow", "denoiser.kind", self.kind, "supported: flow")
+        _check(self.kind in DENOISER_KINDS, "denoiser.kind", self.kind,
+               f"choose one of {', '.join(DENOISER_KINDS)}")
         _check(self.num_layers >= 0, "denoiser.num_layers", self.num_layers, "must be >= 0")
+        _positive("denoiser.num_attention_heads", self.num_attention_heads)
+        _check(self.timestep_sampling in ("logit_normal", "uniform"),
+               "denoiser.timestep_sampling", self.timestep_sampling,
+               "choose logit_normal or uniform")
+        _positive("denoiser.logit_normal_scale", self.logit_normal_scale)
+        self.axes_dims_rope = tuple(int(a) for a in self.axes_dims_rope)
+        if self.kind == "flow":
+            self._check_flow()
+        else:
+            self._check_masked()
+
+    def _check_flow(self) -> None:
         _check(self.num_single_layers >= 0, "denoiser.num_single_layers",
                self.num_single_layers, "must be >= 0")
-        _positive("denoiser.num_attention_heads", self.num_attention_heads)
         _positive("denoiser.attention_head_dim", self.attention_head_dim)
-        self.axes_dims_rope = tuple(int(a) for a in self.axes_dims_rope)
         _check(
             len(self.axes_dims_rope) == 3 and sum(self.axes_dims_rope) == self.attention_head_dim,
             "denoiser.axes_dims_rope",
@@ -161,10 +194,15 @@ class DenoiserConfig:
         )
         _check(all(a % 2 == 0 for a in self.axes_dims_rope), "denoiser.axes_dims_rope",
                list(self.axes_dims_rope), "each size must be even")
-        _check(self.timestep_sampling in ("logit_normal", "uniform"),
-               "denoiser.timestep_sampling", self.timestep_sampling,
-               "choose logit_normal or uniform")
-        _positive("denoiser.logit_normal_scale", self.logit_normal_scale)
+
+    def _check_masked(self) -> None:
+        _positive("denoiser.num_layers", self.num_layers)
+        _check(self.hidden_size > 0 and self.hidden_size % self.num_attention_heads == 0,
+               "denoiser.hidden_size", self.hidden_size,
+               f"must be a positive multiple of num_attention_heads={self.num_attention_heads}")
+        _positive("denoiser.mlp_ratio", self.mlp_ratio)
+        _check(self.mask_schedule in ("cosine", "linear"), "denoiser.mask_schedule",
+               self.mask_schedule, "choose cosine or linear")
 
 
 @dataclass
@@ -255,7 +293,7 @@ class RunConfig:
     keep_checkpoints: int = 2
     preview_every: int = 0  # reconstruction preview PNG every N steps (0: only at the end)
     preview_images: int = 4
-    preview_sample_steps: int = 28  # Euler steps of the preview sampler
+    preview_sample_steps: int = 28  # Euler (flow) or MaskGIT (masked) steps of the preview
 
     def __post_init__(self) -> None:
         _check(self.mixed_precision in ("auto", "bf16", "fp16", "no"), "run.mixed_precision",
@@ -295,6 +333,11 @@ class Config:
         _check(self.stage2.mode in STAGE2_MODES, "stage2.mode", self.stage2.mode,
                f"choose one of {', '.join(STAGE2_MODES)}")
         self.target.grid(self.encoder.image_size)  # raises when the size does not tile
+        allowed = DENOISER_TARGETS[self.denoiser.kind]
+        _check(self.target.kind in allowed, "target.kind", self.target.kind,
+               f"denoiser.kind={self.denoiser.kind} reconstructs {' or '.join(allowed)} targets")
+        if self.denoiser.kind == "flow":
+            _positive("projector.pooled_dim", self.projector.pooled_dim)
 
     def to_dict(self) -> dict[str, Any]:
         return _to_plain(dataclasses.asdict(self))

@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from .config import Config, LoraConfig
-from .denoisers import FlowDenoiser
+from .denoisers import FlowDenoiser, MaskedDenoiser, build_denoiser
 from .encoders import Encoder, load_encoder
 from .errors import GenhancerError
 from .projector import Projector
@@ -55,7 +55,7 @@ STAGE_POLICIES: dict[str, StagePolicy] = {
 
 
 class Enhancer(nn.Module):
-    """Images + target tokens -> {"flow_loss": scalar}.
+    """Images + targets -> {"flow_loss": scalar} (flow) or {"mask_loss": scalar} (masked).
 
     Args:
         encoder: the vision encoder (global token, optional local tokens).
@@ -63,7 +63,8 @@ class Enhancer(nn.Module):
         denoiser: the flow denoiser, conditioned only on the projector's outputs.
     """
 
-    def __init__(self, encoder: Encoder, projector: Projector, denoiser: FlowDenoiser) -> None:
+    def __init__(self, encoder: Encoder, projector: Projector,
+                 denoiser: FlowDenoiser | MaskedDenoiser) -> None:
         super().__init__()
         self.encoder = encoder
         self.projector = projector
@@ -85,7 +86,7 @@ class Enhancer(nn.Module):
 
 
 def build_enhancer(cfg: Config, encoder: Encoder | None = None) -> Enhancer:
-    """Encoder from `cfg.encoder.path` (unless given), fresh projector and flow denoiser.
+    """Encoder from `cfg.encoder.path` (unless given), fresh projector and denoiser.
 
     Args:
         cfg: the run config; `encoder.family` and `encoder.global_dim` are checked against the
@@ -114,13 +115,7 @@ def build_enhancer(cfg: Config, encoder: Encoder | None = None) -> Enhancer:
         cfg.projector.context_dim,
         local_dim=encoder.local_dim if encoder.num_local_tokens else None,
     )
-    denoiser = FlowDenoiser(
-        cfg.denoiser,
-        in_channels=cfg.target.token_dim,
-        pooled_dim=cfg.projector.pooled_dim,
-        context_dim=cfg.projector.context_dim,
-        grid=cfg.target.grid(cfg.encoder.image_size),
-    )
+    denoiser = build_denoiser(cfg, cfg.target.grid(cfg.encoder.image_size))
     return Enhancer(encoder, projector, denoiser)
 
 

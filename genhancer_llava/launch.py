@@ -21,6 +21,7 @@ from .encoders import check_resolution, read_vision_config
 from .errors import GenhancerError
 from .export import export_encoder
 from .run_dir import RunDir, stages_for
+from .targets import build_target
 
 __all__ = ["accelerate_config", "check_inputs", "prepare_run_dir", "launch_stage", "enhance"]
 
@@ -57,6 +58,8 @@ def check_inputs(cfg: Config) -> None:
             f"autoencoder folder '{cfg.target.path}' does not exist; set target.path to the "
             "FLUX autoencoder folder, or target.kind=pixels"
         )
+    if cfg.target.kind == "vq":
+        build_target(cfg.target)  # folder, codebook size and factor checked here, in one line
     if cfg.data.kind == "folder" and not Path(cfg.data.path or "").is_dir():
         raise GenhancerError(f"data folder '{cfg.data.path}' does not exist; set data.path")
     if cfg.data.kind == "shards":

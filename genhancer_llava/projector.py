@@ -6,6 +6,7 @@ As in the paper's code, the global token g enters twice:
   2. one context token for joint attention: LN -> Linear(d, D) -> GELU -> Linear(D, D)
      (D = joint_attention_dim, 4096 for FLUX).
 Optional local (patch) tokens get their own context MLP from the tower's hidden width.
+The masked denoiser takes the condition by cross-attention only: pooled_dim=0 drops path 1.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ class Projector(nn.Module):
 
     Args:
         global_dim: width of the global token (CLIP projection_dim).
-        pooled_dim: the denoiser's adaLN conditioning width.
+        pooled_dim: the denoiser's adaLN conditioning width (0: no pooled output).
         context_dim: the denoiser's joint-attention width.
         local_dim: width of local tokens, or None when only the global token is used.
     """
@@ -36,15 +37,15 @@ class Projector(nn.Module):
         self, global_dim: int, pooled_dim: int, context_dim: int, local_dim: int | None = None
     ) -> None:
         super().__init__()
-        self.pooled = mlp(global_dim, pooled_dim)
+        self.pooled = mlp(global_dim, pooled_dim) if pooled_dim else None
         self.context = mlp(global_dim, context_dim)
         self.local_context = mlp(local_dim, context_dim) if local_dim else None
 
     def forward(
         self, global_token: torch.Tensor, local_tokens: torch.Tensor | None = None
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+    ) -> tuple[torch.Tensor | None, torch.Tensor]:
         # global_token: (B, d); local_tokens: (B, k, d_local) or None
-        pooled = self.pooled(global_token)  # (B, P)
+        pooled = self.pooled(global_token) if self.pooled is not None else None  # (B, P)
         context = self.context(global_token).unsqueeze(1)  # (B, 1, D)
         if local_tokens is not None:
             if self.local_context is None:

@@ -7,6 +7,8 @@ parameters and run without gradients, as diffusers' training scripts keep their 
   z is SAMPLED from the posterior, scaled as 0.3611 * (z - 0.1159) and packed 2x2 into 64-dim
   tokens, exactly as the paper's code.
 - `PixelTarget`: packed pixel patches in [-1, 1], for tiny and demo runs without an autoencoder.
+- `VQTarget`: VQ-GAN token ids (diffusers `VQModel`), row-major over the latent grid, for the
+  masked denoiser.
 """
 
 from __future__ import annotations
@@ -20,7 +22,10 @@ from torch import nn
 from .config import TargetConfig
 from .errors import GenhancerError
 
-__all__ = ["pack", "unpack", "PixelTarget", "FluxAutoencoderTarget", "build_target", "image_ids"]
+__all__ = [
+    "pack", "unpack", "PixelTarget", "FluxAutoencoderTarget", "VQTarget", "build_target",
+    "image_ids",
+]
 
 
 def pack(x: torch.Tensor, p: int) -> torch.Tensor:
@@ -91,18 +96,66 @@ class FluxAutoencoderTarget(nn.Module):
         return self.vae.decode(z.to(dtype)).sample.float().clamp(-1, 1)
 
 
+class VQTarget(nn.Module):
+    """Images -> VQ-GAN codebook ids (B, H/f * W/f); ids -> images."""
+
+    def __init__(self, vq: nn.Module) -> None:
+        super().__init__()
+        self.vq = vq.eval().requires_grad_(False)
+
+    @torch.no_grad()
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        # images: (B, 3, H, W) in [-1, 1] -> (B, N) long
+        dtype = next(self.vq.parameters()).dtype
+        latents = self.vq.encode(images.to(dtype)).latents  # (B, C, h, w), before quantisation
+        _, _, (_, _, ids) = self.vq.quantize(latents)
+        return ids.reshape(latents.shape[0], -1)
+
+    @torch.no_grad()
+    def decode(self, ids: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+        b = ids.shape[0]
+        channels = self.vq.quantize.embedding.weight.shape[1]
+        z = self.vq.quantize.get_codebook_entry(ids.reshape(-1), (b, *grid, channels))
+        return self.vq.decode(z, force_not_quantize=True).sample.float().clamp(-1, 1)
+
+
+def _read_model_config(path: Path, what: str, setting: str, hint: str) -> dict:
+    if not path.is_dir():
+        raise GenhancerError(f"{what} folder '{path}' does not exist; set {setting}{hint}")
+    if not (path / "config.json").is_file():
+        raise GenhancerError(f"{path} has no config.json; it is not a diffusers model folder")
+    return json.loads((path / "config.json").read_text())
+
+
+def _load_vq(cfg: TargetConfig, dtype: torch.dtype | None) -> nn.Module:
+    from diffusers import VQModel
+
+    path = Path(cfg.path or "")
+    config = _read_model_config(path, "VQ-GAN", "target.path", " to a local VQModel folder")
+    if config.get("_class_name") not in (None, "VQModel"):
+        raise GenhancerError(
+            f"{path} holds a {config.get('_class_name')}, not a VQModel; point target.path at "
+            "the VQ-GAN tokenizer"
+        )
+    codebook = config.get("num_vq_embeddings")
+    downsample = 2 ** (len(config.get("block_out_channels", [])) - 1)
+    if codebook != cfg.codebook_size or downsample != cfg.downsample:
+        raise GenhancerError(
+            f"the VQ-GAN at {path} has a codebook of {codebook} and {downsample}x "
+            f"down-sampling, the config says {cfg.codebook_size} and {cfg.downsample}; set "
+            f"target.codebook_size={codebook} target.downsample={downsample}"
+        )
+    return VQModel.from_pretrained(path, torch_dtype=dtype)
+
+
 def _load_autoencoder(cfg: TargetConfig, dtype: torch.dtype | None) -> nn.Module:
     from diffusers import AutoencoderKL
 
-    path = Path(cfg.path) if cfg.path else None
-    if path is None or not path.is_dir():
-        raise GenhancerError(
-            f"autoencoder folder '{cfg.path}' does not exist; set target.path to a local "
-            "AutoencoderKL folder (the FLUX.1 'vae' sub-folder) or use target.kind=pixels"
-        )
-    if not (path / "config.json").is_file():
-        raise GenhancerError(f"{path} has no config.json; it is not a diffusers model folder")
-    config = json.loads((path / "config.json").read_text())
+    path = Path(cfg.path or "")
+    config = _read_model_config(
+        path, "autoencoder", "target.path",
+        " to a local AutoencoderKL folder (the FLUX.1 'vae' sub-folder) or use target.kind=pixels",
+    )
     if config.get("_class_name") not in (None, "AutoencoderKL"):
         raise GenhancerError(
             f"{path} holds a {config.get('_class_name')}, not an AutoencoderKL; point "
@@ -127,8 +180,11 @@ def build_target(
     Args:
         cfg: the target config.
         device: where encoding runs (the training device).
-        dtype: autoencoder weights' dtype (bf16 on GPU; the reference kept the VAE in fp32).
+        dtype: autoencoder / VQ-GAN weights' dtype (bf16 on GPU; the reference kept its VAE in
+            fp32).
     """
     if cfg.kind == "pixels":
         return PixelTarget(cfg.pack).to(device)
+    if cfg.kind == "vq":
+        return VQTarget(_load_vq(cfg, dtype)).to(device)
     return FluxAutoencoderTarget(_load_autoencoder(cfg, dtype), cfg).to(device)

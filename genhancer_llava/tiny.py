@@ -11,6 +11,7 @@ a sentencepiece model, and nothing on the vision path reads it.
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import torch
@@ -24,7 +25,9 @@ from transformers import (
     SiglipModel,
 )
 
-__all__ = ["make_tiny_clip", "make_tiny_siglip", "byte_level_clip_tokenizer"]
+__all__ = [
+    "make_tiny_clip", "make_tiny_siglip", "make_tiny_vq", "byte_level_clip_tokenizer",
+]
 
 
 def _byte_characters() -> list[str]:
@@ -135,3 +138,32 @@ def make_tiny_siglip(
     (model.vision_model if vision_only else model).save_pretrained(folder)
     SiglipImageProcessor(size={"height": image_size, "width": image_size}).save_pretrained(folder)
     return folder
+
+
+def make_tiny_vq(
+    folder: str | Path, codebook_size: int = 32, downsample: int = 4, latent_channels: int = 4,
+    seed: int = 0,
+) -> Path:
+    """Write a tiny random diffusers `VQModel` folder (a stand-in VQ-GAN tokenizer).
+
+    Args:
+        folder: where to write.
+        codebook_size: number of codebook entries.
+        downsample: spatial factor (a power of two).
+        latent_channels: codebook vector width.
+        seed: torch seed for the random weights.
+    """
+    from diffusers import VQModel
+
+    levels = int(math.log2(downsample)) + 1
+    if 2 ** (levels - 1) != downsample:
+        raise ValueError(f"downsample={downsample} must be a power of two")
+    torch.manual_seed(seed)
+    VQModel(
+        in_channels=3, out_channels=3, latent_channels=latent_channels,
+        down_block_types=("DownEncoderBlock2D",) * levels,
+        up_block_types=("UpDecoderBlock2D",) * levels,
+        block_out_channels=(8,) * levels, layers_per_block=1, norm_num_groups=4,
+        num_vq_embeddings=codebook_size, vq_embed_dim=latent_channels,
+    ).save_pretrained(folder)
+    return Path(folder)

@@ -213,6 +213,7 @@ class StageTrainer:
         enhancer, self.policy = build_model(cfg, run, stage)
         set_seed(cfg.run.seed, device_specific=True)  # different noise and timesteps per rank
         self.table = trainable_parameter_table(enhancer)
+        self.loss_name = "mask_loss" if cfg.denoiser.kind == "masked" else "flow_loss"
         dtype = torch.bfloat16 if accelerator.mixed_precision == "bf16" else torch.float32
         self.target = build_target(cfg.target, accelerator.device, dtype)
         checkpoint, self.progress = None, Progress(batches_per_rank=[0] * self.world)
@@ -245,7 +246,8 @@ class StageTrainer:
         accelerator, model = self.accelerator, self.model
         tokens = self.target.encode(batch["target_pixels"].to(accelerator.device))
         with accelerator.accumulate(model):
-            loss = model(batch["pixel_values"].to(accelerator.device), tokens)["flow_loss"]
+            losses = model(batch["pixel_values"].to(accelerator.device), tokens)
+            loss = sum(losses.values())  # one named loss per denoiser: flow_loss / mask_loss
             if fault_at("nan-loss", self.progress.step + 1):
                 loss = loss * float("nan")
             if not _all_finite(accelerator, loss):
@@ -305,7 +307,7 @@ class StageTrainer:
         mean = self.accelerator.reduce(local, "mean").item()
         rate = self.images * self.world / max(time.perf_counter() - self.tic, 1e-9)
         self.progress.losses.append([step, mean])
-        self.accelerator.log({"flow_loss": mean, "images_per_s": rate}, step=step)
+        self.accelerator.log({self.loss_name: mean, "images_per_s": rate}, step=step)
         return {"loss": f"{mean:.4f}", "img_s": f"{rate:.1f}"}
 
     def preview(self, name: str) -> None:
@@ -346,6 +348,7 @@ class StageTrainer:
         summary = {
             "stage": self.stage,
             "policy": self.policy,
+            "loss": self.loss_name,
             "steps": self.steps,
             "loss_first": progress.losses[0][1] if progress.losses else None,
             "loss_last": progress.losses[-1][1] if progress.losses else None,
@@ -359,7 +362,7 @@ class StageTrainer:
         save_final(self.accelerator, self.model, self.run, self.stage, summary)
         if progress.losses:
             self.accelerator.print(
-                f"[{self.stage}] {self.policy}: flow_loss {summary['loss_first']:.4f} (step "
+                f"[{self.stage}] {self.policy}: {self.loss_name} {summary['loss_first']:.4f} (step "
                 f"{progress.losses[0][0]}) -> {summary['loss_last']:.4f} (step {self.steps}); "
                 f"images {progress.images}, skipped (unreadable) {progress.skipped}"
             )
