@@ -168,7 +168,26 @@ def _pick_local(patches: torch.Tensor, k: int, training: bool) -> torch.Tensor:
     return patches[:, index[:k].to(patches.device)]  # (B, k, d_local)
 
 
-class CLIPEncoder(nn.Module):
+class _TowerEncoder(nn.Module):
+    """What both families share: the wrapped tower, its normalisation and token widths."""
+
+    family: str
+
+    def __init__(self, model: nn.Module, image_mean: tuple[float, ...],
+                 image_std: tuple[float, ...], local_token_ratio: float, global_dim: int) -> None:
+        super().__init__()
+        self.model = model
+        self.image_mean = tuple(image_mean)
+        self.image_std = tuple(image_std)
+        config = model.config
+        self.global_dim = global_dim
+        self.local_dim: int = config.hidden_size
+        self.image_size: int = config.image_size
+        num_patches = (config.image_size // config.patch_size) ** 2
+        self.num_local_tokens = math.ceil(local_token_ratio * num_patches)
+
+
+class CLIPEncoder(_TowerEncoder):
     """CLIP vision tower + visual_projection; the global token is the projected CLS (pooler).
 
     Args:
@@ -186,16 +205,8 @@ class CLIPEncoder(nn.Module):
         image_std: tuple[float, ...] = OPENAI_STD,
         local_token_ratio: float = 0.0,
     ) -> None:
-        super().__init__()
-        self.model = model
-        self.image_mean = tuple(image_mean)
-        self.image_std = tuple(image_std)
-        config = model.config
-        self.global_dim: int = config.projection_dim
-        self.local_dim: int = config.hidden_size
-        self.image_size: int = config.image_size
-        num_patches = (config.image_size // config.patch_size) ** 2
-        self.num_local_tokens = math.ceil(local_token_ratio * num_patches)
+        super().__init__(model, image_mean, image_std, local_token_ratio,
+                         global_dim=model.config.projection_dim)
 
     def lora_target_regex(self, modules: tuple[str, ...], include_projection: bool) -> str:
         """A peft `target_modules` regex that matches vision-tower layers only."""
@@ -216,7 +227,7 @@ class CLIPEncoder(nn.Module):
         return EncoderOutput(global_token=global_token, local_tokens=local)
 
 
-class SiglipEncoder(nn.Module):
+class SiglipEncoder(_TowerEncoder):
     """SigLIP vision tower; the global token is its pooler output.
 
     SigLIP has no CLS token and no projection: `pooler_output` is the multihead attention-pooling
@@ -238,16 +249,8 @@ class SiglipEncoder(nn.Module):
         image_std: tuple[float, ...] = SIGLIP_STD,
         local_token_ratio: float = 0.0,
     ) -> None:
-        super().__init__()
-        self.model = model
-        self.image_mean = tuple(image_mean)
-        self.image_std = tuple(image_std)
-        config = model.config
-        self.global_dim: int = config.hidden_size
-        self.local_dim: int = config.hidden_size
-        self.image_size: int = config.image_size
-        num_patches = (config.image_size // config.patch_size) ** 2
-        self.num_local_tokens = math.ceil(local_token_ratio * num_patches)
+        super().__init__(model, image_mean, image_std, local_token_ratio,
+                         global_dim=model.config.hidden_size)
 
     def lora_target_regex(self, modules: tuple[str, ...], include_projection: bool) -> str:
         """A peft `target_modules` regex over the tower's layers and its pooling head.

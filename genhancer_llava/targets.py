@@ -127,49 +127,40 @@ def _read_model_config(path: Path, what: str, setting: str, hint: str) -> dict:
     return json.loads((path / "config.json").read_text())
 
 
-def _load_vq(cfg: TargetConfig, dtype: torch.dtype | None) -> nn.Module:
-    from diffusers import VQModel
+def _load_checked(cfg: TargetConfig, dtype: torch.dtype | None, class_name: str, what: str,
+                  size_key: str, size_setting: str, hint: str) -> nn.Module:
+    """A diffusers model from target.path, after checking its class, factor and one size."""
+    import diffusers
 
     path = Path(cfg.path or "")
-    config = _read_model_config(path, "VQ-GAN", "target.path", " to a local VQModel folder")
-    if config.get("_class_name") not in (None, "VQModel"):
+    config = _read_model_config(path, what, "target.path", hint)
+    if config.get("_class_name") not in (None, class_name):
         raise GenhancerError(
-            f"{path} holds a {config.get('_class_name')}, not a VQModel; point target.path at "
-            "the VQ-GAN tokenizer"
+            f"{path} holds a {config.get('_class_name')}, not a {class_name}; point target.path "
+            f"at the {what}"
         )
-    codebook = config.get("num_vq_embeddings")
+    size = config.get(size_key)
+    wanted = getattr(cfg, size_setting)
     downsample = 2 ** (len(config.get("block_out_channels", [])) - 1)
-    if codebook != cfg.codebook_size or downsample != cfg.downsample:
+    if size != wanted or downsample != cfg.downsample:
         raise GenhancerError(
-            f"the VQ-GAN at {path} has a codebook of {codebook} and {downsample}x "
-            f"down-sampling, the config says {cfg.codebook_size} and {cfg.downsample}; set "
-            f"target.codebook_size={codebook} target.downsample={downsample}"
+            f"the {what} at {path} has {size_key}={size} and {downsample}x down-sampling, the "
+            f"config says {wanted} and {cfg.downsample}; set target.{size_setting}={size} "
+            f"target.downsample={downsample}"
         )
-    return VQModel.from_pretrained(path, torch_dtype=dtype)
+    return getattr(diffusers, class_name).from_pretrained(path, torch_dtype=dtype)
+
+
+def _load_vq(cfg: TargetConfig, dtype: torch.dtype | None) -> nn.Module:
+    return _load_checked(cfg, dtype, "VQModel", "VQ-GAN", "num_vq_embeddings", "codebook_size",
+                         " to a local VQModel folder")
 
 
 def _load_autoencoder(cfg: TargetConfig, dtype: torch.dtype | None) -> nn.Module:
-    from diffusers import AutoencoderKL
-
-    path = Path(cfg.path or "")
-    config = _read_model_config(
-        path, "autoencoder", "target.path",
+    return _load_checked(
+        cfg, dtype, "AutoencoderKL", "autoencoder", "latent_channels", "latent_channels",
         " to a local AutoencoderKL folder (the FLUX.1 'vae' sub-folder) or use target.kind=pixels",
     )
-    if config.get("_class_name") not in (None, "AutoencoderKL"):
-        raise GenhancerError(
-            f"{path} holds a {config.get('_class_name')}, not an AutoencoderKL; point "
-            "target.path at the autoencoder"
-        )
-    channels = config.get("latent_channels")
-    downsample = 2 ** (len(config.get("block_out_channels", [])) - 1)
-    if channels != cfg.latent_channels or downsample != cfg.downsample:
-        raise GenhancerError(
-            f"the autoencoder at {path} has {channels} latent channels and {downsample}x "
-            f"down-sampling, the config says {cfg.latent_channels} and {cfg.downsample}; set "
-            f"target.latent_channels={channels} target.downsample={downsample}"
-        )
-    return AutoencoderKL.from_pretrained(path, torch_dtype=dtype)
 
 
 def build_target(

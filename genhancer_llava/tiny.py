@@ -54,6 +54,12 @@ def byte_level_clip_tokenizer(folder: str | Path) -> CLIPTokenizer:
     return CLIPTokenizer(vocab=vocab, merges=[])
 
 
+def _tower_dims(hidden_size: int, num_layers: int) -> dict[str, int]:
+    """Widths shared by the vision and text towers of the tiny models."""
+    return dict(hidden_size=hidden_size, intermediate_size=hidden_size * 4,
+                num_hidden_layers=num_layers, num_attention_heads=max(1, hidden_size // 32))
+
+
 def make_tiny_clip(
     folder: str | Path,
     image_size: int = 32,
@@ -77,12 +83,7 @@ def make_tiny_clip(
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     tokenizer = byte_level_clip_tokenizer(folder)
-    common = dict(
-        hidden_size=hidden_size,
-        intermediate_size=hidden_size * 4,
-        num_hidden_layers=num_layers,
-        num_attention_heads=max(1, hidden_size // 32),
-    )
+    common = _tower_dims(hidden_size, num_layers)
     config = CLIPConfig(
         text_config=dict(common, vocab_size=len(tokenizer), max_position_embeddings=77,
                          bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
@@ -122,12 +123,7 @@ def make_tiny_siglip(
     """
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    common = dict(
-        hidden_size=hidden_size,
-        intermediate_size=hidden_size * 4,
-        num_hidden_layers=num_layers,
-        num_attention_heads=max(1, hidden_size // 32),
-    )
+    common = _tower_dims(hidden_size, num_layers)
     config = SiglipConfig(
         text_config=dict(common, vocab_size=256, max_position_embeddings=16,
                          pad_token_id=1, bos_token_id=None, eos_token_id=2),

@@ -51,3 +51,15 @@ def run_python(*args: str, cwd: Path = REPO, timeout: int = 600) -> subprocess.C
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     return subprocess.run([sys.executable, *args], cwd=cwd, env=env, capture_output=True,
                           text=True, timeout=timeout)
+
+
+def cli_error(capsys, argv: list[str]) -> str:
+    """Run `genhancer ARGV` in-process; assert the one-line `error: ...` and exit status 2."""
+    from genhancer_llava.cli import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "\n" not in err, err
+    return err

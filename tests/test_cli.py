@@ -7,31 +7,22 @@ import pytest
 from genhancer_llava.cli import main
 from genhancer_llava.tiny import make_tiny_clip
 
-from .conftest import run_python
-
-
-def _error(capsys, argv) -> str:
-    with pytest.raises(SystemExit) as exit_info:
-        main(argv)
-    assert exit_info.value.code == 2
-    err = capsys.readouterr().err.strip()
-    assert err.startswith("error: ") and "\n" not in err, err
-    return err
+from .conftest import cli_error, run_python
 
 
 def test_unknown_preset(capsys, tmp_path):
-    err = _error(capsys, ["enhance", "--preset", "clip-xxl", "--output", str(tmp_path / "o")])
+    err = cli_error(capsys, ["enhance", "--preset", "clip-xxl", "--output", str(tmp_path / "o")])
     assert "unknown preset 'clip-xxl'" in err and "openai-clip-l14-224" in err
 
 
 def test_missing_model_folder(capsys, tmp_path):
-    err = _error(capsys, ["enhance", "--preset", "tiny", f"encoder.path={tmp_path / 'nope'}",
+    err = cli_error(capsys, ["enhance", "--preset", "tiny", f"encoder.path={tmp_path / 'nope'}",
                           "--output", str(tmp_path / "o")])
     assert "does not exist; set encoder.path" in err
 
 
 def test_empty_encoder_path_in_a_paper_preset(capsys, tmp_path):
-    err = _error(capsys, ["enhance", "--preset", "openai-clip-l14-224",
+    err = cli_error(capsys, ["enhance", "--preset", "openai-clip-l14-224",
                           "--output", str(tmp_path / "o")])
     assert "encoder.path is empty" in err
 
@@ -40,13 +31,13 @@ def test_folder_that_is_not_clip(capsys, tmp_path):
     folder = tmp_path / "llama"
     folder.mkdir()
     (folder / "config.json").write_text(json.dumps({"model_type": "llama"}))
-    err = _error(capsys, ["enhance", "--preset", "tiny", f"encoder.path={folder}",
+    err = cli_error(capsys, ["enhance", "--preset", "tiny", f"encoder.path={folder}",
                           "--output", str(tmp_path / "o")])
     assert "holds a 'llama' model, not CLIP" in err
 
 
 def test_missing_autoencoder_folder(capsys, tiny_clip, tmp_path):
-    err = _error(capsys, ["enhance", "--preset", "tiny", f"encoder.path={tiny_clip}",
+    err = cli_error(capsys, ["enhance", "--preset", "tiny", f"encoder.path={tiny_clip}",
                           "target.kind=flux_vae", f"target.path={tmp_path / 'vae'}",
                           "encoder.image_size=32", "target.pack=2", "target.downsample=8",
                           "--output", str(tmp_path / "o")])
@@ -56,13 +47,13 @@ def test_missing_autoencoder_folder(capsys, tiny_clip, tmp_path):
 def test_image_size_not_a_multiple_of_the_patch_size(capsys, tmp_path):
     clip = make_tiny_clip(tmp_path / "clip36", image_size=36, patch_size=8)
     capsys.readouterr()  # drop the writer's progress bar
-    err = _error(capsys, ["enhance", "--preset", "tiny", f"encoder.path={clip}",
+    err = cli_error(capsys, ["enhance", "--preset", "tiny", f"encoder.path={clip}",
                           "encoder.image_size=36", "--output", str(tmp_path / "o")])
     assert "encoder.image_size=36 is not a multiple of the patch size 8" in err
 
 
 def test_image_size_that_differs_from_the_model(capsys, tiny_clip, tmp_path):
-    err = _error(capsys, ["enhance", "--preset", "tiny", f"encoder.path={tiny_clip}",
+    err = cli_error(capsys, ["enhance", "--preset", "tiny", f"encoder.path={tiny_clip}",
                           "encoder.image_size=64", "--output", str(tmp_path / "o")])
     assert "set encoder.image_size=32" in err
 
@@ -70,7 +61,7 @@ def test_image_size_that_differs_from_the_model(capsys, tiny_clip, tmp_path):
 @pytest.mark.parametrize("override", ["stage1.lr=0", "stage2.lr=-1",
                                       "optim.per_device_batch_size=0"])
 def test_non_positive_lr_or_batch(capsys, tiny_clip, tmp_path, override):
-    err = _error(capsys, ["enhance", "--preset", "tiny", f"encoder.path={tiny_clip}", override,
+    err = cli_error(capsys, ["enhance", "--preset", "tiny", f"encoder.path={tiny_clip}", override,
                           "--output", str(tmp_path / "o")])
     assert override.split("=")[0] in err and "must be > 0" in err
 
@@ -80,7 +71,7 @@ def test_existing_run_folder_is_not_touched_without_overwrite(capsys, tiny_clip,
     (out / "stage1").mkdir(parents=True)
     (out / "stage1" / "precious.txt").write_text("keep me")
     (out / "config.yaml").write_text("name: earlier\n")
-    err = _error(capsys, ["enhance", "--preset", "tiny", f"encoder.path={tiny_clip}",
+    err = cli_error(capsys, ["enhance", "--preset", "tiny", f"encoder.path={tiny_clip}",
                           "--output", str(out)])
     assert "already holds a run; pass --overwrite" in err
     assert (out / "stage1" / "precious.txt").read_text() == "keep me"
@@ -92,7 +83,7 @@ def test_export_before_the_last_stage_finished(capsys, tiny_config):
 
     cfg = tiny_config()
     run = prepare_run_dir(cfg, overwrite=False, resume=False)
-    err = _error(capsys, ["export", str(run.root)])
+    err = cli_error(capsys, ["export", str(run.root)])
     assert "has not finished; run it first" in err
 
 

@@ -20,6 +20,8 @@ from genhancer_llava.convert import (  # noqa: E402
 from genhancer_llava.encoders import CLIPEncoder, load_encoder  # noqa: E402
 from genhancer_llava.errors import GenhancerError  # noqa: E402
 
+from .conftest import cli_error  # noqa: E402
+
 TEXTS = ["a photo of a cat", "Two dogs, playing in the SNOW!", "the fox's 3 red hats"]
 
 
@@ -151,19 +153,11 @@ def test_paper_architectures_map_to_clip_configs(arch, hidden, layers, heads, in
     assert arch in convertible_architectures()
 
 
-def _cli_error(capsys, argv) -> str:
-    with pytest.raises(SystemExit) as exit_info:
-        main(argv)
-    assert exit_info.value.code == 2
-    err = capsys.readouterr().err.strip()
-    assert err.startswith("error: ") and "\n" not in err, err
-    return err
-
 
 def test_unknown_architecture_is_a_one_line_error(capsys, tmp_path):
     ckpt = tmp_path / "w.pt"
     torch.save({}, ckpt)
-    err = _cli_error(capsys, ["convert-open-clip", str(ckpt), str(tmp_path / "o"),
+    err = cli_error(capsys, ["convert-open-clip", str(ckpt), str(tmp_path / "o"),
                               "--arch", "ViT-Q-99"])
     assert "unknown open_clip architecture 'ViT-Q-99'" in err and "ViT-H-14-quickgelu" in err
     assert not (tmp_path / "o").exists()
@@ -172,7 +166,7 @@ def test_unknown_architecture_is_a_one_line_error(capsys, tmp_path):
 def test_architecture_without_a_clip_model_layout(capsys, tmp_path):
     ckpt = tmp_path / "w.pt"
     torch.save({}, ckpt)
-    err = _cli_error(capsys, ["convert-open-clip", str(ckpt), str(tmp_path / "o"),
+    err = cli_error(capsys, ["convert-open-clip", str(ckpt), str(tmp_path / "o"),
                               "--arch", "coca_ViT-B-32"])
     assert "'coca_ViT-B-32' cannot become a CLIPModel" in err
 
@@ -180,7 +174,7 @@ def test_architecture_without_a_clip_model_layout(capsys, tmp_path):
 def test_checkpoint_that_does_not_fit_the_architecture(capsys, tmp_path):
     arch = _registered_arch(tmp_path, True)
     ckpt = _write_checkpoint(_random_open_clip(_tiny_cfg(True)), tmp_path / "w.safetensors")
-    err = _cli_error(capsys, ["convert-open-clip", str(ckpt), str(tmp_path / "o"),
+    err = cli_error(capsys, ["convert-open-clip", str(ckpt), str(tmp_path / "o"),
                               "--arch", "ViT-B-32"])
     assert "open_clip could not load" in err and "'ViT-B-32'" in err
     assert arch  # the tiny one would have fitted
@@ -191,3 +185,4 @@ def test_weights_file_needs_an_architecture(tmp_path):
     torch.save({}, ckpt)
     with pytest.raises(GenhancerError, match="name the architecture"):
         convert_open_clip(ckpt, tmp_path / "o")
+

@@ -82,8 +82,9 @@ def test_bad_vq_folders_and_sizes_are_one_line_errors(tiny_vq, tmp_path):
         return build_target(load_config("tiny-masked", overrides=[
             f"target.path={tiny_vq}", *overrides]).target)
 
-    with pytest.raises(GenhancerError, match="codebook of 32 and 4x down-sampling, the config "
-                                             "says 1024 and 4; set target.codebook_size=32"):
+    with pytest.raises(GenhancerError, match="num_vq_embeddings=32 and 4x down-sampling, the "
+                                             "config says 1024 and 4; set "
+                                             "target.codebook_size=32"):
         target("target.codebook_size=1024")
     with pytest.raises(GenhancerError, match="set target.codebook_size=32 target.downsample=4"):
         target("target.downsample=8")

@@ -66,7 +66,8 @@ def test_flux_target_samples_the_posterior(tiny_vae):
 
 
 def test_mismatched_autoencoder_is_a_one_line_error(tiny_vae, tmp_path):
-    with pytest.raises(GenhancerError, match="16 latent channels and 8x down-sampling"):
+    with pytest.raises(GenhancerError,
+                       match="latent_channels=16 and 8x down-sampling.*target.latent_channels=16"):
         build_target(TargetConfig(kind="flux_vae", path=str(tiny_vae), latent_channels=4))
     with pytest.raises(GenhancerError, match="does not exist; set target.path"):
         build_target(TargetConfig(kind="flux_vae", path=str(tmp_path / "missing")))
