@@ -253,15 +253,16 @@ def score_pairs(
 def run_mmvp(benchmark: MMVPBenchmark, scorer: Scorer, path: str = "") -> MMVPResult:
     """Score one model: every image and every text encoded once, batched, then the rule."""
     images = benchmark.images
-    index = {img: i for i, img in enumerate(images)}
-    items = benchmark.items
+    image_index = {img: i for i, img in enumerate(images)}
+    texts = list(dict.fromkeys(item.text for item in benchmark.items))  # a repeated statement
+    text_index = {text: i for i, text in enumerate(texts)}              # is encoded once
     image_emb = scorer.encode_images(images)  # (N, d)
-    text_emb = scorer.encode_texts([item.text for item in items])  # (2P, d)
+    text_emb = scorer.encode_texts(texts)  # (T, d)
     logits = torch.empty(len(benchmark.pairs), 2, 2)
     for p, pair in enumerate(benchmark.pairs):
-        cols = [index[pair.images[0]], index[pair.images[1]]]
-        rows = text_emb[2 * p:2 * p + 2]  # (2, d)
-        logits[p] = scorer.logits_per_text(rows, image_emb[cols])  # (2 statements, 2 images)
+        cols = [image_index[pair.images[0]], image_index[pair.images[1]]]
+        rows = [text_index[pair.first.text], text_index[pair.second.text]]
+        logits[p] = scorer.logits_per_text(text_emb[rows], image_emb[cols])  # (2 texts, 2 images)
     correct, total, records = score_pairs(benchmark.pairs, logits, benchmark.patterns)
     for record in records:
         record["model"] = scorer.name

@@ -7,10 +7,11 @@ talk to this small interface, so tests can inject a scorer with known logits.
 
 The family is read from the folder's `config.json` (`model_type`), never guessed from its name:
 
-| model_type | class         | text padding                     |
-|------------|---------------|----------------------------------|
-| clip       | CLIPModel     | to the longest text (EOS pooling)|
-| siglip     | SiglipModel   | to max_length (as SigLIP trained)|
+| model_type | class       | text input                                                     |
+|------------|-------------|----------------------------------------------------------------|
+| clip       | CLIPModel   | padded to the longest text, with its attention mask (EOS pool) |
+| siglip     | SiglipModel | padded to max_length, input_ids only (as SigLIP was trained:   |
+|            |             | no text mask, pooled at the last position)                     |
 """
 
 from __future__ import annotations
@@ -43,12 +44,13 @@ __all__ = [
 class _Family:
     model_class: str  # attribute of `transformers`
     pad_to_max_length: bool
+    text_attention_mask: bool
 
 
 # The text-and-image families a folder may hold; anything else is a one-line error.
 FAMILIES: dict[str, _Family] = {
-    "clip": _Family("CLIPModel", pad_to_max_length=False),
-    "siglip": _Family("SiglipModel", pad_to_max_length=True),
+    "clip": _Family("CLIPModel", pad_to_max_length=False, text_attention_mask=True),
+    "siglip": _Family("SiglipModel", pad_to_max_length=True, text_attention_mask=False),
 }
 _VISION_ONLY = ("clip_vision_model", "siglip_vision_model")
 
@@ -147,6 +149,8 @@ class HFScorer:
         self.max_length = min(int(self.tokenizer.model_max_length),
                               int(text_config.max_position_embeddings))
         self.pad_to_max_length = spec.pad_to_max_length
+        self.text_inputs = ("input_ids", "attention_mask") if spec.text_attention_mask else (
+            "input_ids",)
 
     @torch.no_grad()
     def encode_images(self, paths: Sequence[Path]) -> torch.Tensor:
@@ -170,7 +174,7 @@ class HFScorer:
                 padding="max_length" if self.pad_to_max_length else True,
                 truncation=True, max_length=self.max_length, return_tensors="pt",
             )
-            tokens = {k: v.to(self.device) for k, v in tokens.items()}
+            tokens = {k: v.to(self.device) for k, v in tokens.items() if k in self.text_inputs}
             out = self.model.get_text_features(**tokens)  # (B, d)
             chunks.append(F.normalize(_embeds(out).float(), dim=-1).cpu())
         return torch.cat(chunks) if chunks else torch.empty(0)
