@@ -260,7 +260,8 @@ def make_zeroshot_fixture(
         names.append(f"{colour} {shape}")
         for i in range(images_per_class):
             _draw_shape(rng, image_size, colour, shape).save(folder / f"{i}.png")
-    (cls_dir / "classnames.txt").write_text("\n".join(names) + "\n")
+    names = [names[i] for i in sorted(range(len(classes)), key=lambda i: "_".join(classes[i]))]
+    (cls_dir / "classnames.txt").write_text("\n".join(names) + "\n")  # sorted folder order
     (cls_dir / "templates.txt").write_text("a photo of a {c}.\na drawing of a {c}.\n")
     ret_dir = out / "retrieval"
     (ret_dir / "images").mkdir(parents=True, exist_ok=True)
