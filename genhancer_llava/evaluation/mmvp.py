@@ -11,7 +11,10 @@ For each statement: text "a photo of " + statement; softmax of `logits_per_text`
 two images; the prediction is image 1 when P(image 1) > 0.5 (a tie picks image 2); the ground
 truth is image 1 when the qid is odd. A pair counts only when both statements pick their image.
 Pattern score = correct pairs / pairs of the pattern * 100 (15 pairs per pattern: steps of 6.67);
-the headline is the mean over the patterns.
+the headline is the mean over the patterns. A pair's pattern is its first row's type; MMVP's
+script assigns patterns by position (pair // 15) instead, which is the same on the distributed
+CSV (ordered by type, 15 pairs each) and also works for other pair counts (the generated
+benchmark).
 
 The runner encodes every image once and every text once, in batches, then scores each pair
 from the cached embeddings (the reference re-encodes both images for each statement).
