@@ -1,0 +1,215 @@
+"""Tables (markdown, JSON, CSV), per-statement predictions (JSONL) and figures (PNG).
+
+Figures use matplotlib's Agg backend (headless); matplotlib is the `eval` extra.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from ..errors import GenhancerError
+from .mmvp import SHORT_NAMES, MMVPResult
+from .zeroshot import ZeroShotResult
+
+__all__ = [
+    "mmvp_markdown",
+    "write_mmvp",
+    "plot_mmvp",
+    "zeroshot_markdown",
+    "write_zeroshot",
+    "compare_results",
+    "write_comparison",
+]
+
+
+def _patterns(results: Sequence[MMVPResult]) -> list[str]:
+    return list(dict.fromkeys(p for r in results for p in r.scores))
+
+
+def _short(pattern: str) -> str:
+    return SHORT_NAMES.get(pattern, pattern)
+
+
+def mmvp_markdown(results: Sequence[MMVPResult], delta: bool = False) -> str:
+    """The MMVP-VLM table: one row per model, one column per pattern, then the average.
+
+    With `delta`, a last row holds the second model minus the first (points).
+    """
+    patterns = _patterns(results)
+    head = ["Model", *(_short(p) for p in patterns), "Average"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in results:
+        cells = [f"{r.scores.get(p, float('nan')):.1f}" for p in patterns]
+        lines.append(f"| {r.model} | " + " | ".join(cells) + f" | {r.average:.1f} |")
+    if delta and len(results) == 2:
+        a, b = results
+        cells = [f"{b.scores[p] - a.scores[p]:+.1f}" for p in patterns]
+        lines.append("| delta | " + " | ".join(cells) + f" | {b.average - a.average:+.1f} |")
+    return "\n".join(lines) + "\n"
+
+
+def _mpl():
+    try:
+        import matplotlib
+    except ImportError as err:
+        raise GenhancerError("figures need matplotlib: pip install 'genhancer-llava[eval]'"
+                             ) from err
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _bars(ax, results: Sequence[MMVPResult], patterns: list[str]) -> None:
+    width = 0.8 / max(1, len(results))
+    for i, r in enumerate(results):
+        xs = [j + (i - (len(results) - 1) / 2) * width for j in range(len(patterns) + 1)]
+        values = [r.scores[p] for p in patterns] + [r.average]
+        ax.bar(xs, values, width=width, label=f"{r.model} ({r.average:.1f})")
+    ax.set_xticks(range(len(patterns) + 1))
+    ax.set_xticklabels([_short(p) for p in patterns] + ["Average"], rotation=30, ha="right")
+    ax.set_ylim(0, 100)
+    ax.set_ylabel("pairs correct (%)")
+    ax.set_title("MMVP-VLM per pattern")
+    ax.legend(fontsize=8)
+
+
+def plot_mmvp(results: Sequence[MMVPResult], path: str | Path) -> Path:
+    """Bar chart: the models side by side for each pattern (and the average)."""
+    plt = _mpl()
+    patterns = _patterns(results)
+    fig, ax = plt.subplots(figsize=(max(6.0, 1.0 * len(patterns) + 2), 4.0))
+    _bars(ax, results, patterns)
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def write_mmvp(results: Sequence[MMVPResult], out: str | Path, stem: str = "mmvp_vlm"
+               ) -> dict[str, Path]:
+    """Write STEM.md, STEM.json, STEM.csv, STEM_predictions.jsonl and STEM.png under `out`."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    files = {k: out / f"{stem}{suffix}" for k, suffix in (
+        ("markdown", ".md"), ("json", ".json"), ("csv", ".csv"),
+        ("predictions", "_predictions.jsonl"), ("figure", ".png"))}
+    files["markdown"].write_text(mmvp_markdown(results))
+    files["json"].write_text(json.dumps([r.to_dict() for r in results], indent=2))
+    patterns = _patterns(results)
+    with open(files["csv"], "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["model", *patterns, "average"])
+        for r in results:
+            writer.writerow([r.model, *(f"{r.scores[p]:.4f}" for p in patterns),
+                             f"{r.average:.4f}"])
+    with open(files["predictions"], "w") as f:
+        for r in results:
+            for record in r.predictions:
+                f.write(json.dumps(record) + "\n")
+    plot_mmvp(results, files["figure"])
+    return files
+
+
+def _metric_names(results: Sequence[ZeroShotResult]) -> list[str]:
+    return list(dict.fromkeys(m for r in results for m in r.metrics))
+
+
+def zeroshot_markdown(results: Sequence[ZeroShotResult], delta: bool = False) -> str:
+    """One row per metric, one column per model (and the delta of the second over the first)."""
+    names = _metric_names(results)
+    head = ["Metric", *(r.model for r in results)]
+    if delta and len(results) == 2:
+        head.append("delta")
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for name in names:
+        cells = [f"{r.metrics[name]:.1f}" if name in r.metrics else "-" for r in results]
+        if delta and len(results) == 2:
+            cells.append(f"{results[1].metrics[name] - results[0].metrics[name]:+.1f}")
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def write_zeroshot(results: Sequence[ZeroShotResult], out: str | Path) -> dict[str, Path]:
+    """Write zeroshot.md, zeroshot.json and zeroshot.csv under `out`."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    files = {"markdown": out / "zeroshot.md", "json": out / "zeroshot.json",
+             "csv": out / "zeroshot.csv"}
+    files["markdown"].write_text(zeroshot_markdown(results, delta=len(results) == 2))
+    files["json"].write_text(json.dumps([r.to_dict() for r in results], indent=2))
+    with open(files["csv"], "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["metric", *(r.model for r in results)])
+        for name in _metric_names(results):
+            writer.writerow([name, *(f"{r.metrics.get(name, float('nan')):.4f}"
+                                     for r in results)])
+    return files
+
+
+def compare_results(mmvp: Sequence[MMVPResult] | None,
+                    zeroshot: Sequence[ZeroShotResult] | None) -> dict[str, Any]:
+    """The comparison record: base and enhanced numbers and enhanced-minus-base deltas."""
+    report: dict[str, Any] = {}
+    if mmvp:
+        base, enhanced = mmvp
+        report["mmvp_vlm"] = {
+            "base": base.to_dict(), "enhanced": enhanced.to_dict(),
+            "delta": {p: enhanced.scores[p] - base.scores[p] for p in base.scores},
+            "delta_average": enhanced.average - base.average,
+        }
+    if zeroshot:
+        base, enhanced = zeroshot
+        report["zeroshot"] = {
+            "base": base.to_dict(), "enhanced": enhanced.to_dict(),
+            "delta": {m: enhanced.metrics[m] - base.metrics[m] for m in base.metrics},
+        }
+    return report
+
+
+def write_comparison(mmvp: Sequence[MMVPResult] | None,
+                     zeroshot: Sequence[ZeroShotResult] | None, out: str | Path
+                     ) -> dict[str, Path]:
+    """One markdown report, one JSON and one figure (MMVP per pattern; zero-shot deltas)."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    files = {"markdown": out / "report.md", "json": out / "report.json",
+             "figure": out / "report.png"}
+    data = compare_results(mmvp, zeroshot)
+    parts = ["# Base vs enhanced encoder\n"]
+    if mmvp:
+        parts += ["## MMVP-VLM (pairs correct, %; delta in points)\n",
+                  mmvp_markdown(mmvp, delta=True)]
+    if zeroshot:
+        parts += ["## Zero-shot preservation (%; delta in points)\n",
+                  zeroshot_markdown(zeroshot, delta=True)]
+    files["markdown"].write_text("\n".join(parts))
+    files["json"].write_text(json.dumps(data, indent=2))
+
+    plt = _mpl()
+    panels = int(bool(mmvp)) + int(bool(zeroshot))
+    fig, axes = plt.subplots(1, panels, figsize=(7.0 * panels, 4.2), squeeze=False)
+    axes = list(axes[0])
+    if mmvp:
+        _bars(axes.pop(0), mmvp, _patterns(mmvp))
+    if zeroshot:
+        ax = axes.pop(0)
+        deltas = data["zeroshot"]["delta"]
+        names = list(deltas)
+        ax.barh(range(len(names)), [deltas[n] for n in names],
+                color=["tab:green" if deltas[n] >= 0 else "tab:red" for n in names])
+        ax.set_yticks(range(len(names)))
+        ax.set_yticklabels(names, fontsize=8)
+        ax.axvline(0, color="black", linewidth=0.8)
+        ax.invert_yaxis()
+        ax.set_xlabel("enhanced - base (points)")
+        ax.set_title("Zero-shot deltas")
+    fig.tight_layout()
+    fig.savefig(files["figure"], dpi=120)
+    plt.close(fig)
+    return files

@@ -1,0 +1,194 @@
+"""Image-text scorers for CLIP-family folders: encode images and texts once, in batches.
+
+A scorer turns a list of image paths and a list of texts into L2-normalised embeddings, and a
+pair of embedding matrices into `logits_per_text` exactly as the model's own forward computes
+them (`logit_scale.exp() * t @ i.T`, plus `logit_bias` for SigLIP). The benchmark runners only
+talk to this small interface, so tests can inject a scorer with known logits.
+
+The family is read from the folder's `config.json` (`model_type`), never guessed from its name:
+
+| model_type | class       | text input                                                     |
+|------------|-------------|----------------------------------------------------------------|
+| clip       | CLIPModel   | padded to the longest text, with its attention mask (EOS pool) |
+| siglip     | SiglipModel | padded to max_length, input_ids only (as SigLIP was trained:   |
+|            |             | no text mask, pooled at the last position)                     |
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+import torch
+import torch.nn.functional as F
+import transformers
+from PIL import Image
+
+from ..errors import GenhancerError
+
+__all__ = [
+    "FAMILIES",
+    "Scorer",
+    "HFScorer",
+    "read_family",
+    "load_scorer",
+    "model_label",
+    "pick_device",
+]
+
+
+@dataclass(frozen=True)
+class _Family:
+    model_class: str  # attribute of `transformers`
+    pad_to_max_length: bool
+    text_attention_mask: bool
+
+
+# The text-and-image families a folder may hold; anything else is a one-line error.
+FAMILIES: dict[str, _Family] = {
+    "clip": _Family("CLIPModel", pad_to_max_length=False, text_attention_mask=True),
+    "siglip": _Family("SiglipModel", pad_to_max_length=True, text_attention_mask=False),
+}
+_VISION_ONLY = ("clip_vision_model", "siglip_vision_model")
+
+
+class Scorer(Protocol):
+    """What the runners need from a model."""
+
+    name: str
+    family: str
+
+    def encode_images(self, paths: Sequence[Path]) -> torch.Tensor:
+        """(N, d) L2-normalised image embeddings, one row per path, in order."""
+
+    def encode_texts(self, texts: Sequence[str]) -> torch.Tensor:
+        """(M, d) L2-normalised text embeddings, one row per text, in order."""
+
+    def logits_per_text(self, text_emb: torch.Tensor, image_emb: torch.Tensor) -> torch.Tensor:
+        """(M, N) logits as the model's forward computes them from normalised embeddings."""
+
+
+def read_family(path: str | Path) -> str:
+    """The folder's model family ("clip" or "siglip"); a one-line error for anything else."""
+    path = Path(path)
+    config_file = path / "config.json"
+    if not path.is_dir():
+        raise GenhancerError(f"model folder {path} does not exist; pass a Hugging Face folder")
+    if not config_file.is_file():
+        raise GenhancerError(f"{path} has no config.json; it is not a Hugging Face model folder")
+    model_type = json.loads(config_file.read_text()).get("model_type")
+    if model_type in _VISION_ONLY:
+        raise GenhancerError(
+            f"{path} holds a vision tower only ('{model_type}'); image-text scoring needs the text "
+            "tower too: pass the full CLIPModel/SiglipModel folder (genhancer export writes one "
+            "when the base had a text tower)"
+        )
+    if model_type not in FAMILIES:
+        raise GenhancerError(
+            f"{path} holds a '{model_type}' model; scoring knows the families "
+            f"{', '.join(sorted(FAMILIES))} (config.json model_type)"
+        )
+    return model_type
+
+
+def model_label(path: str | Path) -> str:
+    """A short name for tables: the folder's name."""
+    return Path(path).resolve().name
+
+
+def pick_device(device: str | None = None) -> torch.device:
+    if device:
+        return torch.device(device)
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def _embeds(output) -> torch.Tensor:
+    """get_*_features returns a tensor (transformers 4) or an output whose pooler_output holds
+    the projected embeddings (transformers 5)."""
+    if isinstance(output, torch.Tensor):
+        return output
+    return output.pooler_output
+
+
+class HFScorer:
+    """A CLIP or SigLIP model folder behind the `Scorer` interface.
+
+    Args:
+        path: the model folder (config.json, weights, image processor and tokenizer files).
+        batch_size: images or texts per forward.
+        device: torch device; default cuda when available, else cpu.
+        name: label in tables; default the folder's name.
+    """
+
+    def __init__(self, path: str | Path, batch_size: int = 64, device: str | None = None,
+                 name: str | None = None):
+        self.path = Path(path)
+        self.family = read_family(self.path)
+        self.name = name or model_label(self.path)
+        self.batch_size = batch_size
+        self.device = pick_device(device)
+        spec = FAMILIES[self.family]
+        verbosity = transformers.logging.get_verbosity()
+        transformers.logging.set_verbosity_error()
+        try:
+            model_class = getattr(transformers, spec.model_class)
+            self.model = model_class.from_pretrained(self.path).to(self.device).eval()
+            self.image_processor = transformers.AutoImageProcessor.from_pretrained(self.path)
+            self.tokenizer = transformers.AutoTokenizer.from_pretrained(self.path)
+        except OSError as err:
+            raise GenhancerError(
+                f"{self.path} could not be loaded as a {spec.model_class} with its processor and "
+                f"tokenizer files ({str(err).splitlines()[0]})"
+            ) from err
+        finally:
+            transformers.logging.set_verbosity(verbosity)
+        text_config = self.model.config.text_config
+        self.max_length = min(int(self.tokenizer.model_max_length),
+                              int(text_config.max_position_embeddings))
+        self.pad_to_max_length = spec.pad_to_max_length
+        self.text_inputs = ("input_ids", "attention_mask") if spec.text_attention_mask else (
+            "input_ids",)
+
+    @torch.no_grad()
+    def encode_images(self, paths: Sequence[Path]) -> torch.Tensor:
+        chunks = []
+        for start in range(0, len(paths), self.batch_size):
+            images = []
+            for p in paths[start:start + self.batch_size]:
+                with Image.open(p) as image:
+                    images.append(image.convert("RGB"))
+            pixels = self.image_processor(images=images, return_tensors="pt")["pixel_values"]
+            out = self.model.get_image_features(pixel_values=pixels.to(self.device))  # (B, d)
+            chunks.append(F.normalize(_embeds(out).float(), dim=-1).cpu())
+        return torch.cat(chunks) if chunks else torch.empty(0)
+
+    @torch.no_grad()
+    def encode_texts(self, texts: Sequence[str]) -> torch.Tensor:
+        chunks = []
+        for start in range(0, len(texts), self.batch_size):
+            tokens = self.tokenizer(
+                list(texts[start:start + self.batch_size]),
+                padding="max_length" if self.pad_to_max_length else True,
+                truncation=True, max_length=self.max_length, return_tensors="pt",
+            )
+            tokens = {k: v.to(self.device) for k, v in tokens.items() if k in self.text_inputs}
+            out = self.model.get_text_features(**tokens)  # (B, d)
+            chunks.append(F.normalize(_embeds(out).float(), dim=-1).cpu())
+        return torch.cat(chunks) if chunks else torch.empty(0)
+
+    @torch.no_grad()
+    def logits_per_text(self, text_emb: torch.Tensor, image_emb: torch.Tensor) -> torch.Tensor:
+        logits = text_emb @ image_emb.T * self.model.logit_scale.float().exp().cpu()  # (M, N)
+        bias = getattr(self.model, "logit_bias", None)
+        if bias is not None:
+            logits = logits + bias.float().cpu()
+        return logits
+
+
+def load_scorer(path: str | Path, batch_size: int = 64, device: str | None = None,
+                name: str | None = None) -> HFScorer:
+    """`HFScorer` for a model folder (see its Args)."""
+    return HFScorer(path, batch_size=batch_size, device=device, name=name)
