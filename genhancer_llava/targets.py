@@ -136,8 +136,8 @@ def _load_checked(cfg: TargetConfig, dtype: torch.dtype | None, class_name: str,
     config = _read_model_config(path, what, "target.path", hint)
     if config.get("_class_name") not in (None, class_name):
         raise GenhancerError(
-            f"{path} holds a {config.get('_class_name')}, not a {class_name}; point target.path "
-            f"at the {what}"
+            f"{path} holds a {config.get('_class_name')}; target.kind={cfg.kind} needs a "
+            f"{class_name}: point target.path at the {what}"
         )
     size = config.get(size_key)
     wanted = getattr(cfg, size_setting)
