@@ -113,3 +113,21 @@ def make_llava_data(folder: Path, n: int = 8, seed: int = 0) -> tuple[Path, Path
     data = folder / "data.json"
     data.write_text(json.dumps(records, indent=1))
     return data, images
+
+
+def model_args(vision_tower: str, **overrides):
+    """LLaVA's ModelArguments for `initialize_vision_modules` (LLaVA-1.5's tower settings)."""
+    from llava.train.train import ModelArguments
+
+    defaults = dict(vision_tower=vision_tower, mm_vision_select_layer=-2,
+                    mm_projector_type="mlp2x_gelu", mm_use_im_patch_token=False)
+    return ModelArguments(**{**defaults, **overrides})
+
+
+def tiny_llava(llm: Path, vision_tower: str, **overrides):
+    """A LLaVA-Llama model on the tiny LLM with `vision_tower`, built as LLaVA's train() does."""
+    from llava.model.language_model.llava_llama import LlavaLlamaForCausalLM
+
+    model = LlavaLlamaForCausalLM.from_pretrained(llm)
+    model.get_model().initialize_vision_modules(model_args(vision_tower, **overrides))
+    return model
