@@ -11,6 +11,7 @@ haotian-liu/LLaVA `scripts/v1_5/pretrain.sh` and `finetune.sh`) and the DeepSpee
   `--pretrain_mm_mlp_adapter` from the first stage; writes the checkpoint
   `OUTPUT/llava-finetune` (LLaVA's `load_pretrained_model` needs "llava" in the folder name).
 
+A SigLIP tower (no CLS token) gets `--mm_vision_select_feature cls_patch`.
 Presets are data (`PRESETS`): `llava-1.5` (the paper protocol, bf16 on GPUs) and `tiny` (CPU,
 fp32, DeepSpeed's CPU accelerator over gloo, two steps per stage: for tests). Anything after
 `--` is passed to both stages' LLaVA `train()` as is and wins over the preset.
@@ -118,6 +119,8 @@ def stage_args(stage: str, args: argparse.Namespace, preset: Preset, nproc: int)
         per_device_train_batch_size=str(preset.per_device_batch[stage]),
         gradient_accumulation_steps=str(_accumulation(preset, stage, nproc)),
     )
+    if _tower_kind(args.vision_tower) == "siglip":
+        flags["mm_vision_select_feature"] = "cls_patch"  # no CLS token: keep every token
     if stage == "finetune":
         projector = args.projector or (
             out / STAGE_DIRS["pretrain"] / "mm_projector.bin" if args.stage == "both" else None
@@ -134,9 +137,28 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
+def _tower_kind(name: str) -> str | None:
+    return resolve_tower(name).kind if is_genhancer_name(name) else None
+
+
+def _flag_value(argv: list[str], flag: str) -> str | None:
+    value = None
+    for i, arg in enumerate(argv):
+        if arg == f"--{flag}" and i + 1 < len(argv):
+            value = argv[i + 1]
+        elif arg.startswith(f"--{flag}="):
+            value = arg.split("=", 1)[1]
+    return value
+
+
 def _check_inputs(args: argparse.Namespace) -> None:
-    if is_genhancer_name(args.vision_tower):
-        resolve_tower(args.vision_tower)  # one-line error for unknown names / non-encoders
+    kind = _tower_kind(args.vision_tower)  # one-line error for unknown names / non-encoders
+    select = _flag_value(args.llava_args, "mm_vision_select_feature")
+    if kind == "siglip" and select == "patch":
+        raise GenhancerError(
+            f"--vision_tower {args.vision_tower} is a SigLIP encoder without a CLS token: "
+            "--mm_vision_select_feature patch would drop a real image token; use cls_patch"
+        )
     for flag in ("llm", "data", "images"):
         if not Path(getattr(args, flag)).exists():
             raise GenhancerError(f"--{flag} {getattr(args, flag)} does not exist")

@@ -21,7 +21,12 @@ from safetensors.torch import load_file
 pytest.importorskip("llava", reason="llava-torch is installed by `make` (pip --no-deps)")
 
 from .conftest import REPO  # noqa: E402
-from .llava_tiny import make_exported_encoder, make_llava_data, make_tiny_llama  # noqa: E402
+from .llava_tiny import (  # noqa: E402
+    make_exported_encoder,
+    make_llava_data,
+    make_tiny_llama,
+    make_tiny_siglip,
+)
 
 pytestmark = pytest.mark.slow
 SCRIPT = REPO / "scripts" / "llava_finetune.sh"
@@ -165,3 +170,30 @@ def test_finetune_stage_needs_a_projector(inputs, tmp_path):
                         "--data", str(inputs["data"]), "--images", str(inputs["images"]),
                         "--output", str(tmp_path))
     assert result.returncode == 2 and "needs --projector" in result.stderr
+
+
+def test_siglip_with_patch_select_feature_stops_before_training(inputs, tmp_path):
+    siglip = make_tiny_siglip(tmp_path / "siglip")
+    result = run_script("--vision_tower", f"genhancer:{siglip}", "--preset", "tiny",
+                        "--llm", str(inputs["llm"]), "--data", str(inputs["data"]),
+                        "--images", str(inputs["images"]), "--output", str(tmp_path / "out"),
+                        "--", "--mm_vision_select_feature", "patch")
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert "without a CLS token" in lines[-1] and "cls_patch" in lines[-1]
+    assert not (tmp_path / "out").exists()
+
+
+def test_siglip_tower_gets_cls_patch_in_the_recipe(inputs, tmp_path):
+    import argparse
+
+    from llava_patches.finetune import PRESETS, stage_args
+
+    siglip = make_tiny_siglip(tmp_path / "siglip")
+    args = argparse.Namespace(vision_tower=f"genhancer:{siglip}", llm=inputs["llm"],
+                              data=inputs["data"], images=inputs["images"], output=tmp_path,
+                              pretrain_data=None, pretrain_images=None, projector=None,
+                              stage="both", llava_args=[])
+    for stage in ("pretrain", "finetune"):
+        assert "--mm_vision_select_feature=cls_patch" in stage_args(stage, args, PRESETS["tiny"],
+                                                                    1)
