@@ -322,3 +322,21 @@ def test_legacy_flags_parse_with_llavas_arguments(tmp_path):
     ]
     with pytest.raises(ValueError, match="must be in"):
         shims.rename_warmup_ratio_flag(["--warmup_ratio", "1.5"])
+
+
+def test_siglip_tower_in_a_llava_model(parts):
+    """A LLaVA model on a SigLIP tower: 16 image tokens (none dropped), a finite loss."""
+    from llava.mm_utils import process_images
+    from PIL import Image
+
+    model = tiny_llava(parts["llm"], f"genhancer:{parts['siglip']}",
+                       mm_vision_select_feature="cls_patch")
+    assert model.config.mm_hidden_size == 32
+    model.config.image_aspect_ratio = "pad"
+    processor = model.get_vision_tower().image_processor
+    images = process_images([Image.new("RGB", (40, 24), (200, 10, 10))], processor, model.config)
+    assert images.shape == (1, 3, 32, 32)
+    ids = torch.tensor([[1, 30, -200, 50, 60]])
+    labels = torch.tensor([[-100, -100, -100, 50, 60]])
+    out = model(input_ids=ids, labels=labels, images=images, attention_mask=torch.ones_like(ids))
+    assert out.logits.shape[1] == 4 + 16 and torch.isfinite(out.loss)
