@@ -115,10 +115,13 @@ def shim_generate_cache_kwargs() -> None:
 def shim_llava_model_type() -> None:
     """Old LLaVA checkpoints write `"model_type": "llava"` in config.json.
 
-    transformers 5 has its own `llava` model type (LlavaConfig for llava-hf checkpoints), so
-    AutoConfig/AutoModelForCausalLM read such a folder as the wrong architecture. When a config
-    dict says `llava` but carries LLaVA's original keys (`mm_vision_tower`) and is read for
-    LLaVA's `LlavaConfig` (`llava_llama`), treat it as `llava_llama`.
+    transformers 5 has its own `llava` model type (LlavaConfig for llava-hf checkpoints). LLaVA's
+    loaders read such a folder with their own `LlavaConfig` (`llava_llama`), keep
+    `model_type="llava"` on the instance and write it back on save, so every checkpoint trained
+    from it carries the collision on. When a config dict says `llava` but carries LLaVA's
+    original keys (`mm_vision_tower`) and is read for LLaVA's `LlavaConfig`, read it as
+    `llava_llama`. (`AutoConfig` on such a folder still returns transformers' LlavaConfig; LLaVA's
+    own code paths do not use it for LLaVA-Llama checkpoints.)
     """
     from llava.model.language_model.llava_llama import LlavaConfig
 
