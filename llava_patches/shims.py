@@ -120,8 +120,8 @@ def shim_llava_model_type() -> None:
     `model_type="llava"` on the instance and write it back on save, so every checkpoint trained
     from it carries the collision on. When a config dict says `llava` but carries LLaVA's
     original keys (`mm_vision_tower`) and is read for LLaVA's `LlavaConfig`, read it as
-    `llava_llama`. (`AutoConfig` on such a folder still returns transformers' LlavaConfig; LLaVA's
-    own code paths do not use it for LLaVA-Llama checkpoints.)
+    `llava_llama`. Not covered: `AutoConfig` on such a folder still returns transformers'
+    LlavaConfig (LLaVA's `load_pretrained_model` uses it only for LoRA checkpoints).
     """
     from llava.model.language_model.llava_llama import LlavaConfig
 
