@@ -8,10 +8,14 @@ export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
 .PHONY: demo test lint format clean-venv
 
+# The original LLaVA code (llava-torch) pins transformers 4.36 / torch 2.0: it is installed
+# without its dependencies (llava_patches shims it onto ours); the [llava] extra adds the one
+# it needs beyond ours (sentencepiece).
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q -c constraints.txt torch torchvision
-	$(PY) -m pip install -q -c constraints.txt -e ".[train,eval,test,openclip]"
+	$(PY) -m pip install -q -c constraints.txt -e ".[train,eval,test,openclip,llava]"
+	$(PY) -m pip install -q --no-deps llava-torch==1.2.2.post1
 	touch $(STAMP)
 
 demo: $(STAMP)

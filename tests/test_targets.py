@@ -74,5 +74,6 @@ def test_mismatched_autoencoder_is_a_one_line_error(tiny_vae, tmp_path):
     other = tmp_path / "unet"
     other.mkdir()
     (other / "config.json").write_text(json.dumps({"_class_name": "UNet2DModel"}))
-    with pytest.raises(GenhancerError, match="holds a UNet2DModel; target.kind=flux_vae needs an? AutoencoderKL"):
+    with pytest.raises(GenhancerError,
+                       match="holds a UNet2DModel; target.kind=flux_vae needs an? AutoencoderKL"):
         build_target(TargetConfig(kind="flux_vae", path=str(other)))
