@@ -11,6 +11,8 @@
     genhancer eval zeroshot --model DIR [...] [--classification DIR] [--retrieval JSON]
     genhancer eval compare BASE ENHANCED [--mmvp DIR] [--classification DIR] [--retrieval JSON]
     genhancer eval make-benchmark OUT [--pairs_per_pattern 15] [--with_zeroshot]
+    genhancer eval report RESULTS_DIR [RESULTS_DIR ...] [--name NAME ...] [--output DIR]
+    genhancer swap --llava CKPT --vision-tower DIR --output OUT
 
 Mistakes in the input print one line, `error: ...`, and exit with status 2.
 """
@@ -222,6 +224,13 @@ def cmd_eval_make_benchmark(args: argparse.Namespace) -> None:
         print(f"zero-shot fixture: --classification {cls} --retrieval {ret}")
 
 
+def cmd_swap(args: argparse.Namespace) -> None:
+    from .llava.swap import swap_checkpoint
+
+    out = swap_checkpoint(args.llava, args.vision_tower, args.output)
+    print(f"swapped checkpoint: {out} (provenance in {out / 'genhancer.json'})")
+
+
 def _add_eval_parsers(sub) -> None:
     p_eval = sub.add_parser("eval", help="score encoders: MMVP-VLM, zero-shot, comparison")
     eval_sub = p_eval.add_subparsers(dest="eval_command", required=True)
@@ -340,6 +349,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", default="runs/demo")
     p.add_argument("--overwrite", action="store_true")
     p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("swap", help="put an enhanced encoder into an existing LLaVA checkpoint")
+    p.add_argument("--llava", required=True,
+                   help="a llava-hf or original-format LLaVA checkpoint folder (only read)")
+    p.add_argument("--vision-tower", "--vision_tower", dest="vision_tower", required=True,
+                   help="the encoder folder (genhancer export) or a genhancer[:NAME|:PATH] name")
+    p.add_argument("--output", required=True, help="the folder to write (must not exist)")
+    p.set_defaults(func=cmd_swap)
 
     _add_eval_parsers(sub)
     return parser
