@@ -231,8 +231,18 @@ def cmd_swap(args: argparse.Namespace) -> None:
     print(f"swapped checkpoint: {out} (provenance in {out / 'genhancer.json'})")
 
 
+def cmd_eval_report(args: argparse.Namespace) -> None:
+    from .evaluation.lmms_report import lmms_markdown, write_lmms_report
+
+    scores, files = write_lmms_report(args.results_dirs, args.output, args.name)
+    print(lmms_markdown(scores), end="")
+    print(f"wrote {args.output}:")
+    _print_files(files)
+
+
 def _add_eval_parsers(sub) -> None:
-    p_eval = sub.add_parser("eval", help="score encoders: MMVP-VLM, zero-shot, comparison")
+    p_eval = sub.add_parser("eval", help="score encoders (MMVP-VLM, zero-shot, comparison) and "
+                                         "report lmms-eval runs")
     eval_sub = p_eval.add_subparsers(dest="eval_command", required=True)
 
     def common(p: argparse.ArgumentParser) -> None:
@@ -280,6 +290,14 @@ def _add_eval_parsers(sub) -> None:
                    help="also write a tiny class folder and caption JSON under OUT/zeroshot")
     p.add_argument("--overwrite", action="store_true")
     p.set_defaults(func=cmd_eval_make_benchmark)
+
+    p = eval_sub.add_parser("report", help="paper metrics from lmms-eval runs (mmvp, cv_bench, "
+                                           "pope), one RESULTS_DIR per model")
+    p.add_argument("results_dirs", nargs="+", metavar="RESULTS_DIR",
+                   help="an lmms-eval --output_path of one model (run with --log_samples)")
+    p.add_argument("--name", action="append", help="table label per RESULTS_DIR (default folder)")
+    p.add_argument("--output", default="runs/eval/lmms-report")
+    p.set_defaults(func=cmd_eval_report)
 
 
 def build_parser() -> argparse.ArgumentParser:
