@@ -56,7 +56,8 @@ def _cache(hf_home: Path, repo_id: str, config: str, splits: dict[str, dict], fe
 
 
 def write_mmvp(hf_home: Path, seed: int = 0) -> None:
-    from datasets import Features, Image as HFImage, Value
+    from datasets import Features, Value
+    from datasets import Image as HFImage
 
     rng = random.Random(seed)
     features = Features({"Index": Value("int64"), "Question": Value("string"),
@@ -88,7 +89,8 @@ def _cv_rows(rng: random.Random, kinds: list[tuple[str, str, str]], start: int) 
 
 
 def write_cv_bench(hf_home: Path, seed: int = 0) -> None:
-    from datasets import Features, Image as HFImage, Sequence, Value
+    from datasets import Features, Sequence, Value
+    from datasets import Image as HFImage
 
     rng = random.Random(seed + 1)
     features = Features({"idx": Value("int64"), "type": Value("string"), "task": Value("string"),
@@ -117,7 +119,8 @@ def _pope_rows(rng: random.Random, start: int) -> dict:
 
 
 def write_pope(hf_home: Path, seed: int = 0) -> None:
-    from datasets import Features, Image as HFImage, Value
+    from datasets import Features, Value
+    from datasets import Image as HFImage
 
     rng = random.Random(seed + 2)
     features = Features({"question_id": Value("string"), "question": Value("string"),

@@ -149,13 +149,13 @@ def _cv_bench(samples: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def _binary(preds: list[str], truths: list[str]) -> dict[str, float | None]:
-    tp = sum(p == "yes" and t == "yes" for p, t in zip(preds, truths))
-    fp = sum(p == "yes" and t == "no" for p, t in zip(preds, truths))
-    fn = sum(p != "yes" and t == "yes" for p, t in zip(preds, truths))
+    tp = sum(p == "yes" and t == "yes" for p, t in zip(preds, truths, strict=True))
+    fp = sum(p == "yes" and t == "no" for p, t in zip(preds, truths, strict=True))
+    fn = sum(p != "yes" and t == "yes" for p, t in zip(preds, truths, strict=True))
     precision = tp / (tp + fp) if tp + fp else 0.0
     recall = tp / (tp + fn) if tp + fn else 0.0
     f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
-    return {"accuracy": _pct(_mean([p == t for p, t in zip(preds, truths)])),
+    return {"accuracy": _pct(_mean([p == t for p, t in zip(preds, truths, strict=True)])),
             "precision": _pct(precision), "recall": _pct(recall), "f1": _pct(f1),
             "yes_ratio": _pct(_mean([p == "yes" for p in preds]))}
 
@@ -164,9 +164,9 @@ def _pope_exact(records: list[dict[str, Any]]) -> dict[str, float | None]:
     """lmms-eval's POPE metrics as shipped (its recall counts a miss only on a literal 'no')."""
     preds = [r["prediction"] for r in records]
     truths = [r["ground_truth"] for r in records]
-    tp = sum(p == "yes" and t == "yes" for p, t in zip(preds, truths))
-    fp = sum(p == "yes" and t == "no" for p, t in zip(preds, truths))
-    fn = sum(p == "no" and t == "yes" for p, t in zip(preds, truths))
+    tp = sum(p == "yes" and t == "yes" for p, t in zip(preds, truths, strict=True))
+    fp = sum(p == "yes" and t == "no" for p, t in zip(preds, truths, strict=True))
+    fn = sum(p == "no" and t == "yes" for p, t in zip(preds, truths, strict=True))
     precision = tp / (tp + fp) if tp + fp else 0.0
     recall = tp / (tp + fn) if tp + fn else 0.0
     f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
@@ -177,7 +177,7 @@ def _pope_exact(records: list[dict[str, Any]]) -> dict[str, float | None]:
 
 def _pope(samples: list[dict[str, Any]]) -> dict[str, Any]:
     records = [s["pope_accuracy"] for s in samples]
-    replies = [s.get("filtered_resps", r["prediction"]) for s, r in zip(samples, records)]
+    replies = [s.get("filtered_resps", s["pope_accuracy"]["prediction"]) for s in samples]
     replies = [r[0] if isinstance(r, list) else r for r in replies]
     return {"questions": len(records), "exact": _pope_exact(records),
             "lenient": _binary([lenient_yes_no(r) for r in replies],
