@@ -48,6 +48,7 @@ __all__ = [
     "swap_llava_hf_tower",
     "warn_projector_once",
     "ORIGINAL_TOWER_PREFIX",
+    "PROJECTOR_NOTE",
 ]
 
 FINETUNE_HINT = "scripts/llava_finetune.sh"
@@ -63,6 +64,10 @@ KNOWN_TOWERS = {
     "openai/clip-vit-large-patch14": ("clip", 1024, 14, 224, 24),
 }
 _WARNED = False
+PROJECTOR_NOTE = (
+    "the checkpoint's projector and LLM were trained on the old encoder's features; a "
+    "swapped encoder is the cheap, weaker option. For the paper's protocol retrain them on "
+    f"the enhanced encoder with {FINETUNE_HINT} (LLaVA-1.5 pretrain + finetune)")
 
 
 @dataclass(frozen=True)
@@ -87,12 +92,7 @@ def warn_projector_once() -> None:
     if _WARNED:
         return
     _WARNED = True
-    warnings.warn(
-        "the checkpoint's projector and LLM were trained on the old encoder's features; a "
-        "swapped encoder is the cheap, weaker option. For the paper's protocol retrain them on "
-        f"the enhanced encoder with {FINETUNE_HINT} (LLaVA-1.5 pretrain + finetune)",
-        UserWarning, stacklevel=2,
-    )
+    warnings.warn(PROJECTOR_NOTE, UserWarning, stacklevel=2)
 
 
 # --- inputs --------------------------------------------------------------------------------

@@ -27,6 +27,7 @@ from tqdm import tqdm
 
 from ..errors import GenhancerError
 from ..llava.runner import clean_gen_kwargs, load_llava
+from ..llava.swap import PROJECTOR_NOTE
 
 __all__ = ["GenhancerLlava", "GenhancerLlavaChat"]
 
@@ -69,6 +70,8 @@ class GenhancerLlava(lmms):
         logger.info(f"genhancer_llava: {self.runner.format} checkpoint {pretrained} on "
                     f"{self.runner.input_device} ({self.runner.dtype})"
                     + (f", vision tower swapped to {vision_tower}" if vision_tower else ""))
+        if vision_tower:  # lmms-eval silences Python warnings: say it through its logger
+            logger.warning(f"genhancer_llava: {PROJECTOR_NOTE}")
 
     # lmms-eval reads these
     @property
