@@ -15,8 +15,9 @@ under a RESULTS_DIR belongs to that model, newer runs win per task) and reports:
 Each is computed twice from the logged samples: `exact`, lmms-eval's own parse (POPE: exact
 match after lower/strip, so "Yes." scores 0; CV-Bench: the reply's first letter, so
 "The answer is (B)" reads as "T"), and `lenient` (POPE: LLaVA's eval_pope rule, "no" when the
-first sentence holds "no" or "not", else "yes"; letters: a lone or bracketed choice letter,
-"answer is X", then the first bracketed letter). Numbers are percentages.
+first sentence holds "no" or "not", else "yes"; letters: a leading (bracketed) letter,
+"answer is X" / "option X", the first bracketed letter, then a capital letter on its own).
+Numbers are percentages.
 """
 
 from __future__ import annotations
@@ -92,12 +93,13 @@ def lenient_letter(reply: str, letters: str = "ABCDEF") -> str:
     text = reply.strip()
     allowed = f"[{letters}{letters.lower()}]"
     for pattern in (rf"^\(?({allowed})\)?(?:[.:)\s]|$)",
-                    rf"answer\s*(?:is|:)?\s*\(?({allowed})\)?(?![a-z])",
+                    rf"(?:answer|option)\s*(?:is|:)?\s*\(?({allowed})\)?(?![a-z])",
                     rf"\(({allowed})\)"):
         match = re.search(pattern, text, flags=re.IGNORECASE)
         if match:
             return match.group(1).upper()
-    return ""
+    match = re.search(rf"(?<![A-Za-z])([{letters}])(?![A-Za-z])", text)  # a capital on its own
+    return match.group(1) if match else ""
 
 
 def _pct(value: float | None) -> float | None:
