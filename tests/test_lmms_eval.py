@@ -15,6 +15,7 @@ equals what the per-sample logs give when recomputed (`genhancer eval report`'s 
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -203,3 +204,22 @@ def test_gen_kwargs_cleaned_before_generate():
                               "temperature": 0.7, "top_p": 0.9}
     assert sampled.until == ["###"]
     assert apply_until("Yes.\n\nUSER: more", greedy.until) == "Yes."
+
+
+def test_eval_llava_script(setup, tmp_path):
+    """scripts/eval_llava.sh: base and load-time-swapped model through lmms-eval, then report."""
+    out = tmp_path / "eval"
+    env = dict(setup["env"], PYTHON=sys.executable)
+    proc = subprocess.run(
+        ["bash", str(REPO / "scripts" / "eval_llava.sh"), "--base", str(setup["hf"]),
+         "--vision_tower", str(setup["enc"]), "--output", str(out), "--tasks", "mmvp",
+         "--device", "cpu", "--", "--gen_kwargs", "max_new_tokens=4"],
+        cwd=setup["root"], env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
+    assert "| base |" in proc.stdout and "| enhanced |" in proc.stdout
+    report = json.loads((out / "report" / "report.json").read_text())
+    assert [r["model"] for r in report] == ["base", "enhanced"]
+    assert all(r["mmvp"]["exact"]["pairs"] == ROWS // 2 for r in report)
+    bad = subprocess.run(["bash", str(REPO / "scripts" / "eval_llava.sh"), "--base", "x"],
+                         capture_output=True, text=True, env=env)
+    assert bad.returncode == 2 and bad.stderr.startswith("error: pass --base")
