@@ -6,6 +6,12 @@ STAMP := $(VENV)/.installed-stamp
 export DS_BUILD_OPS := 0
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
+# lmms-eval pins wandb 0.25.0, which caps protobuf below 7, so the resolver picks protobuf 6; but
+# transformers 5's sentencepiece converter (tokenizer.model -> fast tokenizer, e.g. Vicuna/LLaMA)
+# was generated for protobuf 7 and fails on 6. Restore 7 afterwards: wandb then does not import,
+# which only disables lmms-eval's optional --wandb_args reporting.
+PROTOBUF := protobuf==7.36.2
+
 .PHONY: demo test lint format clean-venv
 
 # The original LLaVA code (llava-torch) pins transformers 4.36 / torch 2.0: it is installed
@@ -14,8 +20,9 @@ export PIP_DISABLE_PIP_VERSION_CHECK := 1
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q -c constraints.txt torch torchvision
-	$(PY) -m pip install -q -c constraints.txt -e ".[train,eval,test,openclip,llava]"
+	$(PY) -m pip install -q -c constraints.txt -e ".[train,eval,test,openclip,llava,lmms]"
 	$(PY) -m pip install -q --no-deps llava-torch==1.2.2.post1
+	$(PY) -m pip install -q --no-deps $(PROTOBUF)
 	touch $(STAMP)
 
 demo: $(STAMP)

@@ -11,6 +11,8 @@
     genhancer eval zeroshot --model DIR [...] [--classification DIR] [--retrieval JSON]
     genhancer eval compare BASE ENHANCED [--mmvp DIR] [--classification DIR] [--retrieval JSON]
     genhancer eval make-benchmark OUT [--pairs_per_pattern 15] [--with_zeroshot]
+    genhancer eval report RESULTS_DIR [RESULTS_DIR ...] [--name NAME ...] [--output DIR]
+    genhancer swap --llava CKPT --vision-tower DIR --output OUT
 
 Mistakes in the input print one line, `error: ...`, and exit with status 2.
 """
@@ -222,8 +224,25 @@ def cmd_eval_make_benchmark(args: argparse.Namespace) -> None:
         print(f"zero-shot fixture: --classification {cls} --retrieval {ret}")
 
 
+def cmd_swap(args: argparse.Namespace) -> None:
+    from .llava.swap import swap_checkpoint
+
+    out = swap_checkpoint(args.llava, args.vision_tower, args.output)
+    print(f"swapped checkpoint: {out} (provenance in {out / 'genhancer.json'})")
+
+
+def cmd_eval_report(args: argparse.Namespace) -> None:
+    from .evaluation.lmms_report import lmms_markdown, write_lmms_report
+
+    scores, files = write_lmms_report(args.results_dirs, args.output, args.name)
+    print(lmms_markdown(scores), end="")
+    print(f"wrote {args.output}:")
+    _print_files(files)
+
+
 def _add_eval_parsers(sub) -> None:
-    p_eval = sub.add_parser("eval", help="score encoders: MMVP-VLM, zero-shot, comparison")
+    p_eval = sub.add_parser("eval", help="score encoders (MMVP-VLM, zero-shot, comparison) and "
+                                         "report lmms-eval runs")
     eval_sub = p_eval.add_subparsers(dest="eval_command", required=True)
 
     def common(p: argparse.ArgumentParser) -> None:
@@ -271,6 +290,14 @@ def _add_eval_parsers(sub) -> None:
                    help="also write a tiny class folder and caption JSON under OUT/zeroshot")
     p.add_argument("--overwrite", action="store_true")
     p.set_defaults(func=cmd_eval_make_benchmark)
+
+    p = eval_sub.add_parser("report", help="paper metrics from lmms-eval runs (mmvp, cv_bench, "
+                                           "pope), one RESULTS_DIR per model")
+    p.add_argument("results_dirs", nargs="+", metavar="RESULTS_DIR",
+                   help="an lmms-eval --output_path of one model (run with --log_samples)")
+    p.add_argument("--name", action="append", help="table label per RESULTS_DIR (default folder)")
+    p.add_argument("--output", default="runs/eval/lmms-report")
+    p.set_defaults(func=cmd_eval_report)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -340,6 +367,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", default="runs/demo")
     p.add_argument("--overwrite", action="store_true")
     p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("swap", help="put an enhanced encoder into an existing LLaVA checkpoint")
+    p.add_argument("--llava", required=True,
+                   help="a llava-hf or original-format LLaVA checkpoint folder (only read)")
+    p.add_argument("--vision-tower", "--vision_tower", dest="vision_tower", required=True,
+                   help="the encoder folder (genhancer export) or a genhancer[:NAME|:PATH] name")
+    p.add_argument("--output", required=True, help="the folder to write (must not exist)")
+    p.set_defaults(func=cmd_swap)
 
     _add_eval_parsers(sub)
     return parser

@@ -131,3 +131,72 @@ def tiny_llava(llm: Path, vision_tower: str, **overrides):
     model = LlavaLlamaForCausalLM.from_pretrained(llm)
     model.get_model().initialize_vision_modules(model_args(vision_tower, **overrides))
     return model
+
+
+# Vicuna-v1 single-image prompt of LLaVA-1.5 (what llava-hf's processors carry as chat template).
+VICUNA_TEMPLATE = (
+    "{% for m in messages %}{% if m['role'] == 'user' %}USER: "
+    "{% for c in m['content'] %}{% if c['type'] == 'image' %}<image>\n{% endif %}{% endfor %}"
+    "{% for c in m['content'] %}{% if c['type'] == 'text' %}{{ c['text'] }}{% endif %}{% endfor %}"
+    " {% else %}ASSISTANT: {% for c in m['content'] %}{{ c['text'] }}{% endfor %}</s>{% endif %}"
+    "{% endfor %}{% if add_generation_prompt %}ASSISTANT:{% endif %}"
+)
+
+
+def make_tiny_llava_hf(folder: Path, llm: Path, tower: Path, seed: int = 0) -> Path:
+    """A tiny random llava-hf checkpoint (LlavaForConditionalGeneration + LlavaProcessor).
+
+    Its vision tower has the tiny CLIP geometry (hidden 64, 2 layers, 32 px, patch 8) with the
+    weights of the CLIP folder `tower` (the "old" encoder); projector and LLM are random.
+    """
+    from transformers import (
+        AutoTokenizer,
+        CLIPImageProcessor,
+        CLIPVisionModel,
+        LlamaForCausalLM,
+        LlavaConfig,
+        LlavaForConditionalGeneration,
+        LlavaProcessor,
+    )
+
+    tokenizer = AutoTokenizer.from_pretrained(llm)
+    tokenizer.add_tokens(["<image>"], special_tokens=True)
+    vision = CLIPVisionModel.from_pretrained(tower)
+    text = LlamaForCausalLM.from_pretrained(llm).config
+    text.vocab_size = len(tokenizer)
+    config = LlavaConfig(vision_config=vision.config.to_dict(), text_config=text.to_dict(),
+                         image_token_id=tokenizer.convert_tokens_to_ids("<image>"),
+                         vision_feature_layer=-2, vision_feature_select_strategy="default",
+                         projector_hidden_act="gelu")
+    torch.manual_seed(seed)
+    model = LlavaForConditionalGeneration(config)
+    model.model.vision_tower.load_state_dict(vision.state_dict())
+    model.save_pretrained(folder)
+    processor = LlavaProcessor(
+        image_processor=CLIPImageProcessor(size={"shortest_edge": 32},
+                                           crop_size={"height": 32, "width": 32}),
+        tokenizer=tokenizer, patch_size=8, vision_feature_select_strategy="default",
+        num_additional_image_tokens=1, chat_template=VICUNA_TEMPLATE)
+    processor.save_pretrained(folder)
+    return folder
+
+
+def make_tiny_llava_original(folder: Path, llm: Path, tower: str, strip_tower: bool = False
+                             ) -> Path:
+    """A tiny original-format LLaVA checkpoint (LLaVA's own classes) on `tower`.
+
+    `strip_tower=True` drops the stored tower weights, as in released checkpoints
+    (liuhaotian/llava-v1.5-7b stores only the tower's name).
+    """
+    from safetensors.torch import load_file, save_file
+    from transformers import AutoTokenizer
+
+    model = tiny_llava(llm, tower)
+    model.config.image_aspect_ratio = "pad"
+    model.save_pretrained(folder)
+    AutoTokenizer.from_pretrained(llm).save_pretrained(folder)
+    if strip_tower:
+        weights = folder / "model.safetensors"
+        state = {k: v for k, v in load_file(weights).items() if ".vision_tower." not in k}
+        save_file(state, weights, metadata={"format": "pt"})
+    return folder

@@ -1,7 +1,9 @@
 """Using an enhanced encoder in LLaVA: the vision-tower registry (names -> exported folders).
 
-Nothing here imports LLaVA; the hook that plugs the registry into the original LLaVA code lives
-in the top-level `llava_patches` package.
+Also `swap` (an encoder into an existing llava-hf or original-format checkpoint) and `runner`
+(load either format and answer prompts; what the lmms-eval model uses). Nothing here imports
+LLaVA at import time; the hook that plugs the registry into the original LLaVA code lives in the
+top-level `llava_patches` package.
 """
 
 from .registry import (
@@ -12,6 +14,7 @@ from .registry import (
     known_towers,
     resolve_tower,
 )
+from .swap import swap_checkpoint
 
 __all__ = [
     "REGISTRY_ENV",
@@ -20,4 +23,5 @@ __all__ = [
     "is_genhancer_name",
     "known_towers",
     "resolve_tower",
+    "swap_checkpoint",
 ]

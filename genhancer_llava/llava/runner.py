@@ -1,0 +1,278 @@
+"""Load a LLaVA checkpoint of either format and answer (images, question) prompts.
+
+- llava-hf (`LlavaForConditionalGeneration` + its processor): the processor's chat template
+  builds the prompt (LLaVA-1.5's Vicuna format when the processor has none);
+- original LLaVA (`mm_vision_tower` in config.json): LLaVA's own classes through
+  `llava_patches.apply()` (the genhancer tower hook and the transformers-5 shims), LLaVA's
+  conversation template (`vicuna_v1` by default) and image preprocessing (`image_aspect_ratio`).
+
+`vision_tower=DIR` swaps an encoder in at load time, with the same checks as `genhancer swap`.
+The same code runs on CPU (fp32) and GPU (bf16 by default); nothing names "cuda" except the
+default device choice. Used by the lmms-eval model (`genhancer_llava.lmms`); no lmms_eval here.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from PIL import Image
+
+from ..errors import GenhancerError
+from .swap import (
+    check_original_fits,
+    checkpoint_format,
+    resolve_encoder,
+    swap_llava_hf_tower,
+    warn_projector_once,
+)
+
+__all__ = ["GenerationSettings", "LlavaRunner", "clean_gen_kwargs", "load_llava",
+           "resolve_device", "resolve_dtype"]
+
+# LLaVA-1.5's prompt (Vicuna v1), for llava-hf processors without a chat template.
+_SYSTEM = ("A chat between a curious user and an artificial intelligence assistant. "
+           "The assistant gives helpful, detailed, and polite answers to the user's questions.")
+# Generation arguments passed through to HF generate when a task sets them.
+_PASSED = ("repetition_penalty", "length_penalty", "min_new_tokens", "no_repeat_ngram_size")
+
+
+@dataclass
+class GenerationSettings:
+    """What HF `generate` gets, and the stop strings applied to the decoded text."""
+
+    kwargs: dict[str, Any]
+    until: list[str] = field(default_factory=list)
+    dropped: list[str] = field(default_factory=list)
+
+
+def clean_gen_kwargs(gen_kwargs: dict[str, Any] | None, default_max_new_tokens: int = 1024
+                     ) -> GenerationSettings:
+    """lmms-eval's task generation kwargs -> HF generate kwargs + stop strings.
+
+    `until` (lmms-eval's stop strings) is removed and applied to the text afterwards; a
+    temperature of 0 (or none, without `do_sample`) means greedy decoding, and then the sampling
+    knobs (`temperature`, `top_p`, `top_k`) are not passed (HF warns on them, and
+    `top_p: 0` in POPE's yaml is invalid for sampling); keys generate does not take
+    (e.g. `image_sizes`) are dropped and listed.
+    """
+    g = dict(gen_kwargs or {})
+    until = g.pop("until", None)
+    if until is None:
+        until = []
+    elif isinstance(until, str):
+        until = [until]
+    elif not isinstance(until, (list, tuple)):
+        raise GenhancerError(f"gen_kwargs 'until' must be a string or a list, got {until!r}")
+    temperature = g.pop("temperature", None)
+    do_sample = g.pop("do_sample", None)
+    top_p, top_k = g.pop("top_p", None), g.pop("top_k", None)
+    if do_sample is None:
+        do_sample = bool(temperature) and float(temperature) > 0
+    if temperature is not None and float(temperature) == 0:
+        do_sample = False
+    kwargs: dict[str, Any] = {
+        "max_new_tokens": int(g.pop("max_new_tokens", default_max_new_tokens)),
+        "do_sample": bool(do_sample),
+        "num_beams": int(g.pop("num_beams", 1) or 1),
+    }
+    if do_sample:
+        if temperature is not None:
+            kwargs["temperature"] = float(temperature)
+        if top_p is not None and 0 < float(top_p) <= 1:
+            kwargs["top_p"] = float(top_p)
+        if top_k is not None:
+            kwargs["top_k"] = int(top_k)
+    for key in _PASSED:
+        if key in g:
+            kwargs[key] = g.pop(key)
+    return GenerationSettings(kwargs=kwargs, until=[s for s in until if s], dropped=sorted(g))
+
+
+def apply_until(text: str, until: Sequence[str]) -> str:
+    """Cut the text at the first stop string."""
+    cut = len(text)
+    for stop in until:
+        at = text.find(stop)
+        if at != -1:
+            cut = min(cut, at)
+    return text[:cut]
+
+
+def resolve_device(device: str | None) -> str:
+    """The device to run on: as given, else this process's GPU (LOCAL_RANK) or the CPU."""
+    if device:
+        return str(device)
+    if torch.cuda.is_available():
+        return f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}"
+    return "cpu"
+
+
+def resolve_dtype(dtype: str | torch.dtype | None, device: str) -> torch.dtype:
+    """'auto' (default): bfloat16 on GPU, float32 on CPU; else the named torch dtype."""
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype in (None, "", "auto"):
+        return torch.bfloat16 if str(device).startswith("cuda") else torch.float32
+    value = getattr(torch, str(dtype).replace("torch.", ""), None)
+    if not isinstance(value, torch.dtype):
+        raise GenhancerError(f"dtype={dtype!r} is not a torch dtype (float32, bfloat16, float16)")
+    return value
+
+
+def _images(images: Sequence[Image.Image]) -> list[Image.Image]:
+    return [im.convert("RGB") for im in images]
+
+
+class LlavaRunner:
+    """A loaded LLaVA that answers one (images, text) prompt at a time."""
+
+    format: str = ""
+
+    def __init__(self, model, device: str, dtype: torch.dtype) -> None:
+        self.model = model.eval()
+        self.dtype = dtype
+        self.device = torch.device(device)
+
+    @property
+    def input_device(self) -> torch.device:
+        """Where inputs go (the first parameter's device: right for device_map='auto' too)."""
+        return next(self.model.parameters()).device
+
+    def prompt(self, num_images: int, text: str) -> str:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def answer(self, images: Sequence[Image.Image], text: str,
+               gen_kwargs: dict[str, Any] | None = None) -> str:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+
+class HFRunner(LlavaRunner):
+    format = "llava-hf"
+
+    def __init__(self, path: Path, vision_tower: str | None, device: str, dtype: torch.dtype,
+                 device_map: str | dict | None, attn_implementation: str | None) -> None:
+        from transformers import AutoProcessor, LlavaForConditionalGeneration
+
+        kwargs = {"dtype": dtype, "device_map": device_map or device}
+        if attn_implementation:
+            kwargs["attn_implementation"] = attn_implementation
+        model = LlavaForConditionalGeneration.from_pretrained(path, **kwargs)
+        if vision_tower:
+            folder, _ = resolve_encoder(vision_tower)
+            swap_llava_hf_tower(model, folder, f"llava-hf checkpoint {path}")
+        super().__init__(model, device, dtype)
+        self.processor = AutoProcessor.from_pretrained(path)
+        self.tokenizer = self.processor.tokenizer
+
+    def prompt(self, num_images: int, text: str) -> str:
+        if getattr(self.processor, "chat_template", None):
+            content = [{"type": "image"}] * num_images + [{"type": "text", "text": text}]
+            return self.processor.apply_chat_template(
+                [{"role": "user", "content": content}], add_generation_prompt=True)
+        return f"{_SYSTEM} USER: {'<image>' * num_images}\n{text} ASSISTANT:"
+
+    def answer(self, images, text, gen_kwargs=None) -> str:
+        settings = clean_gen_kwargs(gen_kwargs)
+        images = _images(images)
+        inputs = self.processor(images=images or None, text=self.prompt(len(images), text),
+                                return_tensors="pt").to(self.input_device)
+        if "pixel_values" in inputs:
+            inputs["pixel_values"] = inputs["pixel_values"].to(self.dtype)
+        pad = self.tokenizer.pad_token_id
+        pad = self.tokenizer.eos_token_id if pad is None else pad
+        with torch.inference_mode():
+            out = self.model.generate(**inputs, **settings.kwargs, pad_token_id=pad)
+        new = out[0, inputs["input_ids"].shape[1]:]
+        return apply_until(self.tokenizer.decode(new, skip_special_tokens=True).strip(),
+                           settings.until)
+
+
+class OriginalRunner(LlavaRunner):
+    format = "original"
+
+    def __init__(self, path: Path, vision_tower: str | None, device: str, dtype: torch.dtype,
+                 device_map: str | dict | None, conv_template: str) -> None:
+        import llava_patches
+
+        llava_patches.apply()
+        from llava.conversation import conv_templates
+        from llava.model.language_model.llava_llama import LlavaConfig, LlavaLlamaForCausalLM
+        from transformers import AutoTokenizer
+
+        if conv_template not in conv_templates:
+            raise GenhancerError(f"conv_template={conv_template!r} is not one of LLaVA's: "
+                                 f"{', '.join(sorted(conv_templates))}")
+        self.conv = conv_templates[conv_template]
+        config = LlavaConfig.from_pretrained(path)
+        if vision_tower:
+            folder, name = resolve_encoder(vision_tower)
+            check_original_fits(path, config.to_dict(), folder)
+            config.mm_vision_tower = name
+            warn_projector_once()
+        model = LlavaLlamaForCausalLM.from_pretrained(path, config=config, dtype=dtype,
+                                                      device_map=device_map or device)
+        tower = model.get_vision_tower()
+        if not tower.is_loaded:
+            tower.load_model(device_map=device_map or device)
+        tower.to(device=next(model.parameters()).device, dtype=dtype)
+        super().__init__(model, device, dtype)
+        self.image_processor = tower.image_processor
+        self.tokenizer = AutoTokenizer.from_pretrained(path)
+
+    def prompt(self, num_images: int, text: str) -> str:
+        conv = self.conv.copy()
+        conv.append_message(conv.roles[0], "<image>\n" * num_images + text)
+        conv.append_message(conv.roles[1], None)
+        return conv.get_prompt()
+
+    def answer(self, images, text, gen_kwargs=None) -> str:
+        from llava.constants import IMAGE_TOKEN_INDEX
+        from llava.mm_utils import process_images, tokenizer_image_token
+
+        settings = clean_gen_kwargs(gen_kwargs)
+        images = _images(images)
+        device = self.input_device
+        ids = tokenizer_image_token(self.prompt(len(images), text), self.tokenizer,
+                                    IMAGE_TOKEN_INDEX, return_tensors="pt").unsqueeze(0)
+        extra = {}
+        if images:
+            pixels = process_images(images, self.image_processor, self.model.config)
+            extra = {"images": pixels.to(device=device, dtype=self.dtype),
+                     "image_sizes": [im.size for im in images]}
+        pad = self.tokenizer.pad_token_id
+        pad = self.tokenizer.eos_token_id if pad is None else pad
+        with torch.inference_mode():
+            out = self.model.generate(ids.to(device), **extra, **settings.kwargs,
+                                      pad_token_id=pad)
+        # LLaVA generates from inputs_embeds: the output holds only the new tokens.
+        return apply_until(self.tokenizer.decode(out[0], skip_special_tokens=True).strip(),
+                           settings.until)
+
+
+def load_llava(pretrained: str | Path, vision_tower: str | None = None,
+               device: str | None = None, dtype: str | torch.dtype | None = "auto",
+               device_map: str | dict | None = None, conv_template: str = "vicuna_v1",
+               attn_implementation: str | None = None) -> LlavaRunner:
+    """Load a llava-hf or original-format checkpoint (its format read from config.json).
+
+    Args:
+        pretrained: the checkpoint folder.
+        vision_tower: an encoder folder or `genhancer[:NAME|:PATH]` to swap in at load time.
+        device: where to run (default: this process's GPU, else CPU).
+        dtype: 'auto' (bf16 on GPU, fp32 on CPU) or a torch dtype name.
+        device_map: passed to `from_pretrained` (default: the device; 'auto' spreads layers).
+        conv_template: LLaVA's conversation template (original format only).
+        attn_implementation: e.g. 'sdpa' or 'flash_attention_2' (llava-hf only).
+    """
+    path = Path(pretrained)
+    kind = checkpoint_format(path)
+    device = resolve_device(device)
+    torch_dtype = resolve_dtype(dtype, device)
+    if kind == "llava-hf":
+        return HFRunner(path, vision_tower, device, torch_dtype, device_map, attn_implementation)
+    return OriginalRunner(path, vision_tower, device, torch_dtype, device_map, conv_template)

@@ -1,0 +1,455 @@
+"""Swap an enhanced encoder into an existing LLaVA checkpoint (no retraining).
+
+Two checkpoint formats, told apart by config.json:
+
+- llava-hf (`LlavaForConditionalGeneration`, `model_type: llava` with a `vision_config`): the
+  encoder's vision weights are loaded strictly into `model.model.vision_tower` after checking
+  family, width, patch size, image size and depth against the checkpoint's tower; the model and
+  the checkpoint's processor are saved to the output folder.
+- original LLaVA (haotian-liu/LLaVA, `mm_vision_tower` in config.json): `mm_vision_tower` is
+  rewritten to the genhancer name of the encoder (`genhancer:/abs/folder` or a registry name);
+  tower weights stored in the checkpoint (`model.vision_tower.vision_tower.*`) are replaced where
+  present. Loading it needs the hook (`llava_patches.apply()`).
+
+Both write `genhancer.json` with a `swap` record. The input checkpoint is only read. The
+projector was trained on the old encoder's features: a swap is the cheap, weaker option; the
+paper's protocol retrains projector and LLM (`scripts/llava_finetune.sh`).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import re
+import shutil
+import warnings
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import transformers
+from transformers import CLIPVisionModel, PreTrainedModel, SiglipVisionModel
+
+from .. import __version__
+from ..encoders import folder_family
+from ..errors import GenhancerError
+from .registry import PREFIX, is_genhancer_name, resolve_tower
+
+__all__ = [
+    "TowerGeometry",
+    "checkpoint_format",
+    "check_fits",
+    "encoder_geometry",
+    "load_encoder_tower",
+    "original_tower_name",
+    "resolve_encoder",
+    "swap_checkpoint",
+    "swap_llava_hf_tower",
+    "warn_projector_once",
+    "ORIGINAL_TOWER_PREFIX",
+    "PROJECTOR_NOTE",
+]
+
+FINETUNE_HINT = "scripts/llava_finetune.sh"
+# Where the original LLaVA code stores a tower's weights: LlavaMetaModel.vision_tower (the tower
+# wrapper) -> .vision_tower (the HF vision model).
+ORIGINAL_TOWER_PREFIX = "model.vision_tower.vision_tower."
+VISION_CLASSES = {"clip": CLIPVisionModel, "siglip": SiglipVisionModel}
+_VISION_MODEL_TYPES = {"clip_vision_model": "clip", "siglip_vision_model": "siglip",
+                       "clip": "clip", "siglip": "siglip"}
+# Towers original-format LLaVA checkpoints name by hub id (no config to read offline).
+KNOWN_TOWERS = {
+    "openai/clip-vit-large-patch14-336": ("clip", 1024, 14, 336, 24),
+    "openai/clip-vit-large-patch14": ("clip", 1024, 14, 224, 24),
+}
+_WARNED = False
+PROJECTOR_NOTE = (
+    "the checkpoint's projector and LLM were trained on the old encoder's features; a "
+    "swapped encoder is the cheap, weaker option. For the paper's protocol retrain them on "
+    f"the enhanced encoder with {FINETUNE_HINT} (LLaVA-1.5 pretrain + finetune)")
+
+
+@dataclass(frozen=True)
+class TowerGeometry:
+    """What must agree between a checkpoint's tower and a replacement encoder."""
+
+    family: str
+    hidden_size: int
+    patch_size: int
+    image_size: int
+    num_layers: int
+    source: str = ""  # where the numbers came from (for messages)
+
+    @property
+    def tokens(self) -> int:
+        return (self.image_size // self.patch_size) ** 2
+
+
+def warn_projector_once() -> None:
+    """Warn (once per process) that a swapped tower meets a projector trained on the old one."""
+    global _WARNED
+    if _WARNED:
+        return
+    _WARNED = True
+    warnings.warn(PROJECTOR_NOTE, UserWarning, stacklevel=2)
+
+
+# --- inputs --------------------------------------------------------------------------------
+
+
+def _read_config(ckpt: Path) -> dict[str, Any]:
+    if not ckpt.is_dir():
+        raise GenhancerError(f"LLaVA checkpoint {ckpt} does not exist (expected a folder)")
+    config = ckpt / "config.json"
+    if not config.is_file():
+        raise GenhancerError(f"{ckpt} has no config.json; it is not a LLaVA checkpoint folder")
+    try:
+        return json.loads(config.read_text())
+    except json.JSONDecodeError as exc:
+        raise GenhancerError(f"{config} is not valid JSON ({exc})") from exc
+
+
+def checkpoint_format(ckpt: str | Path) -> str:
+    """'llava-hf' or 'original'; a one-line error for anything else."""
+    ckpt = Path(ckpt)
+    config = _read_config(ckpt)
+    if "mm_vision_tower" in config:
+        return "original"
+    if config.get("model_type") == "llava" and "vision_config" in config:
+        return "llava-hf"
+    raise GenhancerError(
+        f"{ckpt} is neither a llava-hf checkpoint (LlavaForConditionalGeneration: model_type "
+        f"'llava' with a vision_config) nor an original-format LLaVA checkpoint "
+        f"(mm_vision_tower in config.json); its config says model_type "
+        f"{config.get('model_type')!r}"
+    )
+
+
+def resolve_encoder(vision_tower: str | Path) -> tuple[Path, str]:
+    """(folder, name to store) for `--vision-tower`: a folder or a `genhancer[:NAME|:PATH]` name."""
+    text = str(vision_tower)
+    if text == PREFIX or text.startswith(PREFIX + ":"):
+        spec = resolve_tower(text)
+        return spec.path.resolve(), text
+    folder = Path(text).expanduser()
+    folder_family(folder)  # exists, has config.json, is CLIP or SigLIP
+    return folder.resolve(), f"{PREFIX}:{folder.resolve()}"
+
+
+def _quiet(fn, *args, **kwargs):
+    verbosity = transformers.logging.get_verbosity()
+    transformers.logging.set_verbosity_error()  # a full CLIPModel folder has text weights
+    try:
+        return fn(*args, **kwargs)
+    finally:
+        transformers.logging.set_verbosity(verbosity)
+
+
+def load_encoder_tower(folder: str | Path) -> PreTrainedModel:
+    """The encoder folder's vision tower (CLIPVisionModel / SiglipVisionModel), fp32."""
+    family, _ = folder_family(folder)
+    return _quiet(VISION_CLASSES[family].from_pretrained, folder, dtype=torch.float32)
+
+
+def _geometry(config, family: str, source: str) -> TowerGeometry:
+    return TowerGeometry(family=family, hidden_size=config.hidden_size,
+                         patch_size=config.patch_size, image_size=config.image_size,
+                         num_layers=config.num_hidden_layers, source=source)
+
+
+def encoder_geometry(folder: str | Path) -> TowerGeometry:
+    family, _ = folder_family(folder)
+    config = transformers.AutoConfig.from_pretrained(folder)
+    vision = getattr(config, "vision_config", config)
+    return _geometry(vision, family, f"the encoder at {folder}")
+
+
+def check_fits(old: TowerGeometry, new: TowerGeometry) -> None:
+    """One-line error naming every field where the encoder does not fit the checkpoint, and why."""
+    problems = []
+    if old.family != new.family:
+        problems.append(
+            f"family: the checkpoint's tower is {old.family}, the encoder is {new.family} "
+            "(token layout and features differ)")
+    if old.hidden_size != new.hidden_size:
+        problems.append(
+            f"width: the projector takes {old.hidden_size}-wide features, the encoder gives "
+            f"{new.hidden_size}")
+    if old.patch_size != new.patch_size:
+        problems.append(f"patch size: {old.patch_size} in the checkpoint, {new.patch_size} in "
+                        "the encoder (the patch embedding would not load)")
+    if old.image_size != new.image_size:
+        problems.append(
+            f"image size: the checkpoint's tower sees {old.image_size} px "
+            f"({old.tokens} image tokens, what the LLM was trained on), the encoder "
+            f"{new.image_size} px ({new.tokens})")
+    if old.num_layers != new.num_layers:
+        problems.append(f"depth: {old.num_layers} layers in the checkpoint's tower, "
+                        f"{new.num_layers} in the encoder (the selected layer would differ)")
+    if problems:
+        raise GenhancerError(
+            f"{new.source} does not fit the checkpoint ({old.source}): " + "; ".join(problems)
+            + "; enhance the checkpoint's own tower (same preset/resolution) instead")
+
+
+# --- llava-hf ------------------------------------------------------------------------------
+
+
+def llava_hf_geometry(config, source: str) -> TowerGeometry:
+    vision = config.vision_config
+    family = _VISION_MODEL_TYPES.get(getattr(vision, "model_type", None))
+    if family is None:
+        raise GenhancerError(f"{source}: vision tower type {vision.model_type!r} is not CLIP or "
+                             "SigLIP; only those can be swapped")
+    return _geometry(vision, family, source)
+
+
+def _vision_tower_module(model) -> torch.nn.Module:
+    inner = getattr(model, "model", model)
+    tower = getattr(inner, "vision_tower", None)
+    if tower is None:
+        raise GenhancerError(f"{type(model).__name__} has no model.vision_tower to swap")
+    return tower
+
+
+def swap_llava_hf_tower(model, encoder_dir: str | Path, source: str = "the checkpoint") -> None:
+    """Load the encoder's vision weights strictly into a loaded llava-hf model's tower.
+
+    Args:
+        model: a `LlavaForConditionalGeneration` (any dtype/device).
+        encoder_dir: an exported (or any CLIP/SigLIP) encoder folder.
+        source: how to name the checkpoint in error messages.
+    """
+    check_fits(llava_hf_geometry(model.config, source), encoder_geometry(encoder_dir))
+    tower = _vision_tower_module(model)
+    state = load_encoder_tower(encoder_dir).state_dict()
+    try:
+        tower.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        first = str(exc).splitlines()[0]
+        raise GenhancerError(f"the encoder's weights do not load into {source}'s vision tower "
+                             f"({first})") from exc
+    warn_projector_once()
+
+
+def _swap_llava_hf(ckpt: Path, encoder_dir: Path, out: Path) -> dict[str, Any]:
+    from transformers import AutoProcessor, LlavaForConditionalGeneration
+
+    config = transformers.AutoConfig.from_pretrained(ckpt)
+    check_fits(llava_hf_geometry(config, f"llava-hf checkpoint {ckpt}"),
+               encoder_geometry(encoder_dir))
+    try:
+        processor = AutoProcessor.from_pretrained(ckpt)
+    except (OSError, ValueError) as exc:
+        raise GenhancerError(f"{ckpt} has no loadable processor (llava-hf checkpoints ship "
+                             f"processor_config.json and tokenizer files): {exc}") from exc
+    model = LlavaForConditionalGeneration.from_pretrained(ckpt, dtype="auto")
+    swap_llava_hf_tower(model, encoder_dir, f"llava-hf checkpoint {ckpt}")
+    model.save_pretrained(out)
+    processor.save_pretrained(out)
+    return {"format": "llava-hf", "tower_module": "model.vision_tower",
+            "dtype": str(model.dtype).replace("torch.", "")}
+
+
+# --- original LLaVA ------------------------------------------------------------------------
+
+
+def _weight_files(ckpt: Path) -> list[Path]:
+    files = sorted(ckpt.glob("*.safetensors")) + sorted(ckpt.glob("*.bin"))
+    return [f for f in files if not f.name.startswith(("mm_projector", "training_args"))]
+
+
+def _load_weights(path: Path) -> dict[str, torch.Tensor]:
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return load_file(path)
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def _save_weights(state: dict[str, torch.Tensor], path: Path) -> None:
+    if path.suffix == ".safetensors":
+        from safetensors.torch import save_file
+
+        save_file(state, path, metadata={"format": "pt"})
+    else:
+        torch.save(state, path)
+
+
+def _stored_tower_keys(path: Path) -> list[str]:
+    if path.suffix == ".safetensors":
+        from safetensors import safe_open
+
+        with safe_open(path, framework="pt") as f:
+            return [k for k in f.keys() if k.startswith(ORIGINAL_TOWER_PREFIX)]
+    return [k for k in _load_weights(path) if k.startswith(ORIGINAL_TOWER_PREFIX)]
+
+
+def _tower_key(key: str) -> str:
+    """A tower weight's name without the `vision_model.` level (transformers 4 had it, 5 not)."""
+    return key[len("vision_model."):] if key.startswith("vision_model.") else key
+
+
+def _stored_geometry(state: dict[str, torch.Tensor], source: str) -> TowerGeometry | None:
+    """The tower geometry implied by stored tower weights (CLIP or SigLIP, either key layout)."""
+    state = {_tower_key(k): v for k, v in state.items()}
+    patch = state.get("embeddings.patch_embedding.weight")
+    pos = state.get("embeddings.position_embedding.weight")
+    if patch is None or pos is None:
+        return None
+    family = "clip" if "embeddings.class_embedding" in state else "siglip"
+    layers = {int(m.group(1)) for k in state if (m := re.match(r"encoder\.layers\.(\d+)\.", k))}
+    side = round((pos.shape[0] - (family == "clip")) ** 0.5)
+    return TowerGeometry(family=family, hidden_size=patch.shape[0], patch_size=patch.shape[-1],
+                         image_size=side * patch.shape[-1], num_layers=len(layers), source=source)
+
+
+def original_tower_name(config: dict[str, Any]) -> str:
+    return config.get("mm_vision_tower") or config.get("vision_tower") or ""
+
+
+def _named_geometry(name: str, source: str) -> TowerGeometry | None:
+    """The old tower's geometry from its name: a genhancer name, a local folder, a known id."""
+    try:
+        if is_genhancer_name(name):
+            return encoder_geometry(resolve_tower(name).path)
+        if Path(name, "config.json").is_file():
+            return encoder_geometry(name)
+    except GenhancerError:
+        return None
+    if name in KNOWN_TOWERS:
+        return TowerGeometry(*KNOWN_TOWERS[name], source=source)
+    return None
+
+
+def original_geometry(ckpt: Path, config: dict[str, Any],
+                      stored: dict[str, torch.Tensor] | None) -> TowerGeometry | None:
+    """What is known of an original-format checkpoint's tower (None: only its width)."""
+    name = original_tower_name(config)
+    source = f"original-format checkpoint {ckpt}, tower {name!r}"
+    if stored:
+        found = _stored_geometry(stored, source + " (stored weights)")
+        if found is not None:
+            return found
+    return _named_geometry(name, source)
+
+
+def check_original_fits(ckpt: Path, config: dict[str, Any], encoder_dir: Path,
+                        stored: dict[str, torch.Tensor] | None = None) -> TowerGeometry:
+    """Width (mm_hidden_size), the select feature, and the full geometry when it can be known."""
+    new = encoder_geometry(encoder_dir)
+    width = config.get("mm_hidden_size")
+    if width is not None and width != new.hidden_size:
+        raise GenhancerError(
+            f"{new.source} does not fit original-format checkpoint {ckpt}: width: its projector "
+            f"takes {width}-wide features (mm_hidden_size), the encoder gives {new.hidden_size}")
+    feature = config.get("mm_vision_select_feature", "patch")
+    if new.family == "siglip" and feature == "patch":
+        raise GenhancerError(
+            f"{new.source} is a SigLIP encoder (no CLS token) but {ckpt} selects 'patch' "
+            "features (drops the first token, LLaVA's CLS); such a checkpoint only fits a CLIP "
+            "tower")
+    old = original_geometry(ckpt, config, stored)
+    if old is None:
+        warnings.warn(
+            f"could not tell the image size, patch size or depth of {ckpt}'s tower "
+            f"{original_tower_name(config)!r} (no stored tower weights, not a local folder); only "
+            "the width was checked", UserWarning, stacklevel=2)
+    else:
+        check_fits(old, new)
+    return new
+
+
+def swap_original(ckpt: Path, encoder_dir: Path, tower_name: str, out: Path) -> dict[str, Any]:
+    config = _read_config(ckpt)
+    files = _weight_files(ckpt)
+    with_tower = [f for f in files if _stored_tower_keys(f)]
+    stored: dict[str, torch.Tensor] = {}
+    for f in with_tower:
+        stored.update({k[len(ORIGINAL_TOWER_PREFIX):]: v for k, v in _load_weights(f).items()
+                       if k.startswith(ORIGINAL_TOWER_PREFIX)})
+    check_original_fits(ckpt, config, encoder_dir, stored)
+    new_state = {_tower_key(k): v for k, v in load_encoder_tower(encoder_dir).state_dict().items()
+                 } if stored else {}
+    if stored:
+        stored = {_tower_key(k): v for k, v in stored.items()}
+        if set(stored) != set(new_state) or any(stored[k].shape != new_state[k].shape
+                                                for k in stored):
+            missing = sorted(set(stored) ^ set(new_state))[:3]
+            raise GenhancerError(
+                f"the tower weights stored in {ckpt} do not match the encoder's state dict "
+                f"(differing keys or shapes, e.g. {missing or 'shapes'})")
+    # Copy everything, then rewrite config.json and the files holding tower weights.
+    shutil.copytree(ckpt, out)
+    for f in with_tower:
+        state = _load_weights(f)
+        for key in state:
+            if key.startswith(ORIGINAL_TOWER_PREFIX):
+                old = state[key]
+                new = new_state[_tower_key(key[len(ORIGINAL_TOWER_PREFIX):])]
+                state[key] = new.to(old.dtype).contiguous()
+        _save_weights(state, out / f.name)
+    old_name = original_tower_name(config)
+    config["mm_vision_tower"] = tower_name
+    (out / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+    warn_projector_once()
+    return {"format": "original", "old_mm_vision_tower": old_name,
+            "mm_vision_tower": tower_name,
+            "replaced_weight_files": [f.name for f in with_tower],
+            "tower_weights_in_checkpoint": bool(stored)}
+
+
+# --- the command ---------------------------------------------------------------------------
+
+
+def swap_checkpoint(ckpt: str | Path, vision_tower: str | Path, output: str | Path) -> Path:
+    """Write OUTPUT: the LLaVA checkpoint CKPT with the encoder as its vision tower.
+
+    Args:
+        ckpt: a llava-hf or original-format LLaVA checkpoint folder (only read).
+        vision_tower: an encoder folder (what `genhancer export` writes) or a
+            `genhancer[:NAME|:PATH]` name; original-format checkpoints store this name.
+        output: the folder to write; it must not exist.
+    """
+    ckpt, out = Path(ckpt), Path(output)
+    if out.exists():
+        raise GenhancerError(f"output {out} already exists; choose a new folder")
+    if out.resolve() == ckpt.resolve():
+        raise GenhancerError("the output folder must differ from the checkpoint")
+    kind = checkpoint_format(ckpt)
+    encoder_dir, tower_name = resolve_encoder(vision_tower)
+    tmp = out.with_name(out.name + ".tmp-swap")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        if kind == "llava-hf":
+            record = _swap_llava_hf(ckpt, encoder_dir, tmp)
+        else:
+            record = swap_original(ckpt, encoder_dir, tower_name, tmp)
+        geometry = asdict(encoder_geometry(encoder_dir))
+        geometry.pop("source")
+        provenance = _encoder_provenance(encoder_dir)
+        (tmp / "genhancer.json").write_text(json.dumps({
+            "genhancer_llava_version": __version__,
+            "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+            "swap": {"checkpoint": str(ckpt.resolve()), "encoder": str(encoder_dir),
+                     "encoder_geometry": geometry, "encoder_provenance": provenance,
+                     "retrained": False,
+                     "note": f"projector and LLM trained on the old encoder; see {FINETUNE_HINT}",
+                     **record},
+        }, indent=2))
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    tmp.rename(out)
+    return out
+
+
+def _encoder_provenance(encoder_dir: Path) -> dict[str, Any] | None:
+    path = encoder_dir / "genhancer.json"
+    if not path.is_file():
+        return None
+    info = json.loads(path.read_text())
+    return {k: info.get(k) for k in ("base_model", "family", "created", "genhancer_llava_version")}
