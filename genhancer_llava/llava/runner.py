@@ -14,6 +14,7 @@ default device choice. Used by the lmms-eval model (`genhancer_llava.lmms`); no 
 from __future__ import annotations
 
 import os
+from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -128,7 +129,7 @@ def _images(images: Sequence[Image.Image]) -> list[Image.Image]:
     return [im.convert("RGB") for im in images]
 
 
-class LlavaRunner:
+class LlavaRunner(ABC):
     """A loaded LLaVA that answers one (images, text) prompt at a time."""
 
     format: str = ""
@@ -143,12 +144,14 @@ class LlavaRunner:
         """Where inputs go (the first parameter's device: right for device_map='auto' too)."""
         return next(self.model.parameters()).device
 
-    def prompt(self, num_images: int, text: str) -> str:  # pragma: no cover - abstract
-        raise NotImplementedError
+    @abstractmethod
+    def prompt(self, num_images: int, text: str) -> str:
+        """The model's prompt for `text` with `num_images` image placeholders."""
 
+    @abstractmethod
     def answer(self, images: Sequence[Image.Image], text: str,
-               gen_kwargs: dict[str, Any] | None = None) -> str:  # pragma: no cover - abstract
-        raise NotImplementedError
+               gen_kwargs: dict[str, Any] | None = None) -> str:
+        """Generate the reply to one prompt."""
 
 
 class HFRunner(LlavaRunner):
