@@ -29,7 +29,7 @@ demo: $(STAMP)
 	$(VENV)/bin/genhancer demo --output runs/demo --overwrite
 
 test: $(STAMP)
-	$(PY) -m ruff check genhancer_llava llava_patches tests
+	$(PY) -m ruff check genhancer_llava llava_patches tests benchmarks
 	$(PY) -m pytest -q
 
 format: $(STAMP)

@@ -169,3 +169,10 @@ def test_resume_latest_continues_from_the_newest_checkpoint(finished_run, tmp_pa
     assert "resumed from" in proc.stdout and "at step 4" in proc.stdout
     summary = copy.summary("stage1")
     assert [step for step, _ in summary["losses"]] == [1, 2, 3, 4, 5, 6]  # 1-4 restored
+
+
+def test_step_ratio_benchmark_runs_and_prints_a_ratio():
+    proc = run_python("benchmarks/step_ratio.py", "--preset", "demo", "--repeats", "1",
+                      "--batch", "2")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "ours / reference step = " in proc.stdout  # a smoke test: no timing is asserted
