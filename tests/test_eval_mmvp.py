@@ -18,7 +18,6 @@ from transformers import (
     SiglipModel,
 )
 
-from genhancer_llava.cli import main
 from genhancer_llava.errors import GenhancerError
 from genhancer_llava.evaluation import (
     PATTERNS,
@@ -30,6 +29,8 @@ from genhancer_llava.evaluation import (
 )
 from genhancer_llava.evaluation.mmvp import MMVPItem, MMVPPair
 from genhancer_llava.tiny import byte_level_clip_tokenizer
+
+from .conftest import cli_error
 
 
 @pytest.fixture(scope="module")
@@ -195,25 +196,16 @@ def test_folder_names_with_underscores_and_images_under_the_root(bench, tmp_path
     assert len(loaded.pairs) == 135 and loaded.patterns == list(PATTERNS)
 
 
-def _one_line_error(capsys, argv) -> str:
-    with pytest.raises(SystemExit) as info:
-        main(argv)
-    assert info.value.code == 2
-    err = capsys.readouterr().err.strip()
-    assert err.startswith("error: ") and "\n" not in err, err
-    return err
-
-
 def test_bad_benchmark_folders(capsys, bench, tiny_clip, tmp_path):
     empty = tmp_path / "empty"
     empty.mkdir()
-    err = _one_line_error(capsys, ["eval", "mmvp-vlm", "--model", str(tiny_clip),
+    err = cli_error(capsys, ["eval", "mmvp-vlm", "--model", str(tiny_clip),
                                    "--data", str(empty)])
     assert "holds no questions CSV" in err
     broken = shutil.copytree(bench, tmp_path / "broken")
     for qid in (1, 4, 33):
         next(broken.rglob(f"{qid}.jpg")).unlink()
-    err = _one_line_error(capsys, ["eval", "mmvp-vlm", "--model", str(tiny_clip),
+    err = cli_error(capsys, ["eval", "mmvp-vlm", "--model", str(tiny_clip),
                                    "--data", str(broken)])
     assert "3 MMVP-VLM images missing" in err
     assert "Orientation and Direction/1.jpg, Orientation and Direction/4.jpg, " in err
@@ -229,22 +221,22 @@ def test_bad_model_folders(capsys, bench, tiny_clip, tmp_path):
     vision_only = tmp_path / "vision-only"
     CLIPVisionModel.from_pretrained(tiny_clip).save_pretrained(vision_only)
     capsys.readouterr()  # drop the loader's report
-    err = _one_line_error(capsys, ["eval", "mmvp-vlm", "--model", str(vision_only),
+    err = cli_error(capsys, ["eval", "mmvp-vlm", "--model", str(vision_only),
                                    "--data", str(bench)])
     assert "vision tower only" in err and "needs the text tower" in err
     llama = tmp_path / "llama"
     llama.mkdir()
     (llama / "config.json").write_text(json.dumps({"model_type": "llama"}))
-    err = _one_line_error(capsys, ["eval", "mmvp-vlm", "--model", str(llama),
+    err = cli_error(capsys, ["eval", "mmvp-vlm", "--model", str(llama),
                                    "--data", str(bench)])
     assert "'llama' model" in err and "clip, siglip" in err
     siglip = tmp_path / "siglip"
     siglip.mkdir()
     (siglip / "config.json").write_text(json.dumps({"model_type": "siglip"}))
-    err = _one_line_error(capsys, ["eval", "compare", str(tiny_clip), str(siglip),
+    err = cli_error(capsys, ["eval", "compare", str(tiny_clip), str(siglip),
                                    "--mmvp", str(bench), "--output", str(tmp_path / "o")])
     assert "base is a 'clip' model and enhanced a 'siglip' one" in err
-    err = _one_line_error(capsys, ["eval", "mmvp-vlm", "--model", str(tmp_path / "nope"),
+    err = cli_error(capsys, ["eval", "mmvp-vlm", "--model", str(tmp_path / "nope"),
                                    "--data", str(bench)])
     assert "does not exist" in err
 
