@@ -22,8 +22,8 @@ import torch
 from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
 
 from genhancer_llava.config import load_config
-from genhancer_llava.encoders import CLIPEncoder
-from genhancer_llava.enhancer import apply_stage_policy, build_enhancer
+from genhancer_llava.models.encoders import CLIPEncoder
+from genhancer_llava.models.enhancer import apply_stage_policy, build_enhancer
 
 # the vision tower shape of each preset's backbone, for weight-free benchmarking
 TOWERS = {

@@ -25,9 +25,9 @@ import transformers
 from transformers import CLIPModel, PreTrainedModel, SiglipModel
 
 from . import __version__
-from .encoders import load_encoder, read_vision_config
 from .errors import GenhancerError
-from .run_dir import RunDir, stages_for
+from .models.encoders import load_encoder, read_vision_config
+from .train.run_dir import RunDir, stages_for
 
 __all__ = ["merge_adapter", "export_encoder", "PROCESSOR_FILES"]
 

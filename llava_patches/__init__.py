@@ -4,7 +4,7 @@
 
 - the builder hook: `--vision_tower genhancer[:NAME|:PATH]` (and any folder holding a
   `genhancer.json`) builds a tower from an exported encoder through the registry in
-  `genhancer_llava.llava.registry`; every other name goes to LLaVA's own builder;
+  `genhancer_llava.mllm.registry`; every other name goes to LLaVA's own builder;
 - the tower switch: continuing from a LLaVA checkpoint with another `--vision_tower` loads the
   new tower (LLaVA alone keeps the old weights under the new name);
 - the shims that make llava-torch 1.2.2.post1 run on transformers 5 (`llava_patches.shims`).

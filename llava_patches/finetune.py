@@ -3,7 +3,7 @@
 `scripts/llava_finetune.sh` calls `python -m llava_patches.finetune`. Each stage is one
 `torchrun ... -m llava_patches.train` process group with LLaVA-1.5's flags (from
 haotian-liu/LLaVA `scripts/v1_5/pretrain.sh` and `finetune.sh`) and the DeepSpeed configs in
-`scripts/deepspeed/`:
+`llava_patches/deepspeed/` (package data):
 
 - pretrain: `--tune_mm_mlp_adapter True`, `--version plain`, lr 1e-3, global batch 256, ZeRO-2;
   writes `OUTPUT/llava-pretrain/mm_projector.bin`;
@@ -26,14 +26,16 @@ import socket
 import subprocess
 import sys
 from dataclasses import dataclass, field
+from importlib import resources
 from pathlib import Path
 
 from genhancer_llava.errors import GenhancerError
-from genhancer_llava.llava.registry import is_genhancer_name, resolve_tower
+from genhancer_llava.mllm.registry import is_genhancer_name, resolve_tower
 
 __all__ = ["PRESETS", "Preset", "stage_args", "main"]
 
-SCRIPTS = Path(__file__).resolve().parents[1] / "scripts" / "deepspeed"
+# LLaVA-format DeepSpeed configs, shipped as package data (an installed wheel needs no checkout).
+SCRIPTS = Path(str(resources.files(__package__) / "deepspeed"))
 STAGES = ("pretrain", "finetune")
 STAGE_DIRS = {"pretrain": "llava-pretrain", "finetune": "llava-finetune"}
 

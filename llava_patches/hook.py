@@ -10,7 +10,7 @@ from __future__ import annotations
 import functools
 
 from genhancer_llava.errors import GenhancerError
-from genhancer_llava.llava.registry import is_genhancer_name
+from genhancer_llava.mllm.registry import is_genhancer_name
 
 from .towers import build_tower
 

@@ -19,7 +19,7 @@ from torch import nn
 from transformers import AutoConfig, AutoImageProcessor, CLIPVisionModel, SiglipVisionModel
 
 from genhancer_llava.errors import GenhancerError
-from genhancer_llava.llava.registry import TowerSpec, resolve_tower
+from genhancer_llava.mllm.registry import TowerSpec, resolve_tower
 
 __all__ = ["GenhancerCLIPTower", "GenhancerSiglipTower", "build_tower"]
 
@@ -154,6 +154,6 @@ TOWER_CLASSES = {"clip": GenhancerCLIPTower, "siglip": GenhancerSiglipTower}
 
 
 def build_tower(name: str, args, delay_load: bool = False) -> _ExportedTower:
-    """The tower for a genhancer name (see `genhancer_llava.llava.registry`)."""
+    """The tower for a genhancer name (see `genhancer_llava.mllm.registry`)."""
     spec = resolve_tower(name)
     return TOWER_CLASSES[spec.kind](spec, args, delay_load=delay_load)

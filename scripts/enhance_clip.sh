@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The two-stage GenHancer enhancement: stage 1, stage 2 and export, each stage launched with
-# `accelerate launch` on DeepSpeed ZeRO (scripts/accelerate/zero{2,3}.yaml). Any preset: CLIP,
+# `accelerate launch` on DeepSpeed ZeRO (genhancer_llava/train/launch_configs/zero{2,3}.yaml). Any preset: CLIP,
 # MetaCLIP and SigLIP backbones alike (e.g. --preset siglip-so400m-384).
 #
 #   bash scripts/enhance_clip.sh --preset openai-clip-l14-224 --num_processes 8 --zero 2 \

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from genhancer_llava.config import load_config
-from genhancer_llava.tiny import make_tiny_clip, make_tiny_siglip
+from genhancer_llava.models.tiny import make_tiny_clip, make_tiny_siglip
 
 REPO = Path(__file__).resolve().parents[1]
 os.environ.setdefault("DS_ACCELERATOR", "cpu")
@@ -55,7 +55,7 @@ def run_python(*args: str, cwd: Path = REPO, timeout: int = 600) -> subprocess.C
 
 def cli_error(capsys, argv: list[str]) -> str:
     """Run `genhancer ARGV` in-process; assert the one-line `error: ...` and exit status 2."""
-    from genhancer_llava.cli import main
+    from genhancer_llava.cli.main import main
 
     with pytest.raises(SystemExit) as exit_info:
         main(argv)

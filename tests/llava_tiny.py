@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from genhancer_llava.tiny import make_tiny_clip
+from genhancer_llava.models.tiny import make_tiny_clip
 
 WORDS = ("red blue green small large cat dog car tree house sky left right top bottom image "
          "shows what is the colour of object in a an there one two three yes no").split()

@@ -4,8 +4,8 @@ import json
 
 import pytest
 
-from genhancer_llava.cli import main
-from genhancer_llava.tiny import make_tiny_clip
+from genhancer_llava.cli.main import main
+from genhancer_llava.models.tiny import make_tiny_clip
 
 from .conftest import cli_error, run_python
 
@@ -79,7 +79,7 @@ def test_existing_run_folder_is_not_touched_without_overwrite(capsys, tiny_clip,
 
 
 def test_export_before_the_last_stage_finished(capsys, tiny_config):
-    from genhancer_llava.launch import prepare_run_dir
+    from genhancer_llava.train.launch import prepare_run_dir
 
     cfg = tiny_config()
     run = prepare_run_dir(cfg, overwrite=False, resume=False)
@@ -88,7 +88,7 @@ def test_export_before_the_last_stage_finished(capsys, tiny_config):
 
 
 def test_stage2_without_a_stage1_state_is_a_one_line_error(tiny_config):
-    from genhancer_llava.launch import prepare_run_dir
+    from genhancer_llava.train.launch import prepare_run_dir
 
     run = prepare_run_dir(tiny_config(), overwrite=False, resume=False)
     proc = run_python("-m", "genhancer_llava.train", "--run_dir", str(run.root),

@@ -11,14 +11,14 @@ open_clip = pytest.importorskip("open_clip")
 from safetensors.torch import save_file  # noqa: E402
 from transformers import CLIPModel, CLIPTokenizer  # noqa: E402
 
-from genhancer_llava.cli import main  # noqa: E402
-from genhancer_llava.convert import (  # noqa: E402
+from genhancer_llava.cli.main import main  # noqa: E402
+from genhancer_llava.errors import GenhancerError  # noqa: E402
+from genhancer_llava.models.convert import (  # noqa: E402
     convert_open_clip,
     convertible_architectures,
     hf_config_from_open_clip,
 )
-from genhancer_llava.encoders import CLIPEncoder, load_encoder  # noqa: E402
-from genhancer_llava.errors import GenhancerError  # noqa: E402
+from genhancer_llava.models.encoders import CLIPEncoder, load_encoder  # noqa: E402
 
 from .conftest import cli_error  # noqa: E402
 

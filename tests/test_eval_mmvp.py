@@ -28,7 +28,7 @@ from genhancer_llava.evaluation import (
     score_pairs,
 )
 from genhancer_llava.evaluation.mmvp import MMVPItem, MMVPPair
-from genhancer_llava.tiny import byte_level_clip_tokenizer
+from genhancer_llava.models.tiny import byte_level_clip_tokenizer
 
 from .conftest import cli_error
 

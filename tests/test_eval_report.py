@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from genhancer_llava.cli import _demo_scores, main
+from genhancer_llava.cli.main import _demo_scores, main
 from genhancer_llava.evaluation import PATTERNS, make_mmvp_benchmark, make_zeroshot_fixture
-from genhancer_llava.tiny import make_tiny_clip
+from genhancer_llava.models.tiny import make_tiny_clip
 
 
 @pytest.fixture(scope="module")

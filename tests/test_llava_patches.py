@@ -79,7 +79,7 @@ def test_other_names_go_to_llavas_builder(parts):
     # A plain CLIP folder without genhancer.json stays LLaVA's business.
     plain = parts["enc_a"].parent / "plain-clip"
     if not plain.exists():
-        from genhancer_llava.tiny import make_tiny_clip
+        from genhancer_llava.models.tiny import make_tiny_clip
 
         make_tiny_clip(plain)
     assert type(hook.build_vision_tower(model_args(str(plain)))) is CLIPVisionTower

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from genhancer_llava.errors import GenhancerError
-from genhancer_llava.llava.registry import (
+from genhancer_llava.mllm.registry import (
     REGISTRY_ENV,
     default_registry_file,
     is_genhancer_name,

@@ -12,9 +12,9 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 
-from genhancer_llava.cli import main
-from genhancer_llava.llava import swap
-from genhancer_llava.tiny import make_tiny_clip
+from genhancer_llava.cli.main import main
+from genhancer_llava.mllm import swap
+from genhancer_llava.models.tiny import make_tiny_clip
 
 from .conftest import cli_error
 from .llava_tiny import (

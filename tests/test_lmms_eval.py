@@ -32,7 +32,7 @@ pytest.importorskip("lmms_eval", reason="lmms-eval is the [lmms] extra")
 pytest.importorskip("llava", reason="llava-torch is installed by `make` (pip --no-deps)")
 
 from genhancer_llava.evaluation.lmms_report import load_lmms_run, score_run  # noqa: E402
-from genhancer_llava.llava.runner import apply_until, clean_gen_kwargs  # noqa: E402
+from genhancer_llava.mllm.runner import apply_until, clean_gen_kwargs  # noqa: E402
 
 from .conftest import REPO  # noqa: E402
 from .llava_tiny import (  # noqa: E402
@@ -65,8 +65,8 @@ def setup(tmp_path_factory):
     import llava_patches
 
     llava_patches.apply()
-    from genhancer_llava.llava.swap import swap_checkpoint
-    from genhancer_llava.tiny import make_tiny_clip
+    from genhancer_llava.mllm.swap import swap_checkpoint
+    from genhancer_llava.models.tiny import make_tiny_clip
 
     root = tmp_path_factory.mktemp("lmms")
     llm = make_tiny_llama(root / "llm")
@@ -160,7 +160,7 @@ def test_llava_hf_with_load_time_swap_chat_mode(setup, tmp_path, capsys):
     assert [s["target"] for s in run.samples["mmvp"]] == ["A", "B", "B", "A"]
 
     # ... and the report reads it: CV-Bench 2D/3D/overall and POPE's mean F1 are defined.
-    from genhancer_llava.cli import main
+    from genhancer_llava.cli.main import main
 
     main(["eval", "report", str(out), "--name", "tiny", "--output", str(tmp_path / "report")])
     assert (tmp_path / "report" / "report.png").stat().st_size > 0

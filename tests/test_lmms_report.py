@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from genhancer_llava.cli import main
+from genhancer_llava.cli.main import main
 from genhancer_llava.evaluation.lmms_report import (
     lenient_letter,
     lenient_yes_no,

@@ -7,16 +7,16 @@ import torch
 from PIL import Image
 
 from genhancer_llava.config import load_config
-from genhancer_llava.denoisers.masked import (
+from genhancer_llava.errors import ConfigError, GenhancerError
+from genhancer_llava.models.denoisers.masked import (
     MaskedDenoiser,
     mask_ratio,
     masked_cross_entropy,
     sample_mask,
 )
-from genhancer_llava.enhancer import apply_stage_policy, build_enhancer
-from genhancer_llava.errors import ConfigError, GenhancerError
-from genhancer_llava.targets import build_target
-from genhancer_llava.tiny import make_tiny_vq
+from genhancer_llava.models.enhancer import apply_stage_policy, build_enhancer
+from genhancer_llava.models.targets import build_target
+from genhancer_llava.models.tiny import make_tiny_vq
 
 from .test_models import PAPER_BACKBONES, _meta_encoder, _mlp_params
 from .test_pipeline import run_python_bash

@@ -11,11 +11,11 @@ from transformers import (
 )
 
 from genhancer_llava.config import load_config
-from genhancer_llava.encoders import CLIPEncoder, SiglipEncoder, load_encoder
-from genhancer_llava.enhancer import build_enhancer
 from genhancer_llava.errors import GenhancerError
-from genhancer_llava.targets import image_ids
-from genhancer_llava.timesteps import sample_timesteps
+from genhancer_llava.models.encoders import CLIPEncoder, SiglipEncoder, load_encoder
+from genhancer_llava.models.enhancer import build_enhancer
+from genhancer_llava.models.targets import image_ids
+from genhancer_llava.models.timesteps import sample_timesteps
 
 FLUX_DENOISER_PARAMS = 1_310_154_816  # 2 double + 4 single FLUX blocks, 24 x 128 heads
 

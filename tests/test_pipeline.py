@@ -11,10 +11,10 @@ from PIL import Image
 from safetensors.torch import load_file
 from transformers import CLIPModel, CLIPVisionModel
 
-from genhancer_llava.encoders import load_encoder
 from genhancer_llava.export import export_encoder
-from genhancer_llava.launch import prepare_run_dir
-from genhancer_llava.run_dir import RunDir
+from genhancer_llava.models.encoders import load_encoder
+from genhancer_llava.train.launch import prepare_run_dir
+from genhancer_llava.train.run_dir import RunDir
 
 from .conftest import REPO, run_python
 

@@ -12,9 +12,9 @@ from PIL import Image
 from safetensors.torch import load_file
 
 from genhancer_llava.config import load_config
-from genhancer_llava.launch import accelerate_config, enhance, launch_stage, prepare_run_dir
-from genhancer_llava.run_dir import RunDir
 from genhancer_llava.train.checkpoint import latest_checkpoint
+from genhancer_llava.train.launch import accelerate_config, enhance, launch_stage, prepare_run_dir
+from genhancer_llava.train.run_dir import RunDir
 
 from .conftest import run_python
 from .test_data import jpg_bytes, make_shards, write_shard
@@ -77,8 +77,8 @@ def test_two_processes_zero3_shard_data_and_export_the_gathered_weights(tiny_cli
     from peft import PeftModel
     from transformers import CLIPModel
 
-    from genhancer_llava.encoders import load_encoder
-    from genhancer_llava.enhancer import build_enhancer
+    from genhancer_llava.models.encoders import load_encoder
+    from genhancer_llava.models.enhancer import build_enhancer
 
     cfg = _config(tiny_clip, tmp_path / "run", "data.num_images=16", "data.log_keys=true",
                   "stage1.steps=2", "stage2.steps=2", "stage2.lr=1e-3")
@@ -199,7 +199,7 @@ def test_previews_every_n_steps_and_on_demand(tiny_clip, tmp_path):
     for name in ("step-00000002.png", "final.png"):
         with Image.open(run.stage("stage1") / "previews" / name) as grid:
             assert grid.size == (3 * 32, 2 * 32)  # 3 inputs over 3 reconstructions
-    proc = run_python("-m", "genhancer_llava.cli", "preview", str(run.root), "--images", "5",
+    proc = run_python("-m", "genhancer_llava.cli.main", "preview", str(run.root), "--images", "5",
                       "--output", str(tmp_path / "p.png"))
     assert proc.returncode == 0, proc.stderr[-2000:]
     with Image.open(tmp_path / "p.png") as grid:
@@ -207,7 +207,7 @@ def test_previews_every_n_steps_and_on_demand(tiny_clip, tmp_path):
 
 
 def test_missing_shard_is_a_one_line_error_before_launch(capsys, tiny_clip, tmp_path):
-    from genhancer_llava.cli import main
+    from genhancer_llava.cli.main import main
 
     make_shards(tmp_path / "s", 1, 2)
     with pytest.raises(SystemExit):

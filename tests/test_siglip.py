@@ -12,15 +12,15 @@ import yaml
 from peft import PeftModel
 from transformers import SiglipModel, SiglipVisionModel
 
-from genhancer_llava.cli import main
+from genhancer_llava.cli.main import main
 from genhancer_llava.config import load_config
-from genhancer_llava.encoders import SiglipEncoder, load_encoder
-from genhancer_llava.enhancer import apply_stage_policy, build_enhancer
 from genhancer_llava.errors import GenhancerError
 from genhancer_llava.export import export_encoder
-from genhancer_llava.launch import prepare_run_dir
-from genhancer_llava.run_dir import RunDir
-from genhancer_llava.tiny import make_tiny_siglip
+from genhancer_llava.models.encoders import SiglipEncoder, load_encoder
+from genhancer_llava.models.enhancer import apply_stage_policy, build_enhancer
+from genhancer_llava.models.tiny import make_tiny_siglip
+from genhancer_llava.train.launch import prepare_run_dir
+from genhancer_llava.train.run_dir import RunDir
 
 from .conftest import run_python
 

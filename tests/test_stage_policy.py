@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from genhancer_llava.enhancer import (
+from genhancer_llava.models.enhancer import (
     STAGE_POLICIES,
     apply_stage_policy,
     build_enhancer,

@@ -7,7 +7,7 @@ from diffusers.pipelines.flux.pipeline_flux import FluxPipeline
 
 from genhancer_llava.config import TargetConfig
 from genhancer_llava.errors import GenhancerError
-from genhancer_llava.targets import build_target, image_ids, pack, unpack
+from genhancer_llava.models.targets import build_target, image_ids, pack, unpack
 
 
 def test_pack_matches_diffusers_flux_packing_and_unpacks():

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from genhancer_llava.timesteps import (
+from genhancer_llava.models.timesteps import (
     interpolate,
     logit_normal_quantile,
     sample_timesteps,

@@ -26,8 +26,8 @@ from loguru import logger
 from tqdm import tqdm
 
 from ..errors import GenhancerError
-from ..llava.runner import clean_gen_kwargs, load_llava
-from ..llava.swap import PROJECTOR_NOTE
+from ..mllm.runner import clean_gen_kwargs, load_llava
+from ..mllm.swap import PROJECTOR_NOTE
 
 __all__ = ["GenhancerLlava", "GenhancerLlavaChat"]
 

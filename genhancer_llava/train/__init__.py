@@ -1,7 +1,7 @@
 """The training application: the only part of genhancer_llava that imports accelerate/DeepSpeed.
 
 Run one stage of a run folder written by `genhancer enhance`:
-    accelerate launch --config_file scripts/accelerate/zero2.yaml \
+    accelerate launch --config_file genhancer_llava/train/launch_configs/zero2.yaml \
         -m genhancer_llava.train --run_dir OUT --stage stage1
 """
 

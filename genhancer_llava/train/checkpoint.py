@@ -17,8 +17,8 @@ from pathlib import Path
 from accelerate import Accelerator
 
 from ..errors import GenhancerError
-from ..run_dir import RunDir
 from .faults import fault_at, kill_self
+from .run_dir import RunDir
 
 __all__ = ["Progress", "save_checkpoint", "latest_checkpoint", "read_progress", "load_checkpoint"]
 

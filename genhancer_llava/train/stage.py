@@ -28,19 +28,19 @@ from tqdm.auto import tqdm
 
 from ..config import Config
 from ..data import build_stream, collate
-from ..enhancer import (
+from ..errors import GenhancerError
+from ..models.enhancer import (
     STAGE_POLICIES,
     Enhancer,
     apply_stage_policy,
     build_enhancer,
     trainable_parameter_table,
 )
-from ..errors import GenhancerError
-from ..preview import preview_batch, reconstruct, save_grid
-from ..run_dir import RunDir, load_module, save_tensors
-from ..targets import build_target
+from ..models.targets import build_target
 from .checkpoint import Progress, load_checkpoint, read_progress, save_checkpoint
 from .faults import fault_at, kill_self
+from .preview import preview_batch, reconstruct, save_grid
+from .run_dir import RunDir, load_module, save_tensors
 
 __all__ = ["main", "train_stage", "StageTrainer", "policy_for"]
 

@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..config import DenoiserConfig
+from ...config import DenoiserConfig
 from ..timesteps import sample_timesteps
 
 __all__ = ["MaskedDenoiser", "mask_ratio", "sample_mask", "masked_cross_entropy"]

@@ -32,8 +32,8 @@ import transformers
 from transformers import CLIPVisionModel, PreTrainedModel, SiglipVisionModel
 
 from .. import __version__
-from ..encoders import folder_family
 from ..errors import GenhancerError
+from ..models.encoders import folder_family
 from .registry import PREFIX, is_genhancer_name, resolve_tower
 
 __all__ = [

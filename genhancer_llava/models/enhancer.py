@@ -21,10 +21,10 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .config import Config, LoraConfig
+from ..config import Config, LoraConfig
+from ..errors import GenhancerError
 from .denoisers import FlowDenoiser, MaskedDenoiser, build_denoiser
 from .encoders import Encoder, load_encoder
-from .errors import GenhancerError
 from .projector import Projector
 
 __all__ = [

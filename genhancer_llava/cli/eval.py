@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from .errors import GenhancerError
+from ..errors import GenhancerError
 
 __all__ = ["add_eval_parsers"]
 
@@ -17,8 +17,8 @@ def _print_files(files: dict[str, Path]) -> None:
 
 
 def cmd_eval_mmvp(args: argparse.Namespace) -> None:
-    from .evaluation import mmvp_markdown, write_mmvp
-    from .evaluation.runs import evaluate
+    from ..evaluation import mmvp_markdown, write_mmvp
+    from ..evaluation.runs import evaluate
 
     mmvp, _ = evaluate(args.model, mmvp_data=args.data, names=args.name,
                        batch_size=args.batch_size, device=args.device)
@@ -37,8 +37,8 @@ def _templates(args: argparse.Namespace) -> list[str] | None:
 
 
 def cmd_eval_zeroshot(args: argparse.Namespace) -> None:
-    from .evaluation.report import write_zeroshot, zeroshot_markdown
-    from .evaluation.runs import evaluate
+    from ..evaluation.report import write_zeroshot, zeroshot_markdown
+    from ..evaluation.runs import evaluate
 
     if not args.classification and not args.retrieval:
         raise GenhancerError("pass --classification DIR and/or --retrieval JSON")
@@ -51,9 +51,9 @@ def cmd_eval_zeroshot(args: argparse.Namespace) -> None:
 
 
 def cmd_eval_compare(args: argparse.Namespace) -> None:
-    from .evaluation import mmvp_markdown
-    from .evaluation.report import zeroshot_markdown
-    from .evaluation.runs import compare
+    from ..evaluation import mmvp_markdown
+    from ..evaluation.report import zeroshot_markdown
+    from ..evaluation.runs import compare
 
     result = compare(args.base, args.enhanced, args.output, mmvp_data=args.mmvp,
                      classification=args.classification, retrieval=args.retrieval,
@@ -68,7 +68,7 @@ def cmd_eval_compare(args: argparse.Namespace) -> None:
 
 
 def cmd_eval_make_benchmark(args: argparse.Namespace) -> None:
-    from .evaluation import make_mmvp_benchmark, make_zeroshot_fixture
+    from ..evaluation import make_mmvp_benchmark, make_zeroshot_fixture
 
     out = make_mmvp_benchmark(args.out, pairs_per_pattern=args.pairs_per_pattern,
                               image_size=args.image_size, seed=args.seed,
@@ -80,7 +80,7 @@ def cmd_eval_make_benchmark(args: argparse.Namespace) -> None:
 
 
 def cmd_eval_report(args: argparse.Namespace) -> None:
-    from .evaluation.lmms_report import lmms_markdown, write_lmms_report
+    from ..evaluation.lmms_report import lmms_markdown, write_lmms_report
 
     scores, files = write_lmms_report(args.results_dirs, args.output, args.name)
     print(lmms_markdown(scores), end="")

@@ -28,9 +28,9 @@ from pathlib import Path
 
 import yaml
 
-from .cli_eval import add_eval_parsers
-from .config import available_presets, load_config
-from .errors import GenhancerError
+from ..config import available_presets, load_config
+from ..errors import GenhancerError
+from .eval import add_eval_parsers
 
 __all__ = ["main", "build_parser"]
 
@@ -53,7 +53,7 @@ def _config_from(args: argparse.Namespace):
 
 
 def cmd_enhance(args: argparse.Namespace) -> None:
-    from .launch import enhance
+    from ..train.launch import enhance
 
     cfg = _config_from(args)
     encoder_dir = enhance(
@@ -63,13 +63,13 @@ def cmd_enhance(args: argparse.Namespace) -> None:
 
 
 def cmd_export(args: argparse.Namespace) -> None:
-    from .export import export_encoder
+    from ..export import export_encoder
 
     print(f"enhanced encoder: {export_encoder(args.run_dir, args.output, args.overwrite)}")
 
 
 def cmd_preview(args: argparse.Namespace) -> None:
-    from .preview import preview_run
+    from ..train.preview import preview_run
 
     print(f"preview: {preview_run(args.path, args.output, args.images, args.steps)}")
 
@@ -83,7 +83,7 @@ def cmd_config(args: argparse.Namespace) -> None:
 
 
 def cmd_make_tiny_clip(args: argparse.Namespace) -> None:
-    from .tiny import make_tiny_clip
+    from ..models.tiny import make_tiny_clip
 
     folder = make_tiny_clip(args.folder, image_size=args.image_size, patch_size=args.patch_size,
                             hidden_size=args.hidden_size, projection_dim=args.projection_dim)
@@ -91,7 +91,7 @@ def cmd_make_tiny_clip(args: argparse.Namespace) -> None:
 
 
 def cmd_make_tiny_siglip(args: argparse.Namespace) -> None:
-    from .tiny import make_tiny_siglip
+    from ..models.tiny import make_tiny_siglip
 
     folder = make_tiny_siglip(args.folder, image_size=args.image_size, patch_size=args.patch_size,
                               hidden_size=args.hidden_size, vision_only=args.vision_only)
@@ -99,7 +99,7 @@ def cmd_make_tiny_siglip(args: argparse.Namespace) -> None:
 
 
 def cmd_convert_open_clip(args: argparse.Namespace) -> None:
-    from .convert import convert_open_clip
+    from ..models.convert import convert_open_clip
 
     out = convert_open_clip(args.checkpoint, args.output, arch=args.arch,
                             force_quick_gelu=args.force_quick_gelu, overwrite=args.overwrite)
@@ -108,9 +108,9 @@ def cmd_convert_open_clip(args: argparse.Namespace) -> None:
 
 def cmd_demo(args: argparse.Namespace) -> None:
     """The built-in demo: tiny CLIP -> both stages on DeepSpeed ZeRO-2 -> export -> check."""
-    from .launch import enhance
-    from .run_dir import RunDir, stages_for
-    from .tiny import make_tiny_clip
+    from ..models.tiny import make_tiny_clip
+    from ..train.launch import enhance
+    from ..train.run_dir import RunDir, stages_for
 
     out = Path(args.output)
     cfg = load_config("demo", overrides=[f"run.output_dir={out}"])
@@ -140,9 +140,9 @@ def cmd_demo(args: argparse.Namespace) -> None:
 
 def _demo_scores(out: Path, base: Path, encoder_dir: Path) -> None:
     """The demo's last step: base vs enhanced on the generated MMVP-VLM-format benchmark."""
-    from .evaluation import make_mmvp_benchmark, make_zeroshot_fixture, mmvp_markdown
-    from .evaluation.report import zeroshot_markdown
-    from .evaluation.runs import compare
+    from ..evaluation import make_mmvp_benchmark, make_zeroshot_fixture, mmvp_markdown
+    from ..evaluation.report import zeroshot_markdown
+    from ..evaluation.runs import compare
 
     bench = make_mmvp_benchmark(out / "eval" / "generated-mmvp-vlm", overwrite=True)
     cls, ret = make_zeroshot_fixture(out / "eval" / "generated-zeroshot")
@@ -158,7 +158,7 @@ def _demo_scores(out: Path, base: Path, encoder_dir: Path) -> None:
 
 
 def cmd_swap(args: argparse.Namespace) -> None:
-    from .llava.swap import swap_checkpoint
+    from ..mllm.swap import swap_checkpoint
 
     out = swap_checkpoint(args.llava, args.vision_tower, args.output)
     print(f"swapped checkpoint: {out} (provenance in {out / 'genhancer.json'})")

@@ -19,8 +19,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .config import TargetConfig
-from .errors import GenhancerError
+from ..config import TargetConfig
+from ..errors import GenhancerError
 
 __all__ = [
     "pack", "unpack", "PixelTarget", "FluxAutoencoderTarget", "VQTarget", "build_target",

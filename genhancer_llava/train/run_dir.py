@@ -23,8 +23,8 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from .config import Config, load_config
-from .errors import GenhancerError
+from ..config import Config, load_config
+from ..errors import GenhancerError
 
 __all__ = ["RunDir", "STAGES", "stages_for", "save_tensors", "load_module"]
 

@@ -37,7 +37,7 @@ from typing import Any
 import torch
 from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPTokenizer
 
-from .errors import GenhancerError
+from ..errors import GenhancerError
 
 __all__ = [
     "convert_open_clip",

@@ -12,8 +12,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .data import PairTransform, build_source
-from .enhancer import Enhancer
+from ..data import PairTransform, build_source
+from ..models.enhancer import Enhancer
 
 __all__ = ["preview_batch", "reconstruct", "save_grid", "preview_run"]
 
@@ -76,10 +76,10 @@ def preview_run(path: str | Path, output: str | Path | None = None, images: int 
         images: how many images (default run.preview_images).
         steps: Euler steps (default run.preview_sample_steps).
     """
-    from .enhancer import build_enhancer
-    from .errors import GenhancerError
+    from ..errors import GenhancerError
+    from ..models.enhancer import build_enhancer
+    from ..models.targets import build_target
     from .run_dir import STAGES, RunDir, load_module
-    from .targets import build_target
 
     path = Path(path)
     if (path / "config.yaml").is_file():

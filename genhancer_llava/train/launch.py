@@ -11,21 +11,23 @@ import os
 import socket
 import subprocess
 import sys
+from importlib import resources
 from pathlib import Path
 
 import torch
 
-from .config import Config
-from .data import expand_shards
-from .encoders import check_resolution, read_vision_config
-from .errors import GenhancerError
-from .export import export_encoder
+from ..config import Config
+from ..data import expand_shards
+from ..errors import GenhancerError
+from ..export import export_encoder
+from ..models.encoders import check_resolution, read_vision_config
+from ..models.targets import build_target
 from .run_dir import RunDir, stages_for
-from .targets import build_target
 
 __all__ = ["accelerate_config", "check_inputs", "prepare_run_dir", "launch_stage", "enhance"]
 
-REPO_SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
+# Shipped as package data (pyproject), so an installed wheel launches without the checkout.
+LAUNCH_CONFIGS = Path(str(resources.files(__package__) / "launch_configs"))
 
 
 def accelerate_config(zero: int, path: str | Path | None = None) -> Path:
@@ -35,11 +37,11 @@ def accelerate_config(zero: int, path: str | Path | None = None) -> Path:
     else:
         if zero not in (2, 3):
             raise GenhancerError(f"--zero {zero} is not supported; choose 2 or 3")
-        config = REPO_SCRIPTS / "accelerate" / f"zero{zero}.yaml"
+        config = LAUNCH_CONFIGS / f"zero{zero}.yaml"
     if not config.is_file():
         raise GenhancerError(
-            f"accelerate config {config} not found; pass --accelerate_config PATH (the repo ships "
-            "scripts/accelerate/zero2.yaml and zero3.yaml)"
+            f"accelerate config {config} not found; pass --accelerate_config PATH (the package "
+            f"ships zero2.yaml and zero3.yaml in {LAUNCH_CONFIGS})"
         )
     return config
 

@@ -34,7 +34,7 @@ from transformers import (
     SiglipVisionModel,
 )
 
-from .errors import GenhancerError
+from ..errors import GenhancerError
 
 __all__ = [
     "FAMILIES",

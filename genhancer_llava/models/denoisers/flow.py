@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..config import DenoiserConfig
+from ...config import DenoiserConfig
 from ..timesteps import interpolate, sample_timesteps, shifted_schedule, velocity_target
 
 __all__ = ["build_flow_transformer", "FlowDenoiser"]
