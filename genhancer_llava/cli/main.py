@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import subprocess
 import sys
 import textwrap
@@ -29,7 +30,7 @@ from pathlib import Path
 import yaml
 
 from ..config import available_presets, load_config
-from ..errors import GenhancerError
+from ..errors import STOPPED_EXIT, GenhancerError, Stopped
 from .eval import add_eval_parsers
 
 __all__ = ["main", "build_parser"]
@@ -64,8 +65,13 @@ def cmd_enhance(args: argparse.Namespace) -> None:
 
 def cmd_export(args: argparse.Namespace) -> None:
     from ..export import export_encoder
+    from ..train.run_lock import hold_run
 
-    print(f"enhanced encoder: {export_encoder(args.run_dir, args.output, args.overwrite)}")
+    if not Path(args.run_dir).is_dir():
+        raise GenhancerError(f"run folder {args.run_dir} does not exist")
+    with hold_run(args.run_dir, "genhancer export"):  # not while a run writes the folder
+        encoder_dir = export_encoder(args.run_dir, args.output, args.overwrite)
+    print(f"enhanced encoder: {encoder_dir}")
 
 
 def cmd_preview(args: argparse.Namespace) -> None:
@@ -244,10 +250,29 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def resume_command(argv: list[str]) -> str:
+    """The command line that continues a stopped `genhancer ARGV`."""
+    words, skip = [], False
+    for word in argv:
+        if skip:
+            skip = False
+        elif word == "--overwrite":
+            continue
+        elif word == "--resume":
+            skip = True
+        elif not word.startswith("--resume="):
+            words.append(word)
+    return shlex.join(["genhancer", *words, "--resume", "latest"])
+
+
 def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
     args = build_parser().parse_args(argv)
     try:
         args.func(args)
+    except Stopped as err:
+        print(f"stopped: {err}; continue with: {resume_command(argv)}", file=sys.stderr)
+        sys.exit(STOPPED_EXIT)
     except GenhancerError as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
