@@ -305,6 +305,38 @@ def test_disk_full_in_a_checkpoint_stops_in_one_line_and_keeps_the_previous(tiny
     assert "step-00000002 at step 2" in resumed.stdout
 
 
+@pytest.fixture
+def small_tmpfs(tmp_path):
+    """A 4.5 MB tmpfs (room for one tiny checkpoint, not two); needs root and mount rights."""
+    folder = tmp_path / "small"
+    folder.mkdir()
+    mount = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4500k", "tmpfs", str(folder)],
+                           capture_output=True, text=True)
+    if mount.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here ({mount.stderr.strip()}); the fault-hook "
+                    "test above covers the same path")
+    try:
+        yield folder
+    finally:
+        subprocess.run(["umount", "-l", str(folder)], check=False)
+
+
+@pytest.mark.slow
+def test_a_really_full_disk_stops_in_one_line_and_keeps_the_previous(tiny_clip, small_tmpfs):
+    run = prepare_run_dir(_config(tiny_clip, small_tmpfs / "run", "run.save_every=2"), False,
+                          False)
+    proc = _train(run.root)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: [stage1] could not write the checkpoint of step 4 in "), last
+    assert "(No space left on device); " in last and "step-00000002 is kept" in last
+    assert sorted(p.name for p in run.checkpoints("stage1").iterdir()) == ["step-00000002"]
+    subprocess.run(["mount", "-o", "remount,size=32m", str(small_tmpfs)], check=True)
+    resumed = _train(run.root, "--resume", "latest")  # space freed: go on from step 2
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "step-00000002 at step 2" in resumed.stdout
+
+
 # ---- honest throughput ---------------------------------------------------------------------------
 
 

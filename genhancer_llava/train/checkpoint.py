@@ -144,13 +144,13 @@ def save_checkpoint(accelerator: Accelerator, run: RunDir, stage: str, progress:
             shutil.rmtree(stale, ignore_errors=True)
         shutil.rmtree(final, ignore_errors=True)
     accelerator.wait_for_everyone()
-    error: OSError | None = None
+    error: str | None = None
     try:
         accelerator.save_state(str(tmp))  # every rank writes its part
         if fault_at("disk-full-in-checkpoint", progress.step):
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(tmp))
-    except OSError as err:
-        error = err
+    except Exception as err:  # torch and safetensors report ENOSPC in their own types
+        error = _reason(err, tmp.parent)
     if _any_rank(accelerator, error is not None):  # every rank stops, not only the failed one
         _give_up(accelerator, tmp, stage, progress.step, error, previous)
     if fault_at("kill-in-checkpoint", progress.step):
@@ -161,7 +161,7 @@ def save_checkpoint(accelerator: Accelerator, run: RunDir, stage: str, progress:
             (tmp / "progress.json").write_text(json.dumps(record))
             tmp.rename(final)
         except OSError as err:
-            error = err
+            error = _reason(err, tmp.parent)
     if _any_rank(accelerator, error is not None):
         _give_up(accelerator, tmp, stage, progress.step, error, previous)
     if accelerator.is_main_process:
@@ -170,11 +170,24 @@ def save_checkpoint(accelerator: Accelerator, run: RunDir, stage: str, progress:
     return final
 
 
-def _give_up(accelerator: Accelerator, tmp: Path, stage: str, step: int, error: OSError | None,
+def _reason(err: Exception, folder: Path) -> str:
+    """A short cause: ENOSPC however it was wrapped (torch says 'unexpected pos ...')."""
+    full = isinstance(err, OSError) and err.errno == errno.ENOSPC
+    try:
+        full = full or shutil.disk_usage(folder).free < (1 << 20)
+    except OSError:
+        pass
+    if full:
+        return os.strerror(errno.ENOSPC)
+    lines = str(err).strip().splitlines()
+    return f"{type(err).__name__}: {lines[0] if lines else ''}"
+
+
+def _give_up(accelerator: Accelerator, tmp: Path, stage: str, step: int, error: str | None,
              previous: Path | None) -> None:
     if accelerator.is_main_process:
         shutil.rmtree(tmp, ignore_errors=True)  # the half-written one frees its space
-    reason = (error.strerror or str(error)) if error is not None else "failed on another rank"
+    reason = error or "failed on another rank"
     kept = f"{previous} is kept" if previous else "no earlier checkpoint exists"
     raise GenhancerError(
         f"[{stage}] could not write the checkpoint of step {step} in {tmp.parent} ({reason}); "
