@@ -51,12 +51,14 @@ def _processes_of(marker: str) -> list[psutil.Process]:
     return found
 
 
-def _wait_for(predicate, timeout: float, what: str):
+def _wait_for(predicate, timeout: float, what: str, proc: subprocess.Popen | None = None):
     end = time.monotonic() + timeout
     while time.monotonic() < end:
         value = predicate()
         if value:
             return value
+        if proc is not None and proc.poll() is not None:
+            raise AssertionError(f"the process ended ({proc.returncode}) before {what}")
         time.sleep(0.2)
     raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
@@ -69,8 +71,8 @@ def _first_checkpoint(run_dir: Path):
 
 def _start_enhance(tiny_clip, out: Path, log: Path, *extra: str) -> subprocess.Popen:
     """`genhancer enhance` on a long tiny run, in a session of its own (a process group to kill)."""
-    cmd = [sys.executable, "-m", "genhancer_llava.cli", "enhance", "--preset", "tiny",
-           f"encoder.path={tiny_clip}", "--output", str(out), "stage1.steps=100000",
+    cmd = [sys.executable, "-m", "genhancer_llava.cli", "enhance", "--output", str(out),
+           "--preset", "tiny", f"encoder.path={tiny_clip}", "stage1.steps=100000",
            "run.save_every=2", *extra]
     with log.open("w") as f:
         return subprocess.Popen(cmd, cwd=REPO, env=_env(), stdout=f, stderr=subprocess.STDOUT,
@@ -150,7 +152,7 @@ def test_concurrent_second_enhance_and_export_are_refused(tiny_clip, tmp_path):
     out = tmp_path / "run"
     first = _start_enhance(tiny_clip, out, tmp_path / "first.log")
     try:
-        _wait_for(lambda: _first_checkpoint(out), 300, "the first checkpoint")
+        _wait_for(lambda: _first_checkpoint(out), 300, "the first checkpoint", first)
         for argv in (["enhance", "--preset", "tiny", f"encoder.path={tiny_clip}", "--output",
                       str(out), "--resume", "latest"], ["export", str(out)]):
             second = run_python("-m", "genhancer_llava.cli", *argv)
@@ -176,7 +178,7 @@ def test_no_orphans_whatever_kills_the_cli(tiny_clip, tmp_path, sig, target):
     out = tmp_path / "run"
     cli = _start_enhance(tiny_clip, out, tmp_path / "cli.log")
     try:
-        _wait_for(lambda: _first_checkpoint(out), 300, "the first checkpoint")
+        _wait_for(lambda: _first_checkpoint(out), 300, "the first checkpoint", cli)
         workers = [p for p in _processes_of(str(out)) if "genhancer_llava.train" in p.cmdline()
                    and "accelerate.commands.launch" not in " ".join(p.cmdline())]
         assert workers, "no training worker found"
@@ -200,8 +202,8 @@ def test_no_orphans_whatever_kills_the_cli(tiny_clip, tmp_path, sig, target):
         assert code == STOPPED_EXIT, log[-3000:]
         last = log.strip().splitlines()[-1]
         assert last.startswith("stopped: [stage1] SIGTERM received: stopped after step "), last
-        assert last.endswith(f"continue with: genhancer enhance --preset tiny "
-                             f"encoder.path={tiny_clip} --output {out} stage1.steps=100000 "
+        assert last.endswith(f"continue with: genhancer enhance --output {out} --preset tiny "
+                             f"encoder.path={tiny_clip} stage1.steps=100000 "
                              "run.save_every=2 --resume latest"), last
         step = int(last.split("stopped after step ")[1].split()[0])
         assert latest_checkpoint_of(out).name == f"step-{step:08d}"

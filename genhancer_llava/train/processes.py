@@ -23,6 +23,8 @@ import threading
 import time
 from collections.abc import Sequence
 
+from ..errors import Stopped
+
 __all__ = ["STOP_SIGNALS", "StopRequest", "run_launcher", "guard_worker",
            "set_parent_death_signal"]
 
@@ -74,10 +76,15 @@ def run_launcher(cmd: Sequence[str], env: dict[str, str]) -> tuple[int, int | No
 
 
 class StopRequest:
-    """SIGTERM/SIGINT set a flag instead of killing the process; the loop reads `signal`."""
+    """SIGTERM/SIGINT set a flag instead of killing the process; the loop reads `signal`.
+
+    Until `armed` (the loop has started) there is nothing new to save: a stop signal then raises
+    `Stopped` at once, wherever setup is (loading, compiling, waiting for a build lock).
+    """
 
     def __init__(self) -> None:
         self.signal: int | None = None
+        self.armed = False
 
     def install(self) -> StopRequest:
         for sig in STOP_SIGNALS:
@@ -87,6 +94,9 @@ class StopRequest:
     def _handle(self, signum: int, _frame: object) -> None:
         if self.signal is None:
             self.signal = signum
+            if not self.armed:
+                raise Stopped(f"{self.name} received before training began; nothing new to "
+                              "save, the checkpoints so far are kept")
 
     @property
     def requested(self) -> bool:

@@ -293,6 +293,7 @@ class StageTrainer:
         window: list[float] = []  # optimiser-step losses since the last log line
         batches = iter(self.dataloader)
         self.model.train()
+        self.stop_request.armed = True  # from here a stop signal means: this step, save, exit
         try:
             while progress.step < self.steps:
                 batch = next(batches)
