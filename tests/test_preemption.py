@@ -173,7 +173,7 @@ def test_concurrent_second_enhance_and_export_are_refused(tiny_clip, tmp_path):
 @pytest.mark.parametrize("sig,target", [
     (signal.SIGKILL, "cli"), (signal.SIGKILL, "group"), (signal.SIGKILL, "launcher"),
     (signal.SIGTERM, "cli"), (signal.SIGTERM, "group"),
-])
+], ids=["kill-cli", "kill-group", "kill-launcher", "term-cli", "term-group"])
 def test_no_orphans_whatever_kills_the_cli(tiny_clip, tmp_path, sig, target):
     out = tmp_path / "run"
     cli = _start_enhance(tiny_clip, out, tmp_path / "cli.log")
