@@ -11,7 +11,7 @@
     genhancer eval zeroshot --model DIR [...] [--classification DIR] [--retrieval JSON]
     genhancer eval compare BASE ENHANCED [--mmvp DIR] [--classification DIR] [--retrieval JSON]
     genhancer eval make-benchmark OUT [--pairs_per_pattern 15] [--with_zeroshot]
-    genhancer eval report RESULTS_DIR [RESULTS_DIR ...] [--name NAME ...] [--output DIR]
+    genhancer eval lmms-report RESULTS_DIR [RESULTS_DIR ...] [--name NAME ...] [--output DIR]
     genhancer swap --llava CKPT --vision-tower DIR --output OUT
 
 Mistakes in the input print one line, `error: ...`, and exit with status 2.
