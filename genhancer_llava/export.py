@@ -21,13 +21,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import transformers
 from transformers import CLIPModel, PreTrainedModel, SiglipModel
 
 from . import __version__
 from .errors import GenhancerError
 from .models.encoders import load_encoder, read_vision_config
 from .train.run_dir import RunDir, stages_for
+from .utils import atomic_dir, quiet_transformers
 
 __all__ = ["merge_adapter", "export_encoder", "PROCESSOR_FILES"]
 
@@ -66,12 +66,8 @@ def merge_adapter(
 
 
 def _quiet_from_pretrained(cls, path: Path) -> PreTrainedModel:
-    verbosity = transformers.logging.get_verbosity()
-    transformers.logging.set_verbosity_error()
-    try:
+    with quiet_transformers():
         return cls.from_pretrained(path)
-    finally:
-        transformers.logging.set_verbosity(verbosity)
 
 
 def _full_model(base_path: Path, merged: PreTrainedModel) -> PreTrainedModel:
@@ -116,18 +112,12 @@ def export_encoder(
     model = _full_model(base, merged)
 
     # Write next to the target, then swap in: an interrupted export never leaves half a folder.
-    tmp = output.with_name(output.name + ".tmp-export")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir(parents=True)
-    model.save_pretrained(tmp, safe_serialization=True)
-    for name in PROCESSOR_FILES:
-        if (base / name).is_file():
-            shutil.copy2(base / name, tmp / name)
-    (tmp / "genhancer.json").write_text(json.dumps(_provenance(run, cfg, base), indent=2))
-    if output.exists():
-        shutil.rmtree(output)
-    tmp.rename(output)
+    with atomic_dir(output, ".tmp-export") as tmp:
+        model.save_pretrained(tmp, safe_serialization=True)
+        for name in PROCESSOR_FILES:
+            if (base / name).is_file():
+                shutil.copy2(base / name, tmp / name)
+        (tmp / "genhancer.json").write_text(json.dumps(_provenance(run, cfg, base), indent=2))
     return output
 
 

@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import subprocess
 import sys
 from dataclasses import dataclass, field
@@ -31,6 +30,7 @@ from pathlib import Path
 
 from genhancer_llava.errors import GenhancerError
 from genhancer_llava.mllm.registry import is_genhancer_name, resolve_tower
+from genhancer_llava.utils import free_port
 
 __all__ = ["PRESETS", "Preset", "stage_args", "main"]
 
@@ -133,12 +133,6 @@ def stage_args(stage: str, args: argparse.Namespace, preset: Preset, nproc: int)
     return argv + list(args.llava_args)
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def _tower_kind(name: str) -> str | None:
     return resolve_tower(name).kind if is_genhancer_name(name) else None
 
@@ -178,7 +172,7 @@ def _launch(stage: str, argv: list[str], preset: Preset, nproc: int) -> None:
     env = dict(os.environ, **preset.env)
     env.setdefault("MASTER_ADDR", "127.0.0.1")
     cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}",
-           f"--master_port={_free_port()}", "-m", "llava_patches.train", *argv]
+           f"--master_port={free_port()}", "-m", "llava_patches.train", *argv]
     print(f"[llava_finetune] {stage}: {' '.join(cmd)}", flush=True)
     result = subprocess.run(cmd, env=env)
     if result.returncode:

@@ -14,12 +14,12 @@ results as LLaVA); a user who unfreezes the tower gets real gradients instead of
 from __future__ import annotations
 
 import torch
-import transformers
 from torch import nn
 from transformers import AutoConfig, AutoImageProcessor, CLIPVisionModel, SiglipVisionModel
 
 from genhancer_llava.errors import GenhancerError
 from genhancer_llava.mllm.registry import TowerSpec, resolve_tower
+from genhancer_llava.utils import quiet_transformers
 
 __all__ = ["GenhancerCLIPTower", "GenhancerSiglipTower", "build_tower"]
 
@@ -64,14 +64,10 @@ class _ExportedTower(nn.Module):
         if self.is_loaded:
             return
         self.image_processor = AutoImageProcessor.from_pretrained(self.spec.path)
-        verbosity = transformers.logging.get_verbosity()
-        transformers.logging.set_verbosity_error()  # a full CLIPModel folder has text weights
-        try:
+        with quiet_transformers():  # a full CLIPModel folder has text weights
             self.vision_tower = self.model_class.from_pretrained(
                 self.spec.path, device_map=device_map
             )
-        finally:
-            transformers.logging.set_verbosity(verbosity)
         self.vision_tower.requires_grad_(False)
         self.is_loaded = True
 

@@ -28,6 +28,7 @@ import transformers
 from PIL import Image
 
 from ..errors import GenhancerError
+from ..utils import default_device, quiet_transformers
 
 __all__ = [
     "FAMILIES",
@@ -100,9 +101,8 @@ def model_label(path: str | Path) -> str:
 
 
 def pick_device(device: str | None = None) -> torch.device:
-    if device:
-        return torch.device(device)
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    """As given, else this process's GPU or the CPU."""
+    return torch.device(default_device(device))
 
 
 def _embeds(output) -> torch.Tensor:
@@ -131,20 +131,17 @@ class HFScorer:
         self.batch_size = batch_size
         self.device = pick_device(device)
         spec = FAMILIES[self.family]
-        verbosity = transformers.logging.get_verbosity()
-        transformers.logging.set_verbosity_error()
         try:
-            model_class = getattr(transformers, spec.model_class)
-            self.model = model_class.from_pretrained(self.path).to(self.device).eval()
-            self.image_processor = transformers.AutoImageProcessor.from_pretrained(self.path)
-            self.tokenizer = transformers.AutoTokenizer.from_pretrained(self.path)
+            with quiet_transformers():
+                model_class = getattr(transformers, spec.model_class)
+                self.model = model_class.from_pretrained(self.path).to(self.device).eval()
+                self.image_processor = transformers.AutoImageProcessor.from_pretrained(self.path)
+                self.tokenizer = transformers.AutoTokenizer.from_pretrained(self.path)
         except OSError as err:
             raise GenhancerError(
                 f"{self.path} could not be loaded as a {spec.model_class} with its processor and "
                 f"tokenizer files ({str(err).splitlines()[0]})"
             ) from err
-        finally:
-            transformers.logging.set_verbosity(verbosity)
         text_config = self.model.config.text_config
         self.max_length = min(int(self.tokenizer.model_max_length),
                               int(text_config.max_position_embeddings))

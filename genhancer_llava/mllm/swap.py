@@ -34,6 +34,7 @@ from transformers import CLIPVisionModel, PreTrainedModel, SiglipVisionModel
 from .. import __version__
 from ..errors import GenhancerError
 from ..models.encoders import folder_family
+from ..utils import atomic_dir, quiet_transformers
 from .registry import PREFIX, is_genhancer_name, resolve_tower
 
 __all__ = [
@@ -138,12 +139,8 @@ def resolve_encoder(vision_tower: str | Path) -> tuple[Path, str]:
 
 
 def _quiet(fn, *args, **kwargs):
-    verbosity = transformers.logging.get_verbosity()
-    transformers.logging.set_verbosity_error()  # a full CLIPModel folder has text weights
-    try:
+    with quiet_transformers():  # a full CLIPModel folder has text weights
         return fn(*args, **kwargs)
-    finally:
-        transformers.logging.set_verbosity(verbosity)
 
 
 def load_encoder_tower(folder: str | Path) -> PreTrainedModel:
@@ -381,7 +378,7 @@ def swap_original(ckpt: Path, encoder_dir: Path, tower_name: str, out: Path) -> 
                 f"the tower weights stored in {ckpt} do not match the encoder's state dict "
                 f"(differing keys or shapes, e.g. {missing or 'shapes'})")
     # Copy everything, then rewrite config.json and the files holding tower weights.
-    shutil.copytree(ckpt, out)
+    shutil.copytree(ckpt, out, dirs_exist_ok=True)
     for f in with_tower:
         state = _load_weights(f)
         for key in state:
@@ -419,11 +416,7 @@ def swap_checkpoint(ckpt: str | Path, vision_tower: str | Path, output: str | Pa
         raise GenhancerError("the output folder must differ from the checkpoint")
     kind = checkpoint_format(ckpt)
     encoder_dir, tower_name = resolve_encoder(vision_tower)
-    tmp = out.with_name(out.name + ".tmp-swap")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.parent.mkdir(parents=True, exist_ok=True)
-    try:
+    with atomic_dir(out, ".tmp-swap") as tmp:
         if kind == "llava-hf":
             record = _swap_llava_hf(ckpt, encoder_dir, tmp)
         else:
@@ -440,10 +433,6 @@ def swap_checkpoint(ckpt: str | Path, vision_tower: str | Path, output: str | Pa
                      "note": f"projector and LLM trained on the old encoder; see {FINETUNE_HINT}",
                      **record},
         }, indent=2))
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    tmp.rename(out)
     return out
 
 

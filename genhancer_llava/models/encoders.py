@@ -23,7 +23,6 @@ from pathlib import Path
 from typing import Union
 
 import torch
-import transformers
 from torch import nn
 from transformers import (
     AutoConfig,
@@ -35,6 +34,7 @@ from transformers import (
 )
 
 from ..errors import GenhancerError
+from ..utils import quiet_transformers
 
 __all__ = [
     "FAMILIES",
@@ -290,12 +290,8 @@ Encoder = Union[CLIPEncoder, SiglipEncoder]  # noqa: UP007 (a runtime alias)
 
 
 def _from_pretrained(cls, path: Path, config: PretrainedConfig, dtype: torch.dtype | None):
-    verbosity = transformers.logging.get_verbosity()
-    transformers.logging.set_verbosity_error()  # the text-tower keys are skipped on purpose
-    try:
+    with quiet_transformers():  # the text-tower keys are skipped on purpose
         return cls.from_pretrained(path, config=config, dtype=dtype, output_loading_info=True)
-    finally:
-        transformers.logging.set_verbosity(verbosity)
 
 
 def load_encoder(

@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -37,6 +36,7 @@ from ..models.enhancer import (
     trainable_parameter_table,
 )
 from ..models.targets import build_target
+from ..utils import atomic_dir, default_dtype
 from .checkpoint import Progress, load_checkpoint, read_progress, save_checkpoint
 from .faults import fault_at, kill_self
 from .preview import preview_batch, reconstruct, save_grid
@@ -57,7 +57,7 @@ def stage_settings(cfg: Config, stage: str) -> tuple[int, float]:
 
 def resolve_mixed_precision(value: str) -> str:
     if value == "auto":
-        return "bf16" if torch.cuda.is_available() else "no"
+        return "bf16" if default_dtype() == torch.bfloat16 else "no"
     return value
 
 
@@ -145,17 +145,12 @@ def save_final(accelerator: Accelerator, model: torch.nn.Module, run: RunDir, st
     """projector/denoiser weights, the LoRA adapter (peft format) and summary.json."""
     state = accelerator.get_state_dict(model)  # gathered on rank 0 under ZeRO-3
     if accelerator.is_main_process:
-        final = run.final(stage)
-        tmp = final.with_name("final.tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-        for part in ("projector", "denoiser"):
-            save_tensors(_sub_state(state, f"{part}."), tmp / f"{part}.safetensors")
-        if STAGE_POLICIES[summary["policy"]].encoder_lora:
-            _save_adapter(accelerator.unwrap_model(model), state, tmp / "adapter")
-        (tmp / "summary.json").write_text(json.dumps(summary, indent=2))
-        shutil.rmtree(final, ignore_errors=True)
-        tmp.rename(final)
+        with atomic_dir(run.final(stage)) as tmp:  # final.tmp -> final
+            for part in ("projector", "denoiser"):
+                save_tensors(_sub_state(state, f"{part}."), tmp / f"{part}.safetensors")
+            if STAGE_POLICIES[summary["policy"]].encoder_lora:
+                _save_adapter(accelerator.unwrap_model(model), state, tmp / "adapter")
+            (tmp / "summary.json").write_text(json.dumps(summary, indent=2))
     accelerator.wait_for_everyone()
 
 
