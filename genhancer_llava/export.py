@@ -21,11 +21,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import CLIPModel, PreTrainedModel, SiglipModel
+from transformers import PreTrainedModel
 
 from . import __version__
 from .errors import GenhancerError
 from .models.encoders import load_encoder, read_vision_config
+from .models.families import get_family
 from .train.run_dir import RunDir, stages_for
 from .utils import atomic_dir, quiet_transformers
 
@@ -43,12 +44,6 @@ PROCESSOR_FILES = (
     "added_tokens.json",
     "spiece.model",
 )
-
-
-GLOBAL_TOKEN = {
-    "clip": "visual_projection(pooler_output): the post-LN CLS in the joint space",
-    "siglip": "pooler_output: the attention-pooling head over the post-LN patch tokens",
-}
 
 
 def merge_adapter(
@@ -72,17 +67,18 @@ def _quiet_from_pretrained(cls, path: Path) -> PreTrainedModel:
 
 def _full_model(base_path: Path, merged: PreTrainedModel) -> PreTrainedModel:
     """The base's own model class with the merged vision weights in it."""
-    _, model_type, _ = read_vision_config(base_path)
-    if model_type == "clip":
-        full = _quiet_from_pretrained(CLIPModel, base_path)
-        full.vision_model.load_state_dict(merged.vision_model.state_dict(), strict=True)
+    _, model_type, found = read_vision_config(base_path)
+    family = get_family(found)
+    if model_type != family.full_model_type:
+        return merged  # a vision-only base: the merged tower is already its class
+    full = _quiet_from_pretrained(family.cls("full_model"), base_path)
+    # The trained tower is the full model's `vision_model`; a projection (CLIP's
+    # visual_projection) sits beside it under the same name in both.
+    tower = getattr(merged, "vision_model", merged)
+    full.vision_model.load_state_dict(tower.state_dict(), strict=True)
+    if hasattr(merged, "visual_projection"):
         full.visual_projection.load_state_dict(merged.visual_projection.state_dict(), strict=True)
-        return full
-    if model_type == "siglip":
-        full = _quiet_from_pretrained(SiglipModel, base_path)
-        full.vision_model.load_state_dict(merged.state_dict(), strict=True)
-        return full
-    return merged  # a vision-only base: the merged tower is already its class
+    return full
 
 
 def export_encoder(
@@ -131,7 +127,7 @@ def _provenance(run: RunDir, cfg: Any, base: Path) -> dict[str, Any]:
         "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "base_model": str(base.resolve()),
         "family": cfg.encoder.family,
-        "global_token": GLOBAL_TOKEN[cfg.encoder.family],
+        "global_token": get_family(cfg.encoder.family).global_token,
         "stages": stages,
         "config": cfg.to_dict(),
     }

@@ -29,7 +29,7 @@ from importlib import resources
 from pathlib import Path
 
 from genhancer_llava.errors import GenhancerError
-from genhancer_llava.mllm.registry import is_genhancer_name, resolve_tower
+from genhancer_llava.mllm.registry import TowerSpec, is_genhancer_name, resolve_tower
 from genhancer_llava.utils import free_port
 
 __all__ = ["PRESETS", "Preset", "stage_args", "main"]
@@ -121,7 +121,8 @@ def stage_args(stage: str, args: argparse.Namespace, preset: Preset, nproc: int)
         per_device_train_batch_size=str(preset.per_device_batch[stage]),
         gradient_accumulation_steps=str(_accumulation(preset, stage, nproc)),
     )
-    if _tower_kind(args.vision_tower) == "siglip":
+    spec = _tower_spec(args.vision_tower)
+    if spec is not None and not spec.has_cls_token:
         flags["mm_vision_select_feature"] = "cls_patch"  # no CLS token: keep every token
     if stage == "finetune":
         projector = args.projector or (
@@ -133,8 +134,8 @@ def stage_args(stage: str, args: argparse.Namespace, preset: Preset, nproc: int)
     return argv + list(args.llava_args)
 
 
-def _tower_kind(name: str) -> str | None:
-    return resolve_tower(name).kind if is_genhancer_name(name) else None
+def _tower_spec(name: str) -> TowerSpec | None:
+    return resolve_tower(name) if is_genhancer_name(name) else None
 
 
 def _flag_value(argv: list[str], flag: str) -> str | None:
@@ -148,11 +149,11 @@ def _flag_value(argv: list[str], flag: str) -> str | None:
 
 
 def _check_inputs(args: argparse.Namespace) -> None:
-    kind = _tower_kind(args.vision_tower)  # one-line error for unknown names / non-encoders
+    spec = _tower_spec(args.vision_tower)  # one-line error for unknown names / non-encoders
     select = _flag_value(args.llava_args, "mm_vision_select_feature")
-    if kind == "siglip" and select == "patch":
+    if spec is not None and not spec.has_cls_token and select == "patch":
         raise GenhancerError(
-            f"--vision_tower {args.vision_tower} is a SigLIP encoder without a CLS token: "
+            f"--vision_tower {args.vision_tower} is a {spec.kind} encoder without a CLS token: "
             "--mm_vision_select_feature patch would drop a real image token; use cls_patch"
         )
     for flag in ("llm", "data", "images"):

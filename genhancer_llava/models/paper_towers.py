@@ -47,17 +47,7 @@ def random_tower(name: str, image_size: int):
         name: a key of `PAPER_TOWERS`.
         image_size: the preset's resolution.
     """
-    from transformers import (
-        CLIPVisionConfig,
-        CLIPVisionModelWithProjection,
-        SiglipVisionConfig,
-        SiglipVisionModel,
-    )
-
-    from .encoders import CLIPEncoder, SiglipEncoder
+    from .families import get_family
 
     family, shape = PAPER_TOWERS[name]
-    if family == "siglip":
-        return SiglipEncoder(SiglipVisionModel(SiglipVisionConfig(**shape, image_size=image_size)))
-    return CLIPEncoder(CLIPVisionModelWithProjection(CLIPVisionConfig(**shape,
-                                                                      image_size=image_size)))
+    return get_family(family).random_encoder(dict(shape, image_size=image_size))
