@@ -20,6 +20,7 @@ import yaml
 
 from .errors import ConfigError
 from .models.families import FAMILIES
+from .stages import SCHEDULES, STAGE2_MODES
 
 __all__ = [
     "EncoderConfig",
@@ -37,12 +38,10 @@ __all__ = [
     "apply_overrides",
 ]
 
-STAGE2_MODES = ("lora-only", "all")
 TARGET_KINDS = ("flux_vae", "pixels", "vq")
 DENOISER_KINDS = ("flow", "masked")
 # which targets each denoiser reconstructs
 DENOISER_TARGETS = {"flow": ("flux_vae", "pixels"), "masked": ("vq",)}
-SCHEDULES = ("two-stage", "end-to-end")
 
 
 def _check(ok: bool, key: str, value: Any, hint: str) -> None:

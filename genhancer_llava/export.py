@@ -27,7 +27,8 @@ from . import __version__
 from .errors import GenhancerError
 from .models.encoders import load_encoder, read_vision_config
 from .models.families import get_family
-from .train.run_dir import RunDir, stages_for
+from .stages import stages
+from .train.run_dir import RunDir
 from .utils import atomic_dir, quiet_transformers
 
 __all__ = ["merge_adapter", "export_encoder", "PROCESSOR_FILES"]
@@ -93,7 +94,7 @@ def export_encoder(
     """
     run = RunDir(Path(run_dir))
     cfg = run.load_config()
-    stage = stages_for(cfg)[-1]
+    stage = stages(cfg)[-1].name
     adapter = run.final(stage) / "adapter"
     if not adapter.is_dir():
         raise GenhancerError(
@@ -118,16 +119,17 @@ def export_encoder(
 
 
 def _provenance(run: RunDir, cfg: Any, base: Path) -> dict[str, Any]:
-    stages = {}
-    for stage in stages_for(cfg):
-        summary = run.summary(stage) or {}
-        stages[stage] = {k: summary.get(k) for k in ("policy", "steps", "loss_first", "loss_last")}
+    done = {}
+    for stage in stages(cfg):
+        summary = run.summary(stage.name) or {}
+        done[stage.name] = {k: summary.get(k)
+                            for k in ("policy", "steps", "loss_first", "loss_last")}
     return {
         "genhancer_llava_version": __version__,
         "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "base_model": str(base.resolve()),
         "family": cfg.encoder.family,
         "global_token": get_family(cfg.encoder.family).global_token,
-        "stages": stages,
+        "stages": done,
         "config": cfg.to_dict(),
     }

@@ -109,8 +109,9 @@ def cmd_convert_open_clip(args: argparse.Namespace) -> None:
 def cmd_demo(args: argparse.Namespace) -> None:
     """The built-in demo: tiny CLIP -> both stages on DeepSpeed ZeRO-2 -> export -> check."""
     from ..models.tiny import make_tiny_clip
+    from ..stages import stages
     from ..train.launch import enhance
-    from ..train.run_dir import RunDir, stages_for
+    from ..train.run_dir import RunDir
 
     out = Path(args.output)
     cfg = load_config("demo", overrides=[f"run.output_dir={out}"])
@@ -121,9 +122,9 @@ def cmd_demo(args: argparse.Namespace) -> None:
     encoder_dir = enhance(cfg, num_processes=1, zero=2, overwrite=args.overwrite)
     run = RunDir(out)
     print("\n== GenHancer demo ==")
-    for stage in stages_for(cfg):
-        s = run.summary(stage)
-        print(f"{stage:<8} ({s['policy']}): {s['loss']} {s['loss_first']:.4f} at start -> "
+    for stage in stages(cfg):
+        s = run.summary(stage.name)
+        print(f"{stage.name:<8} ({s['policy']}): {s['loss']} {s['loss_first']:.4f} at start -> "
               f"{s['loss_last']:.4f} at step {s['steps']}")
     check = textwrap.dedent(f"""
         from transformers import CLIPModel, CLIPVisionModel

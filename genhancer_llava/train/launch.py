@@ -21,8 +21,9 @@ from ..errors import GenhancerError
 from ..export import export_encoder
 from ..models.encoders import check_resolution, read_vision_config
 from ..models.targets import build_target
+from ..stages import stages
 from ..utils import free_port
-from .run_dir import RunDir, stages_for
+from .run_dir import RunDir
 
 __all__ = ["accelerate_config", "check_inputs", "prepare_run_dir", "launch_stage", "enhance"]
 
@@ -135,9 +136,9 @@ def enhance(
     config_file = accelerate_config(zero, accel_config)
     check_inputs(cfg)
     run = prepare_run_dir(cfg, overwrite, resume is not None)
-    for stage in stages_for(cfg):
-        if resume and (run.final(stage) / "summary.json").is_file():
-            print(f"[{stage}] already finished; kept", flush=True)
+    for stage in stages(cfg):
+        if resume and (run.final(stage.name) / "summary.json").is_file():
+            print(f"[{stage.name}] already finished; kept", flush=True)
             continue
-        launch_stage(run, stage, num_processes, config_file, resume)
+        launch_stage(run, stage.name, num_processes, config_file, resume)
     return export_encoder(run.root, overwrite=True)
