@@ -12,6 +12,11 @@
 Any process that loads a checkpoint whose `mm_vision_tower` is a genhancer name must call it
 before loading (`import llava_patches; llava_patches.apply()`). This package imports without
 LLaVA installed; `apply()` then says how to install it.
+
+Imports flow one way: this package imports `genhancer_llava`, never the reverse. Where the
+library needs LLaVA's code (original-format checkpoints in `load_llava`, hence in lmms-eval), it
+finds `llava_patches.runner.OriginalRunner` through the `genhancer_llava.llava_formats` entry
+point.
 """
 
 from __future__ import annotations

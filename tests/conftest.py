@@ -13,6 +13,11 @@ import torch
 from genhancer_llava.config import load_config
 from genhancer_llava.models.tiny import make_tiny_clip, make_tiny_siglip
 
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10
+    import tomli as tomllib
+
 REPO = Path(__file__).resolve().parents[1]
 os.environ.setdefault("DS_ACCELERATOR", "cpu")
 
@@ -63,3 +68,21 @@ def cli_error(capsys, argv: list[str]) -> str:
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: ") and "\n" not in err, err
     return err
+
+
+def write_entry_point_metadata(folder: Path) -> Path:
+    """A folder holding a dist-info that declares this checkout's entry points (pyproject.toml).
+
+    Put it on sys.path / PYTHONPATH where a test needs them (lmms-eval's `--model
+    genhancer_llava`, `load_llava`'s checkpoint formats): the shared test environment may carry
+    metadata installed from another checkout.
+    """
+    groups = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["entry-points"]
+    dist = folder / "genhancer_llava_worktree_entrypoints-0.0.0.dist-info"
+    dist.mkdir(parents=True)
+    (dist / "METADATA").write_text(
+        "Metadata-Version: 2.1\nName: genhancer-llava-worktree-entrypoints\nVersion: 0.0.0\n")
+    (dist / "entry_points.txt").write_text("".join(
+        f"[{group}]\n" + "".join(f"{k} = {v}\n" for k, v in entries.items()) + "\n"
+        for group, entries in groups.items()))
+    return folder

@@ -10,7 +10,7 @@ checkout is installed, the installed metadata declares the same manifest as well
 lmms-eval merges without conflict (same class paths; see test_manifest_registers_twice).
 
 With tiny random models the answers are garbage: the test checks that every metric exists and
-equals what the per-sample logs give when recomputed (`genhancer eval report`'s code).
+equals what the per-sample logs give when recomputed (`genhancer eval lmms-report`'s code).
 """
 
 from __future__ import annotations
@@ -23,18 +23,13 @@ from pathlib import Path
 
 import pytest
 
-try:
-    import tomllib
-except ModuleNotFoundError:  # Python 3.10
-    tomllib = pytest.importorskip("tomli")
-
 pytest.importorskip("lmms_eval", reason="lmms-eval is the [lmms] extra")
 pytest.importorskip("llava", reason="llava-torch is installed by `make` (pip --no-deps)")
 
 from genhancer_llava.evaluation.lmms_report import load_lmms_run, score_run  # noqa: E402
 from genhancer_llava.mllm.runner import apply_until, clean_gen_kwargs  # noqa: E402
 
-from .conftest import REPO  # noqa: E402
+from .conftest import REPO, write_entry_point_metadata  # noqa: E402
 from .llava_tiny import (  # noqa: E402
     make_exported_encoder,
     make_tiny_llama,
@@ -45,19 +40,6 @@ from .lmms_fixtures import ROWS, write_all  # noqa: E402
 
 ALL_TASKS = ["mmvp", "cv_bench", "cv_bench_2d", "cv_bench_3d", "pope", "pope_adv", "pope_pop",
              "pope_random"]
-
-
-def write_entry_point_metadata(folder: Path) -> Path:
-    """A dist-info folder declaring this checkout's `lmms_eval.models` entry points."""
-    groups = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["entry-points"]
-    dist = folder / "genhancer_llava_worktree_entrypoints-0.0.0.dist-info"
-    dist.mkdir(parents=True)
-    (dist / "METADATA").write_text(
-        "Metadata-Version: 2.1\nName: genhancer-llava-worktree-entrypoints\nVersion: 0.0.0\n")
-    (dist / "entry_points.txt").write_text("".join(
-        f"[{group}]\n" + "".join(f"{k} = {v}\n" for k, v in entries.items()) + "\n"
-        for group, entries in groups.items()))
-    return folder
 
 
 @pytest.fixture(scope="module")

@@ -1,9 +1,10 @@
 """Using an enhanced encoder in LLaVA: the vision-tower registry (names -> exported folders).
 
 Also `swap` (an encoder into an existing llava-hf or original-format checkpoint) and `runner`
-(load either format and answer prompts; what the lmms-eval model uses). Nothing here imports
-LLaVA at import time; the hook that plugs the registry into the original LLaVA code lives in the
-top-level `llava_patches` package.
+(load a checkpoint and answer prompts; what the lmms-eval model uses). Nothing here imports the
+original LLaVA code or `llava_patches`: the hook that plugs the registry into LLaVA and the
+runner for original-format checkpoints live in the top-level `llava_patches` package, which
+`runner` finds through an entry point.
 """
 
 from .registry import (

@@ -1,22 +1,33 @@
-"""Load a LLaVA checkpoint of either format and answer (images, question) prompts.
+"""Load a LLaVA checkpoint and answer (images, question) prompts; what the lmms-eval model uses.
 
-- llava-hf (`LlavaForConditionalGeneration` + its processor): the processor's chat template
+Checkpoint formats (told apart by config.json, `swap.checkpoint_format`):
+
+- llava-hf (`LlavaForConditionalGeneration` + its processor), here: the processor's chat template
   builds the prompt (LLaVA-1.5's Vicuna format when the processor has none);
-- original LLaVA (`mm_vision_tower` in config.json): LLaVA's own classes through
-  `llava_patches.apply()` (the genhancer tower hook and the transformers-5 shims), LLaVA's
-  conversation template (`vicuna_v1` by default) and image preprocessing (`image_aspect_ratio`).
+- any other format is a plug-in: a `LlavaRunner` subclass registered under the entry point group
+  `genhancer_llava.llava_formats`, named after the format. This distribution registers
+  `original = llava_patches.runner:OriginalRunner` (haotian-liu/LLaVA checkpoints, loaded with
+  LLaVA's own classes).
+
+Why an entry point and not an import: loading an original-format checkpoint needs the original
+LLaVA code, and everything that touches it lives in `llava_patches`, which imports this package.
+Importing `llava_patches` from here (even lazily) would make the two packages import each other.
+Looking the runner up by group name keeps imports flowing one way (`llava_patches` ->
+`genhancer_llava`), keeps the lmms-eval model (`genhancer_llava.lmms`, which needs nothing from
+LLaVA for llava-hf checkpoints) in the library, and lets another package add a format (say
+LLaVA-NeXT's) with one entry point instead of an edit here.
 
 `vision_tower=DIR` swaps an encoder in at load time, with the same checks as `genhancer swap`.
 The same code runs on CPU (fp32) and GPU (bf16 by default); nothing names "cuda" except the
-default device choice. Used by the lmms-eval model (`genhancer_llava.lmms`); no lmms_eval here.
+default device choice. No lmms_eval here.
 """
 
 from __future__ import annotations
 
-import os
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any
 
@@ -24,16 +35,15 @@ import torch
 from PIL import Image
 
 from ..errors import GenhancerError
-from .swap import (
-    check_original_fits,
-    checkpoint_format,
-    resolve_encoder,
-    swap_llava_hf_tower,
-    warn_projector_once,
-)
+from ..utils import default_device, default_dtype
+from .swap import checkpoint_format, resolve_encoder, swap_llava_hf_tower
 
-__all__ = ["GenerationSettings", "LlavaRunner", "clean_gen_kwargs", "load_llava",
-           "resolve_device", "resolve_dtype"]
+__all__ = ["FORMAT_GROUP", "GenerationSettings", "HFRunner", "LlavaRunner", "apply_until",
+           "clean_gen_kwargs", "load_llava", "resolve_device", "resolve_dtype", "rgb_images",
+           "runner_class"]
+
+# Entry point group of the runners for checkpoint formats other than llava-hf.
+FORMAT_GROUP = "genhancer_llava.llava_formats"
 
 # LLaVA-1.5's prompt (Vicuna v1), for llava-hf processors without a chat template.
 _SYSTEM = ("A chat between a curious user and an artificial intelligence assistant. "
@@ -106,11 +116,7 @@ def apply_until(text: str, until: Sequence[str]) -> str:
 
 def resolve_device(device: str | None) -> str:
     """The device to run on: as given, else this process's GPU (LOCAL_RANK) or the CPU."""
-    if device:
-        return str(device)
-    if torch.cuda.is_available():
-        return f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}"
-    return "cpu"
+    return default_device(device)
 
 
 def resolve_dtype(dtype: str | torch.dtype | None, device: str) -> torch.dtype:
@@ -118,19 +124,25 @@ def resolve_dtype(dtype: str | torch.dtype | None, device: str) -> torch.dtype:
     if isinstance(dtype, torch.dtype):
         return dtype
     if dtype in (None, "", "auto"):
-        return torch.bfloat16 if str(device).startswith("cuda") else torch.float32
+        return default_dtype(device)
     value = getattr(torch, str(dtype).replace("torch.", ""), None)
     if not isinstance(value, torch.dtype):
         raise GenhancerError(f"dtype={dtype!r} is not a torch dtype (float32, bfloat16, float16)")
     return value
 
 
-def _images(images: Sequence[Image.Image]) -> list[Image.Image]:
+def rgb_images(images: Sequence[Image.Image]) -> list[Image.Image]:
+    """The images as RGB (what every LLaVA image processor expects)."""
     return [im.convert("RGB") for im in images]
 
 
 class LlavaRunner(ABC):
-    """A loaded LLaVA that answers one (images, text) prompt at a time."""
+    """A loaded LLaVA that answers one (images, text) prompt at a time.
+
+    Subclasses are constructed as `cls(path, vision_tower, device, dtype, device_map=...,
+    conv_template=..., attn_implementation=...)` and ignore the options their format has no use
+    for; `format` names the checkpoint format (`swap.checkpoint_format`).
+    """
 
     format: str = ""
 
@@ -155,10 +167,23 @@ class LlavaRunner(ABC):
 
 
 class HFRunner(LlavaRunner):
+    """A llava-hf checkpoint (`LlavaForConditionalGeneration` + its processor).
+
+    Args:
+        path: the checkpoint folder.
+        vision_tower: an encoder folder or `genhancer[:NAME|:PATH]` to swap in at load time.
+        device: where to run.
+        dtype: the model's dtype.
+        device_map: passed to `from_pretrained` (default: the device).
+        conv_template: not used (the processor's chat template builds the prompt).
+        attn_implementation: e.g. 'sdpa' or 'flash_attention_2'.
+    """
+
     format = "llava-hf"
 
     def __init__(self, path: Path, vision_tower: str | None, device: str, dtype: torch.dtype,
-                 device_map: str | dict | None, attn_implementation: str | None) -> None:
+                 device_map: str | dict | None = None, conv_template: str | None = None,
+                 attn_implementation: str | None = None) -> None:
         from transformers import AutoProcessor, LlavaForConditionalGeneration
 
         kwargs = {"dtype": dtype, "device_map": device_map or device}
@@ -181,7 +206,7 @@ class HFRunner(LlavaRunner):
 
     def answer(self, images, text, gen_kwargs=None) -> str:
         settings = clean_gen_kwargs(gen_kwargs)
-        images = _images(images)
+        images = rgb_images(images)
         inputs = self.processor(images=images or None, text=self.prompt(len(images), text),
                                 return_tensors="pt").to(self.input_device)
         if "pixel_values" in inputs:
@@ -192,68 +217,6 @@ class HFRunner(LlavaRunner):
             out = self.model.generate(**inputs, **settings.kwargs, pad_token_id=pad)
         new = out[0, inputs["input_ids"].shape[1]:]
         return apply_until(self.tokenizer.decode(new, skip_special_tokens=True).strip(),
-                           settings.until)
-
-
-class OriginalRunner(LlavaRunner):
-    format = "original"
-
-    def __init__(self, path: Path, vision_tower: str | None, device: str, dtype: torch.dtype,
-                 device_map: str | dict | None, conv_template: str) -> None:
-        import llava_patches
-
-        llava_patches.apply()
-        from llava.conversation import conv_templates
-        from llava.model.language_model.llava_llama import LlavaConfig, LlavaLlamaForCausalLM
-        from transformers import AutoTokenizer
-
-        if conv_template not in conv_templates:
-            raise GenhancerError(f"conv_template={conv_template!r} is not one of LLaVA's: "
-                                 f"{', '.join(sorted(conv_templates))}")
-        self.conv = conv_templates[conv_template]
-        config = LlavaConfig.from_pretrained(path)
-        if vision_tower:
-            folder, name = resolve_encoder(vision_tower)
-            check_original_fits(path, config.to_dict(), folder)
-            config.mm_vision_tower = name
-            warn_projector_once()
-        model = LlavaLlamaForCausalLM.from_pretrained(path, config=config, dtype=dtype,
-                                                      device_map=device_map or device)
-        tower = model.get_vision_tower()
-        if not tower.is_loaded:
-            tower.load_model(device_map=device_map or device)
-        tower.to(device=next(model.parameters()).device, dtype=dtype)
-        super().__init__(model, device, dtype)
-        self.image_processor = tower.image_processor
-        self.tokenizer = AutoTokenizer.from_pretrained(path)
-
-    def prompt(self, num_images: int, text: str) -> str:
-        conv = self.conv.copy()
-        conv.append_message(conv.roles[0], "<image>\n" * num_images + text)
-        conv.append_message(conv.roles[1], None)
-        return conv.get_prompt()
-
-    def answer(self, images, text, gen_kwargs=None) -> str:
-        from llava.constants import IMAGE_TOKEN_INDEX
-        from llava.mm_utils import process_images, tokenizer_image_token
-
-        settings = clean_gen_kwargs(gen_kwargs)
-        images = _images(images)
-        device = self.input_device
-        ids = tokenizer_image_token(self.prompt(len(images), text), self.tokenizer,
-                                    IMAGE_TOKEN_INDEX, return_tensors="pt").unsqueeze(0)
-        extra = {}
-        if images:
-            pixels = process_images(images, self.image_processor, self.model.config)
-            extra = {"images": pixels.to(device=device, dtype=self.dtype),
-                     "image_sizes": [im.size for im in images]}
-        pad = self.tokenizer.pad_token_id
-        pad = self.tokenizer.eos_token_id if pad is None else pad
-        with torch.inference_mode():
-            out = self.model.generate(ids.to(device), **extra, **settings.kwargs,
-                                      pad_token_id=pad)
-        # LLaVA generates from inputs_embeds: the output holds only the new tokens.
-        return apply_until(self.tokenizer.decode(out[0], skip_special_tokens=True).strip(),
                            settings.until)
 
 
@@ -273,9 +236,29 @@ def load_llava(pretrained: str | Path, vision_tower: str | None = None,
         attn_implementation: e.g. 'sdpa' or 'flash_attention_2' (llava-hf only).
     """
     path = Path(pretrained)
-    kind = checkpoint_format(path)
+    cls = runner_class(checkpoint_format(path))
     device = resolve_device(device)
-    torch_dtype = resolve_dtype(dtype, device)
-    if kind == "llava-hf":
-        return HFRunner(path, vision_tower, device, torch_dtype, device_map, attn_implementation)
-    return OriginalRunner(path, vision_tower, device, torch_dtype, device_map, conv_template)
+    return cls(path, vision_tower, device, resolve_dtype(dtype, device), device_map=device_map,
+               conv_template=conv_template, attn_implementation=attn_implementation)
+
+
+def runner_class(fmt: str) -> type[LlavaRunner]:
+    """The runner for checkpoint format `fmt`: llava-hf here, others from FORMAT_GROUP.
+
+    When several installed distributions register the same name, the first on sys.path wins
+    (as for imports).
+    """
+    if fmt == HFRunner.format:
+        return HFRunner
+    found = entry_points(group=FORMAT_GROUP, name=fmt)
+    if not found:
+        raise GenhancerError(
+            f"no runner for {fmt}-format LLaVA checkpoints: none is registered under the entry "
+            f"point group {FORMAT_GROUP!r}; install genhancer-llava with pip (its metadata "
+            "registers `original`; a bare checkout on PYTHONPATH has none)"
+        )
+    cls = next(iter(found)).load()
+    if not (isinstance(cls, type) and issubclass(cls, LlavaRunner)):
+        raise GenhancerError(f"entry point {fmt!r} in {FORMAT_GROUP!r} is {cls!r}, "
+                             "not a LlavaRunner subclass")
+    return cls

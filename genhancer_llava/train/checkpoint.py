@@ -28,6 +28,7 @@ import torch
 from accelerate import Accelerator
 
 from ..errors import GenhancerError
+from ..utils import publish_dir
 from .faults import fault_at, kill_self
 from .run_dir import RunDir
 
@@ -159,7 +160,7 @@ def save_checkpoint(accelerator: Accelerator, run: RunDir, stage: str, progress:
         try:
             record = dict(asdict(progress), files=_manifest(tmp))
             (tmp / "progress.json").write_text(json.dumps(record))
-            tmp.rename(final)
+            publish_dir(tmp, final)
         except OSError as err:
             error = _reason(err, tmp.parent)
     if _any_rank(accelerator, error is not None):
