@@ -242,6 +242,33 @@ def test_sigterm_on_one_rank_stops_both_ranks_at_the_same_step_and_resumes(tiny_
     assert summary["steps"] == 5 and summary["images_seen"] == 5 * 4 * 2
 
 
+_STOP = """
+import os, signal
+from genhancer_llava.errors import Stopped
+from genhancer_llava.train.processes import StopRequest
+stop = StopRequest().install()
+try:
+    os.kill(os.getpid(), signal.SIGINT)  # during setup: leave at once
+except Stopped as err:
+    print("setup:", err)
+stop = StopRequest().install()
+stop.armed = True  # in the loop: only a request, read at the next step boundary
+os.kill(os.getpid(), signal.SIGTERM)
+os.kill(os.getpid(), signal.SIGINT)  # a second signal does not change the first
+print("loop:", stop.name)
+"""
+
+
+def test_stop_signals_end_setup_at_once_and_become_a_request_in_the_loop():
+    proc = run_python("-c", _STOP)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.splitlines() == [
+        "setup: SIGINT received before training began; nothing new to save, the checkpoints "
+        "so far are kept",
+        "loop: SIGTERM",
+    ]
+
+
 # ---- resume picks a checkpoint safely ------------------------------------------------------------
 
 
