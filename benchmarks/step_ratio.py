@@ -24,19 +24,19 @@ from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
 from genhancer_llava.config import load_config
 from genhancer_llava.models.encoders import CLIPEncoder
 from genhancer_llava.models.enhancer import apply_stage_policy, build_enhancer
+from genhancer_llava.models.paper_towers import preset_tower, random_tower
+from genhancer_llava.utils import default_device
 
-# the vision tower shape of each preset's backbone, for weight-free benchmarking
-TOWERS = {
-    "openai-clip-l14": dict(hidden_size=1024, intermediate_size=4096, num_hidden_layers=24,
-                            num_attention_heads=16, patch_size=14, projection_dim=768),
-    "demo": dict(hidden_size=64, intermediate_size=256, num_hidden_layers=2,
-                 num_attention_heads=2, patch_size=8, projection_dim=64),
-}
+# a CPU-sized tower for presets without a paper backbone (demo, tiny)
+DEMO_TOWER = dict(hidden_size=64, intermediate_size=256, num_hidden_layers=2,
+                  num_attention_heads=2, patch_size=8, projection_dim=64)
 
 
-def _tower(preset: str, image_size: int) -> CLIPEncoder:
-    shape = TOWERS["openai-clip-l14" if preset.startswith("openai-clip-l14") else "demo"]
-    return CLIPEncoder(CLIPVisionModelWithProjection(CLIPVisionConfig(**shape,
+def _tower(preset: str, image_size: int):
+    paper = preset_tower(preset)
+    if paper is not None:
+        return random_tower(paper, image_size)
+    return CLIPEncoder(CLIPVisionModelWithProjection(CLIPVisionConfig(**DEMO_TOWER,
                                                                       image_size=image_size)))
 
 
@@ -51,7 +51,7 @@ def main() -> None:
     parser.add_argument("--preset", default="demo")
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--repeats", type=int, default=10)
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--device", default=default_device())
     parser.add_argument("--dtype", default="fp32", choices=["fp32", "bf16"])
     args = parser.parse_args()
     cfg = load_config(args.preset)  # targets are random tokens of the preset's shape

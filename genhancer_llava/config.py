@@ -19,6 +19,8 @@ from typing import Any
 import yaml
 
 from .errors import ConfigError
+from .models.families import FAMILIES
+from .stages import SCHEDULES, STAGE2_MODES
 
 __all__ = [
     "EncoderConfig",
@@ -36,13 +38,10 @@ __all__ = [
     "apply_overrides",
 ]
 
-STAGE2_MODES = ("lora-only", "all")
 TARGET_KINDS = ("flux_vae", "pixels", "vq")
 DENOISER_KINDS = ("flow", "masked")
 # which targets each denoiser reconstructs
 DENOISER_TARGETS = {"flow": ("flux_vae", "pixels"), "masked": ("vq",)}
-ENCODER_FAMILIES = ("clip", "siglip")
-SCHEDULES = ("two-stage", "end-to-end")
 
 
 def _check(ok: bool, key: str, value: Any, hint: str) -> None:
@@ -70,8 +69,8 @@ class EncoderConfig:
     local_token_ratio: float = 0.0
 
     def __post_init__(self) -> None:
-        _check(self.family in ENCODER_FAMILIES, "encoder.family", self.family,
-               f"choose one of {', '.join(ENCODER_FAMILIES)}")
+        _check(self.family in FAMILIES, "encoder.family", self.family,
+               f"choose one of {', '.join(FAMILIES)}")
         _positive("encoder.image_size", self.image_size)
         if self.global_dim is not None:
             _positive("encoder.global_dim", self.global_dim)

@@ -30,8 +30,9 @@ def run_demo(output: str | Path, overwrite: bool = False) -> Path:
         The exported encoder folder.
     """
     from .models.tiny import make_tiny_clip
+    from .stages import stages
     from .train.launch import enhance
-    from .train.run_dir import RunDir, stages_for
+    from .train.run_dir import RunDir
 
     out = Path(output)
     cfg = load_config("demo", overrides=[f"run.output_dir={out}"])
@@ -42,9 +43,9 @@ def run_demo(output: str | Path, overwrite: bool = False) -> Path:
     encoder_dir = enhance(cfg, num_processes=1, zero=2, overwrite=overwrite)
     run = RunDir(out)
     print("\n== GenHancer demo ==")
-    for stage in stages_for(cfg):
-        s = run.summary(stage)
-        print(f"{stage:<8} ({s['policy']}): {s['loss']} {s['loss_first']:.4f} at start -> "
+    for stage in stages(cfg):
+        s = run.summary(stage.name)
+        print(f"{stage.name:<8} ({s['policy']}): {s['loss']} {s['loss_first']:.4f} at start -> "
               f"{s['loss_last']:.4f} at step {s['steps']}")
     # a fresh interpreter: the export must load with transformers alone
     check = textwrap.dedent(f"""

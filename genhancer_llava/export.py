@@ -21,13 +21,15 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import transformers
-from transformers import CLIPModel, PreTrainedModel, SiglipModel
+from transformers import PreTrainedModel
 
 from . import __version__
 from .errors import GenhancerError
 from .models.encoders import load_encoder, read_vision_config
-from .train.run_dir import RunDir, stages_for
+from .models.families import get_family
+from .stages import stages
+from .train.run_dir import RunDir
+from .utils import atomic_dir, quiet_transformers
 
 __all__ = ["merge_adapter", "export_encoder", "PROCESSOR_FILES"]
 
@@ -45,12 +47,6 @@ PROCESSOR_FILES = (
 )
 
 
-GLOBAL_TOKEN = {
-    "clip": "visual_projection(pooler_output): the post-LN CLS in the joint space",
-    "siglip": "pooler_output: the attention-pooling head over the post-LN patch tokens",
-}
-
-
 def merge_adapter(
     base_path: str | Path, adapter_dir: str | Path, image_size: int, family: str | None = None
 ) -> PreTrainedModel:
@@ -66,27 +62,24 @@ def merge_adapter(
 
 
 def _quiet_from_pretrained(cls, path: Path) -> PreTrainedModel:
-    verbosity = transformers.logging.get_verbosity()
-    transformers.logging.set_verbosity_error()
-    try:
+    with quiet_transformers():
         return cls.from_pretrained(path)
-    finally:
-        transformers.logging.set_verbosity(verbosity)
 
 
 def _full_model(base_path: Path, merged: PreTrainedModel) -> PreTrainedModel:
     """The base's own model class with the merged vision weights in it."""
-    _, model_type, _ = read_vision_config(base_path)
-    if model_type == "clip":
-        full = _quiet_from_pretrained(CLIPModel, base_path)
-        full.vision_model.load_state_dict(merged.vision_model.state_dict(), strict=True)
+    _, model_type, found = read_vision_config(base_path)
+    family = get_family(found)
+    if model_type != family.full_model_type:
+        return merged  # a vision-only base: the merged tower is already its class
+    full = _quiet_from_pretrained(family.cls("full_model"), base_path)
+    # The trained tower is the full model's `vision_model`; a projection (CLIP's
+    # visual_projection) sits beside it under the same name in both.
+    tower = getattr(merged, "vision_model", merged)
+    full.vision_model.load_state_dict(tower.state_dict(), strict=True)
+    if hasattr(merged, "visual_projection"):
         full.visual_projection.load_state_dict(merged.visual_projection.state_dict(), strict=True)
-        return full
-    if model_type == "siglip":
-        full = _quiet_from_pretrained(SiglipModel, base_path)
-        full.vision_model.load_state_dict(merged.state_dict(), strict=True)
-        return full
-    return merged  # a vision-only base: the merged tower is already its class
+    return full
 
 
 def export_encoder(
@@ -101,7 +94,7 @@ def export_encoder(
     """
     run = RunDir(Path(run_dir))
     cfg = run.load_config()
-    stage = stages_for(cfg)[-1]
+    stage = stages(cfg)[-1].name
     adapter = run.final(stage) / "adapter"
     if not adapter.is_dir():
         raise GenhancerError(
@@ -116,32 +109,27 @@ def export_encoder(
     model = _full_model(base, merged)
 
     # Write next to the target, then swap in: an interrupted export never leaves half a folder.
-    tmp = output.with_name(output.name + ".tmp-export")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir(parents=True)
-    model.save_pretrained(tmp, safe_serialization=True)
-    for name in PROCESSOR_FILES:
-        if (base / name).is_file():
-            shutil.copy2(base / name, tmp / name)
-    (tmp / "genhancer.json").write_text(json.dumps(_provenance(run, cfg, base), indent=2))
-    if output.exists():
-        shutil.rmtree(output)
-    tmp.rename(output)
+    with atomic_dir(output, ".tmp-export") as tmp:
+        model.save_pretrained(tmp, safe_serialization=True)
+        for name in PROCESSOR_FILES:
+            if (base / name).is_file():
+                shutil.copy2(base / name, tmp / name)
+        (tmp / "genhancer.json").write_text(json.dumps(_provenance(run, cfg, base), indent=2))
     return output
 
 
 def _provenance(run: RunDir, cfg: Any, base: Path) -> dict[str, Any]:
-    stages = {}
-    for stage in stages_for(cfg):
-        summary = run.summary(stage) or {}
-        stages[stage] = {k: summary.get(k) for k in ("policy", "steps", "loss_first", "loss_last")}
+    done = {}
+    for stage in stages(cfg):
+        summary = run.summary(stage.name) or {}
+        done[stage.name] = {k: summary.get(k)
+                            for k in ("policy", "steps", "loss_first", "loss_last")}
     return {
         "genhancer_llava_version": __version__,
         "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "base_model": str(base.resolve()),
         "family": cfg.encoder.family,
-        "global_token": GLOBAL_TOKEN[cfg.encoder.family],
-        "stages": stages,
+        "global_token": get_family(cfg.encoder.family).global_token,
+        "stages": done,
         "config": cfg.to_dict(),
     }

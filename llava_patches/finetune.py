@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import subprocess
 import sys
 from dataclasses import dataclass, field
@@ -30,7 +29,8 @@ from importlib import resources
 from pathlib import Path
 
 from genhancer_llava.errors import GenhancerError
-from genhancer_llava.mllm.registry import is_genhancer_name, resolve_tower
+from genhancer_llava.mllm.registry import TowerSpec, is_genhancer_name, resolve_tower
+from genhancer_llava.utils import free_port
 
 __all__ = ["PRESETS", "Preset", "stage_args", "main"]
 
@@ -121,7 +121,8 @@ def stage_args(stage: str, args: argparse.Namespace, preset: Preset, nproc: int)
         per_device_train_batch_size=str(preset.per_device_batch[stage]),
         gradient_accumulation_steps=str(_accumulation(preset, stage, nproc)),
     )
-    if _tower_kind(args.vision_tower) == "siglip":
+    spec = _tower_spec(args.vision_tower)
+    if spec is not None and not spec.has_cls_token:
         flags["mm_vision_select_feature"] = "cls_patch"  # no CLS token: keep every token
     if stage == "finetune":
         projector = args.projector or (
@@ -133,14 +134,8 @@ def stage_args(stage: str, args: argparse.Namespace, preset: Preset, nproc: int)
     return argv + list(args.llava_args)
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def _tower_kind(name: str) -> str | None:
-    return resolve_tower(name).kind if is_genhancer_name(name) else None
+def _tower_spec(name: str) -> TowerSpec | None:
+    return resolve_tower(name) if is_genhancer_name(name) else None
 
 
 def _flag_value(argv: list[str], flag: str) -> str | None:
@@ -154,11 +149,11 @@ def _flag_value(argv: list[str], flag: str) -> str | None:
 
 
 def _check_inputs(args: argparse.Namespace) -> None:
-    kind = _tower_kind(args.vision_tower)  # one-line error for unknown names / non-encoders
+    spec = _tower_spec(args.vision_tower)  # one-line error for unknown names / non-encoders
     select = _flag_value(args.llava_args, "mm_vision_select_feature")
-    if kind == "siglip" and select == "patch":
+    if spec is not None and not spec.has_cls_token and select == "patch":
         raise GenhancerError(
-            f"--vision_tower {args.vision_tower} is a SigLIP encoder without a CLS token: "
+            f"--vision_tower {args.vision_tower} is a {spec.kind} encoder without a CLS token: "
             "--mm_vision_select_feature patch would drop a real image token; use cls_patch"
         )
     for flag in ("llm", "data", "images"):
@@ -178,7 +173,7 @@ def _launch(stage: str, argv: list[str], preset: Preset, nproc: int) -> None:
     env = dict(os.environ, **preset.env)
     env.setdefault("MASTER_ADDR", "127.0.0.1")
     cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}",
-           f"--master_port={_free_port()}", "-m", "llava_patches.train", *argv]
+           f"--master_port={free_port()}", "-m", "llava_patches.train", *argv]
     print(f"[llava_finetune] {stage}: {' '.join(cmd)}", flush=True)
     result = subprocess.run(cmd, env=env)
     if result.returncode:

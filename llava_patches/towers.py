@@ -1,4 +1,5 @@
-"""Vision towers for LLaVA built from exported encoder folders (CLIP with CLS, SigLIP without).
+"""Vision towers for LLaVA built from exported encoder folders (CLIP with CLS, SigLIP without;
+the vision class and CLS token of each family come from `genhancer_llava.models.families`).
 
 They follow the interface LLaVA's `LlavaMetaModel` expects of a tower (`load_model`,
 `forward(images)`, `image_processor`, `hidden_size`, `num_patches_per_side`, `is_loaded`,
@@ -14,12 +15,13 @@ results as LLaVA); a user who unfreezes the tower gets real gradients instead of
 from __future__ import annotations
 
 import torch
-import transformers
 from torch import nn
-from transformers import AutoConfig, AutoImageProcessor, CLIPVisionModel, SiglipVisionModel
+from transformers import AutoConfig, AutoImageProcessor
 
 from genhancer_llava.errors import GenhancerError
 from genhancer_llava.mllm.registry import TowerSpec, resolve_tower
+from genhancer_llava.models.families import get_family
+from genhancer_llava.utils import quiet_transformers
 
 __all__ = ["GenhancerCLIPTower", "GenhancerSiglipTower", "build_tower"]
 
@@ -27,15 +29,15 @@ SELECT_FEATURES = ("patch", "cls_patch")
 
 
 class _ExportedTower(nn.Module):
-    """Shared part of the towers. Subclasses set `model_class` and `has_cls_token`."""
-
-    model_class: type = CLIPVisionModel
-    has_cls_token = True
+    """A tower of any registered family: its vision class and CLS token come from the family."""
 
     def __init__(self, spec: TowerSpec, args, delay_load: bool = False) -> None:
         super().__init__()
         self.is_loaded = False
         self.spec = spec
+        family = get_family(spec.kind)
+        self.model_class = family.cls("vision_model")
+        self.has_cls_token = family.has_cls_token
         self.vision_tower_name = spec.name
         self.select_layer = getattr(args, "mm_vision_select_layer", -2)
         self.select_feature = getattr(args, "mm_vision_select_feature", "patch") or "patch"
@@ -64,14 +66,10 @@ class _ExportedTower(nn.Module):
         if self.is_loaded:
             return
         self.image_processor = AutoImageProcessor.from_pretrained(self.spec.path)
-        verbosity = transformers.logging.get_verbosity()
-        transformers.logging.set_verbosity_error()  # a full CLIPModel folder has text weights
-        try:
+        with quiet_transformers():  # a full CLIPModel folder has text weights
             self.vision_tower = self.model_class.from_pretrained(
                 self.spec.path, device_map=device_map
             )
-        finally:
-            transformers.logging.set_verbosity(verbosity)
         self.vision_tower.requires_grad_(False)
         self.is_loaded = True
 
@@ -133,9 +131,6 @@ class GenhancerCLIPTower(_ExportedTower):
         delay_load: read only the config now; weights come with `load_model()`.
     """
 
-    model_class = CLIPVisionModel
-    has_cls_token = True
-
 
 class GenhancerSiglipTower(_ExportedTower):
     """A SigLIP export as a LLaVA tower. SigLIP has no CLS token: only `cls_patch` is allowed.
@@ -146,14 +141,13 @@ class GenhancerSiglipTower(_ExportedTower):
         delay_load: read only the config now; weights come with `load_model()`.
     """
 
-    model_class = SiglipVisionModel
-    has_cls_token = False
 
-
+# Named classes for the built-in families (readable reprs, isinstance checks); any other
+# registered family gets the shared class, which reads everything from the family entry.
 TOWER_CLASSES = {"clip": GenhancerCLIPTower, "siglip": GenhancerSiglipTower}
 
 
 def build_tower(name: str, args, delay_load: bool = False) -> _ExportedTower:
     """The tower for a genhancer name (see `genhancer_llava.mllm.registry`)."""
     spec = resolve_tower(name)
-    return TOWER_CLASSES[spec.kind](spec, args, delay_load=delay_load)
+    return TOWER_CLASSES.get(spec.kind, _ExportedTower)(spec, args, delay_load=delay_load)

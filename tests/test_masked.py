@@ -152,7 +152,7 @@ def test_paper_masked_presets_build_at_paper_shapes_on_meta(preset, family, towe
                                                             tokens, width):
     cfg = load_config(preset)
     with torch.device("meta"):
-        enhancer = build_enhancer(cfg, encoder=_meta_encoder(family, tower, size))
+        enhancer = build_enhancer(cfg, encoder=_meta_encoder(tower, size))
     denoiser = enhancer.denoiser
     assert isinstance(denoiser, MaskedDenoiser) and len(denoiser.blocks) == 6
     assert denoiser.position_embedding.shape == (1, tokens, 1024)  # the VQ token grid

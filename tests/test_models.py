@@ -4,38 +4,23 @@ import pytest
 import torch
 import torch.nn.functional as F
 from transformers import (
-    CLIPVisionConfig,
     CLIPVisionModelWithProjection,
-    SiglipVisionConfig,
-    SiglipVisionModel,
 )
 
 from genhancer_llava.config import load_config
 from genhancer_llava.errors import GenhancerError
-from genhancer_llava.models.encoders import CLIPEncoder, SiglipEncoder, load_encoder
+from genhancer_llava.models.encoders import load_encoder
 from genhancer_llava.models.enhancer import build_enhancer
+from genhancer_llava.models.paper_towers import PAPER_TOWERS, preset_tower, random_tower
 from genhancer_llava.models.targets import image_ids
 from genhancer_llava.models.timesteps import sample_timesteps
 
 FLUX_DENOISER_PARAMS = 1_310_154_816  # 2 double + 4 single FLUX blocks, 24 x 128 heads
 
-# The vision towers of the paper's backbones (public HF configs), without weights.
-CLIP_L14 = dict(hidden_size=1024, intermediate_size=4096, num_hidden_layers=24,
-                num_attention_heads=16, patch_size=14, projection_dim=768)
-METACLIP_H14 = dict(hidden_size=1280, intermediate_size=5120, num_hidden_layers=32,
-                    num_attention_heads=16, patch_size=14, projection_dim=1024)
-SIGLIP_SO400M = dict(hidden_size=1152, intermediate_size=4304, num_hidden_layers=27,
-                     num_attention_heads=16, patch_size=14)
-
-
-def _meta_encoder(family: str, tower: dict, image_size: int):
+def _meta_encoder(tower: str, image_size: int):
     """A paper backbone's vision tower on the meta device (no weights, no memory)."""
     with torch.device("meta"):
-        if family == "siglip":
-            return SiglipEncoder(SiglipVisionModel(SiglipVisionConfig(**tower,
-                                                                      image_size=image_size)))
-        return CLIPEncoder(CLIPVisionModelWithProjection(CLIPVisionConfig(**tower,
-                                                                          image_size=image_size)))
+        return random_tower(tower, image_size)
 
 
 def _mlp_params(d_in: int, d_out: int) -> int:
@@ -44,12 +29,12 @@ def _mlp_params(d_in: int, d_out: int) -> int:
 
 # (preset, family, tower, size, latent tokens, global-token width) for the six backbones
 PAPER_BACKBONES = [
-    ("openai-clip-l14-224", "clip", CLIP_L14, 224, 196, 768),
-    ("openai-clip-l14-336", "clip", CLIP_L14, 336, 441, 768),
-    ("metaclip-l14-224", "clip", CLIP_L14, 224, 196, 768),
-    ("metaclip-h14-224", "clip", METACLIP_H14, 224, 196, 1024),
-    ("siglip-so400m-224", "siglip", SIGLIP_SO400M, 224, 196, 1152),
-    ("siglip-so400m-384", "siglip", SIGLIP_SO400M, 384, 576, 1152),
+    ("openai-clip-l14-224", "clip", "clip-l14", 224, 196, 768),
+    ("openai-clip-l14-336", "clip", "clip-l14", 336, 441, 768),
+    ("metaclip-l14-224", "clip", "clip-l14", 224, 196, 768),
+    ("metaclip-h14-224", "clip", "metaclip-h14", 224, 196, 1024),
+    ("siglip-so400m-224", "siglip", "siglip-so400m", 224, 196, 1152),
+    ("siglip-so400m-384", "siglip", "siglip-so400m", 384, 576, 1152),
 ]
 
 
@@ -59,8 +44,9 @@ def test_paper_presets_build_at_paper_shapes_on_meta(preset, family, tower, size
     cfg = load_config(preset)
     assert (cfg.encoder.family, cfg.encoder.image_size, cfg.encoder.global_dim) == (
         family, size, width)
+    assert preset_tower(preset) == tower and PAPER_TOWERS[tower][0] == family
     with torch.device("meta"):
-        enhancer = build_enhancer(cfg, encoder=_meta_encoder(family, tower, size))
+        enhancer = build_enhancer(cfg, encoder=_meta_encoder(tower, size))
     denoiser = enhancer.denoiser.transformer
     assert sum(p.numel() for p in denoiser.parameters()) == FLUX_DENOISER_PARAMS
     assert len(denoiser.transformer_blocks) == 2 and len(denoiser.single_transformer_blocks) == 4
@@ -86,10 +72,10 @@ def test_preset_with_another_backbone_is_refused():
     cfg = load_config("metaclip-h14-224")  # expects a 1024-d global token
     with pytest.raises(GenhancerError, match="encoder.global_dim=1024 but the clip encoder's "
                                              "global token is 768-d"):
-        build_enhancer(cfg, encoder=_meta_encoder("clip", CLIP_L14, 224))
+        build_enhancer(cfg, encoder=_meta_encoder("clip-l14", 224))
     with pytest.raises(GenhancerError, match="encoder.family=siglip but the encoder is a clip"):
         build_enhancer(load_config("siglip-so400m-224"),
-                       encoder=_meta_encoder("clip", CLIP_L14, 224))
+                       encoder=_meta_encoder("clip-l14", 224))
 
 
 def test_encoder_global_token_is_projected_pooler_and_text_tower_absent(tiny_clip):

@@ -4,11 +4,11 @@ import pytest
 import torch
 
 from genhancer_llava.models.enhancer import (
-    STAGE_POLICIES,
     apply_stage_policy,
     build_enhancer,
     trainable_parameter_table,
 )
+from genhancer_llava.stages import STAGE_POLICIES
 
 
 def _tiny(tiny_config, *overrides):

@@ -5,7 +5,8 @@ pair of embedding matrices into `logits_per_text` exactly as the model's own for
 them (`logit_scale.exp() * t @ i.T`, plus `logit_bias` for SigLIP). The benchmark runners only
 talk to this small interface, so tests can inject a scorer with known logits.
 
-The family is read from the folder's `config.json` (`model_type`), never guessed from its name:
+The family is read from the folder's `config.json` (`model_type`), never guessed from its name;
+what differs per family lives in `models/families.py`:
 
 | model_type | class       | text input                                                     |
 |------------|-------------|----------------------------------------------------------------|
@@ -18,7 +19,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
@@ -28,6 +28,8 @@ import transformers
 from PIL import Image
 
 from ..errors import GenhancerError
+from ..models.families import FAMILIES, family_of_model_type
+from ..utils import default_device, quiet_transformers
 
 __all__ = [
     "FAMILIES",
@@ -38,21 +40,6 @@ __all__ = [
     "model_label",
     "pick_device",
 ]
-
-
-@dataclass(frozen=True)
-class _Family:
-    model_class: str  # attribute of `transformers`
-    pad_to_max_length: bool
-    text_attention_mask: bool
-
-
-# The text-and-image families a folder may hold; anything else is a one-line error.
-FAMILIES: dict[str, _Family] = {
-    "clip": _Family("CLIPModel", pad_to_max_length=False, text_attention_mask=True),
-    "siglip": _Family("SiglipModel", pad_to_max_length=True, text_attention_mask=False),
-}
-_VISION_ONLY = ("clip_vision_model", "siglip_vision_model")
 
 
 class Scorer(Protocol):
@@ -80,18 +67,19 @@ def read_family(path: str | Path) -> str:
     if not config_file.is_file():
         raise GenhancerError(f"{path} has no config.json; it is not a Hugging Face model folder")
     model_type = json.loads(config_file.read_text()).get("model_type")
-    if model_type in _VISION_ONLY:
+    found = family_of_model_type(model_type)
+    if found is not None and not found[1]:
         raise GenhancerError(
             f"{path} holds a vision tower only ('{model_type}'); image-text scoring needs the text "
             "tower too: pass the full CLIPModel/SiglipModel folder (genhancer export writes one "
             "when the base had a text tower)"
         )
-    if model_type not in FAMILIES:
+    if found is None:
         raise GenhancerError(
             f"{path} holds a '{model_type}' model; scoring knows the families "
             f"{', '.join(sorted(FAMILIES))} (config.json model_type)"
         )
-    return model_type
+    return found[0].name
 
 
 def model_label(path: str | Path) -> str:
@@ -100,9 +88,8 @@ def model_label(path: str | Path) -> str:
 
 
 def pick_device(device: str | None = None) -> torch.device:
-    if device:
-        return torch.device(device)
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    """As given, else this process's GPU or the CPU."""
+    return torch.device(default_device(device))
 
 
 def _embeds(output) -> torch.Tensor:
@@ -131,24 +118,21 @@ class HFScorer:
         self.batch_size = batch_size
         self.device = pick_device(device)
         spec = FAMILIES[self.family]
-        verbosity = transformers.logging.get_verbosity()
-        transformers.logging.set_verbosity_error()
+        model_class = spec.cls("full_model")
         try:
-            model_class = getattr(transformers, spec.model_class)
-            self.model = model_class.from_pretrained(self.path).to(self.device).eval()
-            self.image_processor = transformers.AutoImageProcessor.from_pretrained(self.path)
-            self.tokenizer = transformers.AutoTokenizer.from_pretrained(self.path)
+            with quiet_transformers():
+                self.model = model_class.from_pretrained(self.path).to(self.device).eval()
+                self.image_processor = transformers.AutoImageProcessor.from_pretrained(self.path)
+                self.tokenizer = transformers.AutoTokenizer.from_pretrained(self.path)
         except OSError as err:
             raise GenhancerError(
-                f"{self.path} could not be loaded as a {spec.model_class} with its processor and "
+                f"{self.path} could not be loaded as a {spec.full_model} with its processor and "
                 f"tokenizer files ({str(err).splitlines()[0]})"
             ) from err
-        finally:
-            transformers.logging.set_verbosity(verbosity)
         text_config = self.model.config.text_config
         self.max_length = min(int(self.tokenizer.model_max_length),
                               int(text_config.max_position_embeddings))
-        self.pad_to_max_length = spec.pad_to_max_length
+        self.pad_to_max_length = spec.text_pad_to_max_length
         self.text_inputs = ("input_ids", "attention_mask") if spec.text_attention_mask else (
             "input_ids",)
 

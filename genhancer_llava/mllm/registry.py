@@ -29,6 +29,7 @@ from pathlib import Path
 import yaml
 
 from ..errors import GenhancerError
+from ..models.families import FAMILIES, family_of_model_type, get_family
 
 __all__ = [
     "REGISTRY_ENV",
@@ -45,26 +46,17 @@ REGISTRY_ENV = "GENHANCER_TOWERS"
 PREFIX = "genhancer"
 DEFAULT_ENTRY = "default"
 
-# model_type in config.json -> tower kind. A kind says how LLaVA reads the tower's tokens.
-_KINDS = {
-    "clip": "clip",
-    "clip_vision_model": "clip",
-    "siglip": "siglip",
-    "siglip_vision_model": "siglip",
-}
-
-
 @dataclass(frozen=True)
 class TowerSpec:
     """A resolved tower: the name LLaVA stores, the folder it loads, and its kind."""
 
     name: str
     path: Path
-    kind: str  # "clip" (has a CLS token) or "siglip" (no CLS token)
+    kind: str  # the encoder family (models/families.py): "clip", "siglip", ...
 
     @property
     def has_cls_token(self) -> bool:
-        return self.kind == "clip"
+        return get_family(self.kind).has_cls_token
 
 
 def default_registry_file() -> Path:
@@ -115,12 +107,14 @@ def tower_kind(folder: Path, name: str) -> str:
         model_type = json.loads(config.read_text()).get("model_type")
     except json.JSONDecodeError as exc:
         raise GenhancerError(f"vision tower {name!r}: {config} is not valid JSON ({exc})") from exc
-    if model_type not in _KINDS:
+    found = family_of_model_type(model_type)
+    if found is None:
+        known = sorted(t for f in FAMILIES.values() for t in f.model_types())
         raise GenhancerError(
             f"vision tower {name!r}: {folder} holds a {model_type!r} model, not an encoder "
-            f"(expected one of {', '.join(sorted(_KINDS))})"
+            f"(expected one of {', '.join(known)})"
         )
-    return _KINDS[model_type]
+    return found[0].name
 
 
 def resolve_tower(name: str, registry_file: str | Path | None = None) -> TowerSpec:

@@ -24,7 +24,6 @@ default device choice. No lmms_eval here.
 
 from __future__ import annotations
 
-import os
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -36,6 +35,7 @@ import torch
 from PIL import Image
 
 from ..errors import GenhancerError
+from ..utils import default_device, default_dtype
 from .swap import checkpoint_format, resolve_encoder, swap_llava_hf_tower
 
 __all__ = ["FORMAT_GROUP", "GenerationSettings", "HFRunner", "LlavaRunner", "apply_until",
@@ -116,11 +116,7 @@ def apply_until(text: str, until: Sequence[str]) -> str:
 
 def resolve_device(device: str | None) -> str:
     """The device to run on: as given, else this process's GPU (LOCAL_RANK) or the CPU."""
-    if device:
-        return str(device)
-    if torch.cuda.is_available():
-        return f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}"
-    return "cpu"
+    return default_device(device)
 
 
 def resolve_dtype(dtype: str | torch.dtype | None, device: str) -> torch.dtype:
@@ -128,7 +124,7 @@ def resolve_dtype(dtype: str | torch.dtype | None, device: str) -> torch.dtype:
     if isinstance(dtype, torch.dtype):
         return dtype
     if dtype in (None, "", "auto"):
-        return torch.bfloat16 if str(device).startswith("cuda") else torch.float32
+        return default_dtype(device)
     value = getattr(torch, str(dtype).replace("torch.", ""), None)
     if not isinstance(value, torch.dtype):
         raise GenhancerError(f"dtype={dtype!r} is not a torch dtype (float32, bfloat16, float16)")

@@ -29,11 +29,13 @@ from typing import Any
 
 import torch
 import transformers
-from transformers import CLIPVisionModel, PreTrainedModel, SiglipVisionModel
+from transformers import PreTrainedModel
 
 from .. import __version__
 from ..errors import GenhancerError
 from ..models.encoders import folder_family
+from ..models.families import FAMILIES, family_of_model_type, get_family
+from ..utils import atomic_dir, quiet_transformers
 from .registry import PREFIX, is_genhancer_name, resolve_tower
 
 __all__ = [
@@ -55,9 +57,6 @@ FINETUNE_HINT = "scripts/llava_finetune.sh"
 # Where the original LLaVA code stores a tower's weights: LlavaMetaModel.vision_tower (the tower
 # wrapper) -> .vision_tower (the HF vision model).
 ORIGINAL_TOWER_PREFIX = "model.vision_tower.vision_tower."
-VISION_CLASSES = {"clip": CLIPVisionModel, "siglip": SiglipVisionModel}
-_VISION_MODEL_TYPES = {"clip_vision_model": "clip", "siglip_vision_model": "siglip",
-                       "clip": "clip", "siglip": "siglip"}
 # Towers original-format LLaVA checkpoints name by hub id (no config to read offline).
 KNOWN_TOWERS = {
     "openai/clip-vit-large-patch14-336": ("clip", 1024, 14, 336, 24),
@@ -138,18 +137,15 @@ def resolve_encoder(vision_tower: str | Path) -> tuple[Path, str]:
 
 
 def _quiet(fn, *args, **kwargs):
-    verbosity = transformers.logging.get_verbosity()
-    transformers.logging.set_verbosity_error()  # a full CLIPModel folder has text weights
-    try:
+    with quiet_transformers():  # a full CLIPModel folder has text weights
         return fn(*args, **kwargs)
-    finally:
-        transformers.logging.set_verbosity(verbosity)
 
 
 def load_encoder_tower(folder: str | Path) -> PreTrainedModel:
     """The encoder folder's vision tower (CLIPVisionModel / SiglipVisionModel), fp32."""
     family, _ = folder_family(folder)
-    return _quiet(VISION_CLASSES[family].from_pretrained, folder, dtype=torch.float32)
+    return _quiet(get_family(family).cls("vision_model").from_pretrained, folder,
+                  dtype=torch.float32)
 
 
 def _geometry(config, family: str, source: str) -> TowerGeometry:
@@ -198,11 +194,11 @@ def check_fits(old: TowerGeometry, new: TowerGeometry) -> None:
 
 def llava_hf_geometry(config, source: str) -> TowerGeometry:
     vision = config.vision_config
-    family = _VISION_MODEL_TYPES.get(getattr(vision, "model_type", None))
-    if family is None:
+    found = family_of_model_type(getattr(vision, "model_type", None))
+    if found is None:
         raise GenhancerError(f"{source}: vision tower type {vision.model_type!r} is not CLIP or "
                              "SigLIP; only those can be swapped")
-    return _geometry(vision, family, source)
+    return _geometry(vision, found[0].name, source)
 
 
 def _vision_tower_module(model) -> torch.nn.Module:
@@ -298,9 +294,12 @@ def _stored_geometry(state: dict[str, torch.Tensor], source: str) -> TowerGeomet
     pos = state.get("embeddings.position_embedding.weight")
     if patch is None or pos is None:
         return None
-    family = "clip" if "embeddings.class_embedding" in state else "siglip"
+    # Stored weights show the token layout only (a CLS embedding or not): name the first
+    # registered family of that layout (clip / siglip).
+    has_cls = "embeddings.class_embedding" in state
+    family = next(f.name for f in FAMILIES.values() if f.has_cls_token == has_cls)
     layers = {int(m.group(1)) for k in state if (m := re.match(r"encoder\.layers\.(\d+)\.", k))}
-    side = round((pos.shape[0] - (family == "clip")) ** 0.5)
+    side = round((pos.shape[0] - has_cls) ** 0.5)
     return TowerGeometry(family=family, hidden_size=patch.shape[0], patch_size=patch.shape[-1],
                          image_size=side * patch.shape[-1], num_layers=len(layers), source=source)
 
@@ -345,9 +344,9 @@ def check_original_fits(ckpt: Path, config: dict[str, Any], encoder_dir: Path,
             f"{new.source} does not fit original-format checkpoint {ckpt}: width: its projector "
             f"takes {width}-wide features (mm_hidden_size), the encoder gives {new.hidden_size}")
     feature = config.get("mm_vision_select_feature", "patch")
-    if new.family == "siglip" and feature == "patch":
+    if not get_family(new.family).has_cls_token and feature == "patch":
         raise GenhancerError(
-            f"{new.source} is a SigLIP encoder (no CLS token) but {ckpt} selects 'patch' "
+            f"{new.source} is a {new.family} encoder (no CLS token) but {ckpt} selects 'patch' "
             "features (drops the first token, LLaVA's CLS); such a checkpoint only fits a CLIP "
             "tower")
     old = original_geometry(ckpt, config, stored)
@@ -381,7 +380,7 @@ def swap_original(ckpt: Path, encoder_dir: Path, tower_name: str, out: Path) -> 
                 f"the tower weights stored in {ckpt} do not match the encoder's state dict "
                 f"(differing keys or shapes, e.g. {missing or 'shapes'})")
     # Copy everything, then rewrite config.json and the files holding tower weights.
-    shutil.copytree(ckpt, out)
+    shutil.copytree(ckpt, out, dirs_exist_ok=True)
     for f in with_tower:
         state = _load_weights(f)
         for key in state:
@@ -419,11 +418,7 @@ def swap_checkpoint(ckpt: str | Path, vision_tower: str | Path, output: str | Pa
         raise GenhancerError("the output folder must differ from the checkpoint")
     kind = checkpoint_format(ckpt)
     encoder_dir, tower_name = resolve_encoder(vision_tower)
-    tmp = out.with_name(out.name + ".tmp-swap")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.parent.mkdir(parents=True, exist_ok=True)
-    try:
+    with atomic_dir(out, ".tmp-swap") as tmp:
         if kind == "llava-hf":
             record = _swap_llava_hf(ckpt, encoder_dir, tmp)
         else:
@@ -440,10 +435,6 @@ def swap_checkpoint(ckpt: str | Path, vision_tower: str | Path, output: str | Pa
                      "note": f"projector and LLM trained on the old encoder; see {FINETUNE_HINT}",
                      **record},
         }, indent=2))
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    tmp.rename(out)
     return out
 
 

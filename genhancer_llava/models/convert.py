@@ -30,7 +30,6 @@ import gzip
 import json
 import math
 import pickle
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +37,7 @@ import torch
 from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPTokenizer
 
 from ..errors import GenhancerError
+from ..utils import atomic_dir
 
 __all__ = [
     "convert_open_clip",
@@ -349,22 +349,16 @@ def convert_open_clip(
             f"{unexpected[:3]})"
         )
 
-    tmp = output.with_name(output.name + ".tmp-convert")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir(parents=True)
-    hf.save_pretrained(tmp, safe_serialization=True)
-    tokenizer = openai_bpe_tokenizer(tmp)
-    tokenizer.save_pretrained(tmp)
-    preprocess = getattr(model.visual, "preprocess_cfg", {}) or {}
-    _image_processor(preprocess, config.vision_config.image_size).save_pretrained(tmp)
-    (tmp / "open_clip_source.json").write_text(json.dumps({
-        "checkpoint": str(checkpoint.resolve()),
-        "architecture": arch or model_cfg,
-        "quick_gelu": quick,
-        "open_clip_version": getattr(open_clip, "__version__", None),
-    }, indent=2, default=str))
-    if output.exists():
-        shutil.rmtree(output)
-    tmp.rename(output)
+    with atomic_dir(output, ".tmp-convert") as tmp:
+        hf.save_pretrained(tmp, safe_serialization=True)
+        tokenizer = openai_bpe_tokenizer(tmp)
+        tokenizer.save_pretrained(tmp)
+        preprocess = getattr(model.visual, "preprocess_cfg", {}) or {}
+        _image_processor(preprocess, config.vision_config.image_size).save_pretrained(tmp)
+        (tmp / "open_clip_source.json").write_text(json.dumps({
+            "checkpoint": str(checkpoint.resolve()),
+            "architecture": arch or model_cfg,
+            "quick_gelu": quick,
+            "open_clip_version": getattr(open_clip, "__version__", None),
+        }, indent=2, default=str))
     return output

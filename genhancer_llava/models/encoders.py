@@ -1,7 +1,9 @@
 """Vision encoders behind one small interface: global token, local tokens, preprocessing stats,
 LoRA target names.
 
-Two families, told apart by the folder's `config.json` `model_type`:
+Two families, told apart by the folder's `config.json` `model_type` (what differs between them
+is registered in `families.py`; a new family is one entry there, plus a wrapper here when its
+global token is formed differently):
 
 - clip: CLIPModel or CLIPVisionModelWithProjection folders (OpenAI, MetaCLIP, open_clip
   checkpoints converted by `genhancer convert-open-clip`). Global token:
@@ -23,18 +25,17 @@ from pathlib import Path
 from typing import Union
 
 import torch
-import transformers
 from torch import nn
 from transformers import (
     AutoConfig,
-    CLIPVisionConfig,
     CLIPVisionModelWithProjection,
     PretrainedConfig,
-    SiglipVisionConfig,
     SiglipVisionModel,
 )
 
 from ..errors import GenhancerError
+from ..utils import quiet_transformers
+from .families import FAMILIES, family_of_model_type, get_family, known_model_types
 
 __all__ = [
     "FAMILIES",
@@ -48,21 +49,6 @@ __all__ = [
     "check_resolution",
     "load_encoder",
 ]
-
-# OpenAI CLIP's normalisation, used when a CLIP folder has no preprocessor_config.json.
-OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
-OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
-# SigLIP's ([-1, 1]), used when a SigLIP folder has no preprocessor_config.json.
-SIGLIP_MEAN = (0.5, 0.5, 0.5)
-SIGLIP_STD = (0.5, 0.5, 0.5)
-
-# family -> {config.json model_type: what the folder holds}
-FAMILIES: dict[str, dict[str, str]] = {
-    "clip": {"clip": "CLIPModel", "clip_vision_model": "CLIPVisionModelWithProjection"},
-    "siglip": {"siglip": "SiglipModel", "siglip_vision_model": "SiglipVisionModel"},
-}
-_FULL_MODEL_TYPES = ("clip", "siglip")  # folders that also hold a text tower
-
 
 @dataclass
 class EncoderOutput:
@@ -81,48 +67,50 @@ def folder_family(path: str | Path) -> tuple[str, str]:
     if not (path / "config.json").is_file():
         raise GenhancerError(f"{path} has no config.json; it is not a Hugging Face model folder")
     model_type = json.loads((path / "config.json").read_text()).get("model_type")
-    for family, types in FAMILIES.items():
-        if model_type in types:
-            return family, model_type
-    known = ", ".join(f"{t} ({c})" for types in FAMILIES.values() for t, c in types.items())
+    found = family_of_model_type(model_type)
+    if found is not None:
+        return found[0].name, model_type
     raise GenhancerError(
         f"{path} holds a '{model_type}' model, not CLIP or SigLIP; encoder.path takes "
-        f"model_type {known} (open_clip checkpoints: `genhancer convert-open-clip` first)"
+        f"model_type {known_model_types()} (open_clip checkpoints: `genhancer convert-open-clip` "
+        "first)"
     )
 
 
 def read_vision_config(
     path: str | Path, family: str | None = None
 ) -> tuple[PretrainedConfig, str, str]:
-    """The vision config of a CLIP or SigLIP folder, and the folder's (model_type, family).
+    """The vision config of an encoder folder, and the folder's (model_type, family).
 
     Args:
-        path: a CLIPModel / CLIPVisionModelWithProjection / SiglipModel / SiglipVisionModel folder.
+        path: a full image-text model folder or a vision-tower folder of a registered family
+            (CLIPModel / CLIPVisionModelWithProjection / SiglipModel / SiglipVisionModel).
         family: the family the config expects (`encoder.family`); a mismatch is an error.
 
-    Returns (vision_config, model_type, family). For a full CLIPModel folder the vision config
-    carries the joint-space width (`projection_dim`) of the CLIPConfig.
+    Returns (vision_config, model_type, family). For a full model folder whose config carries the
+    joint-space width (`projection_dim`, CLIP), the vision config carries it too.
     """
     path = Path(path)
     found, model_type = folder_family(path)
+    spec = get_family(found)
     if family is not None and family != found:
-        presets = {"clip": "openai-clip-* or metaclip-*", "siglip": "siglip-so400m-*"}[found]
         raise GenhancerError(
-            f"encoder.family={family} but {path} holds a {FAMILIES[found][model_type]} "
-            f"(family {found}); use a {found} preset ({presets}) or set encoder.family={found}"
+            f"encoder.family={family} but {path} holds a {spec.model_types()[model_type]} "
+            f"(family {found}); use a {found} preset ({spec.presets}) or set "
+            f"encoder.family={found}"
         )
     config = AutoConfig.from_pretrained(path)
-    if model_type in _FULL_MODEL_TYPES:
+    if model_type == spec.full_model_type:
         vision = config.vision_config
-        if found == "clip":
-            # The joint-space width lives on CLIPConfig; the nested vision config carries a
+        if hasattr(config, "projection_dim"):
+            # The joint-space width lives on the full config; the nested vision config carries a
             # default (512) that would silently re-initialise visual_projection at the wrong size.
             vision.projection_dim = config.projection_dim
         return vision, model_type, found
     return config, model_type, found
 
 
-def read_clip_vision_config(path: str | Path) -> tuple[CLIPVisionConfig, str]:
+def read_clip_vision_config(path: str | Path) -> tuple[PretrainedConfig, str]:
     """(vision_config, model_type) of a CLIP folder (kept for callers of the CLIP-only API)."""
     vision, model_type, _ = read_vision_config(path, family="clip")
     return vision, model_type
@@ -131,8 +119,9 @@ def read_clip_vision_config(path: str | Path) -> tuple[CLIPVisionConfig, str]:
 def check_resolution(path: str | Path, image_size: int, vision: PretrainedConfig) -> None:
     """The tower's position embeddings cover exactly its own resolution: demand it.
 
-    CLIP towers also need the size to be a multiple of the patch; SigLIP's patch convolution
-    drops the remainder (SO400M/14 at 384 px sees 27 x 27 patches), as its own processor does.
+    Families with `patch_multiple` (CLIP) also need the size to be a multiple of the patch;
+    SigLIP's patch convolution drops the remainder (SO400M/14 at 384 px sees 27 x 27 patches),
+    as its own processor does.
     """
     if image_size != vision.image_size:
         raise GenhancerError(
@@ -140,7 +129,8 @@ def check_resolution(path: str | Path, image_size: int, vision: PretrainedConfig
             f"{vision.image_size} px only; set encoder.image_size={vision.image_size} (or use a "
             f"preset of that resolution)"
         )
-    if isinstance(vision, CLIPVisionConfig) and image_size % vision.patch_size:
+    found = family_of_model_type(getattr(vision, "model_type", None))
+    if found is not None and found[0].patch_multiple and image_size % vision.patch_size:
         raise GenhancerError(
             f"encoder.image_size={image_size} is not a multiple of the patch size "
             f"{vision.patch_size}"
@@ -173,12 +163,14 @@ class _TowerEncoder(nn.Module):
 
     family: str
 
-    def __init__(self, model: nn.Module, image_mean: tuple[float, ...],
-                 image_std: tuple[float, ...], local_token_ratio: float, global_dim: int) -> None:
+    def __init__(self, model: nn.Module, image_mean: tuple[float, ...] | None,
+                 image_std: tuple[float, ...] | None, local_token_ratio: float,
+                 global_dim: int) -> None:
         super().__init__()
         self.model = model
-        self.image_mean = tuple(image_mean)
-        self.image_std = tuple(image_std)
+        spec = get_family(self.family)  # its default normalisation when none is given
+        self.image_mean = tuple(image_mean or spec.image_mean)
+        self.image_std = tuple(image_std or spec.image_std)
         config = model.config
         self.global_dim = global_dim
         self.local_dim: int = config.hidden_size
@@ -192,7 +184,8 @@ class CLIPEncoder(_TowerEncoder):
 
     Args:
         model: the vision tower with its projection (possibly wrapped by peft for LoRA).
-        image_mean / image_std: the normalisation the tower was trained with.
+        image_mean / image_std: the normalisation the tower was trained with (default: the
+            family's, OpenAI CLIP's).
         local_token_ratio: fraction of patch tokens also returned as local tokens (ablation).
     """
 
@@ -201,8 +194,8 @@ class CLIPEncoder(_TowerEncoder):
     def __init__(
         self,
         model: CLIPVisionModelWithProjection,
-        image_mean: tuple[float, ...] = OPENAI_MEAN,
-        image_std: tuple[float, ...] = OPENAI_STD,
+        image_mean: tuple[float, ...] | None = None,
+        image_std: tuple[float, ...] | None = None,
         local_token_ratio: float = 0.0,
     ) -> None:
         super().__init__(model, image_mean, image_std, local_token_ratio,
@@ -236,7 +229,8 @@ class SiglipEncoder(_TowerEncoder):
 
     Args:
         model: a `SiglipVisionModel` with its pooling head (possibly wrapped by peft).
-        image_mean / image_std: the normalisation the tower was trained with (0.5 / 0.5).
+        image_mean / image_std: the normalisation the tower was trained with (default: the
+            family's, 0.5 / 0.5).
         local_token_ratio: fraction of patch tokens also returned as local tokens (ablation).
     """
 
@@ -245,8 +239,8 @@ class SiglipEncoder(_TowerEncoder):
     def __init__(
         self,
         model: SiglipVisionModel,
-        image_mean: tuple[float, ...] = SIGLIP_MEAN,
-        image_std: tuple[float, ...] = SIGLIP_STD,
+        image_mean: tuple[float, ...] | None = None,
+        image_std: tuple[float, ...] | None = None,
         local_token_ratio: float = 0.0,
     ) -> None:
         super().__init__(model, image_mean, image_std, local_token_ratio,
@@ -290,12 +284,8 @@ Encoder = Union[CLIPEncoder, SiglipEncoder]  # noqa: UP007 (a runtime alias)
 
 
 def _from_pretrained(cls, path: Path, config: PretrainedConfig, dtype: torch.dtype | None):
-    verbosity = transformers.logging.get_verbosity()
-    transformers.logging.set_verbosity_error()  # the text-tower keys are skipped on purpose
-    try:
+    with quiet_transformers():  # the text-tower keys are skipped on purpose
         return cls.from_pretrained(path, config=config, dtype=dtype, output_loading_info=True)
-    finally:
-        transformers.logging.set_verbosity(verbosity)
 
 
 def load_encoder(
@@ -317,30 +307,19 @@ def load_encoder(
     path = Path(path)
     vision, _, found = read_vision_config(path, family)
     check_resolution(path, image_size, vision)
-    if found == "clip":
-        model, info = _from_pretrained(CLIPVisionModelWithProjection, path, vision, dtype)
-        if info["missing_keys"]:
-            # A CLIPVisionModel folder has no visual_projection: it would be random here.
-            missing = sorted(info["missing_keys"])
-            raise GenhancerError(
-                f"{path} lacks {len(missing)} encoder weights (first: {missing[0]}); it needs the "
-                "vision tower and visual_projection (a CLIPModel or CLIPVisionModelWithProjection)"
-            )
-        mean, std = _image_stats(path, (OPENAI_MEAN, OPENAI_STD))
-        return CLIPEncoder(model, mean, std, local_token_ratio)
-
-    assert isinstance(vision, SiglipVisionConfig)
+    spec = get_family(found)
     if not getattr(vision, "vision_use_head", True):
         raise GenhancerError(
             f"the SigLIP at {path} has no attention-pooling head (vision_use_head=false); "
             "GenHancer's SigLIP global token is that head's output"
         )
-    model, info = _from_pretrained(SiglipVisionModel, path, vision, dtype)
+    model, info = _from_pretrained(spec.cls("encoder_model"), path, vision, dtype)
     if info["missing_keys"]:
+        # e.g. a CLIPVisionModel folder has no visual_projection: it would be random here.
         missing = sorted(info["missing_keys"])
         raise GenhancerError(
-            f"{path} lacks {len(missing)} SigLIP vision weights (first: {missing[0]}); it needs "
-            "the vision tower with its pooling head (a SiglipModel or SiglipVisionModel folder)"
+            f"{path} lacks {len(missing)} {spec.name} encoder weights (first: {missing[0]}); it "
+            f"needs {spec.weights_hint}"
         )
-    mean, std = _image_stats(path, (SIGLIP_MEAN, SIGLIP_STD))
-    return SiglipEncoder(model, mean, std, local_token_ratio)
+    mean, std = _image_stats(path, (spec.image_mean, spec.image_std))
+    return spec.cls("encoder")(model, mean, std, local_token_ratio)

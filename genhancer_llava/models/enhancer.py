@@ -1,14 +1,6 @@
-"""The Enhancer (encoder + projector + denoiser, the one module training prepares) and the stage
-policy that says what each stage trains.
-
-Policy table (asserted by tests):
-
-| policy      | encoder            | projector | denoiser | starts from              |
-|-------------|--------------------|-----------|----------|--------------------------|
-| stage1      | frozen             | trained   | trained  | random projector/DiT     |
-| lora-only   | LoRA (r=16) only   | frozen    | frozen   | stage-1 projector/DiT    |
-| all         | LoRA (r=16) only   | trained   | trained  | stage-1 projector/DiT    |
-| end-to-end  | LoRA (r=16) only   | trained   | trained  | random (ablation)        |
+"""The Enhancer (encoder + projector + denoiser, the one module training prepares) and
+`apply_stage_policy`, which sets what a stage trains (the policy table is in
+`genhancer_llava.stages`; tests assert it against what really trains).
 
 Frozen parts stay in the graph: in `lora-only` the loss still flows through the frozen DiT and
 projector into the LoRA weights.
@@ -16,42 +8,23 @@ projector into the LoRA weights.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 from torch import nn
 
 from ..config import Config, LoraConfig
 from ..errors import GenhancerError
+from ..stages import STAGE_POLICIES, StagePolicy
 from .denoisers import FlowDenoiser, MaskedDenoiser, build_denoiser
 from .encoders import Encoder, load_encoder
 from .projector import Projector
 
 __all__ = [
     "Enhancer",
-    "StagePolicy",
-    "STAGE_POLICIES",
     "build_enhancer",
     "apply_stage_policy",
     "add_lora",
     "trainable_parameter_table",
 ]
-
-
-@dataclass(frozen=True)
-class StagePolicy:
-    encoder_lora: bool  # False: encoder frozen; True: LoRA adapters trained, base frozen
-    projector: bool
-    denoiser: bool
-    from_stage1: bool  # projector and denoiser start from the stage-1 state
-
-
-STAGE_POLICIES: dict[str, StagePolicy] = {
-    "stage1": StagePolicy(encoder_lora=False, projector=True, denoiser=True, from_stage1=False),
-    "lora-only": StagePolicy(encoder_lora=True, projector=False, denoiser=False, from_stage1=True),
-    "all": StagePolicy(encoder_lora=True, projector=True, denoiser=True, from_stage1=True),
-    "end-to-end": StagePolicy(encoder_lora=True, projector=True, denoiser=True, from_stage1=False),
-}
 
 
 class Enhancer(nn.Module):

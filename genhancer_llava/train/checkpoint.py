@@ -17,6 +17,7 @@ from pathlib import Path
 from accelerate import Accelerator
 
 from ..errors import GenhancerError
+from ..utils import publish_dir
 from .faults import fault_at, kill_self
 from .run_dir import RunDir
 
@@ -58,7 +59,7 @@ def save_checkpoint(accelerator: Accelerator, run: RunDir, stage: str, progress:
         kill_self()
     if accelerator.is_main_process:
         (tmp / "progress.json").write_text(json.dumps(asdict(progress)))
-        tmp.rename(final)
+        publish_dir(tmp, final)
         for old in _complete(root)[:-keep]:
             shutil.rmtree(old, ignore_errors=True)
     accelerator.wait_for_everyone()

@@ -8,7 +8,6 @@ on its own. This module starts processes; it does not import accelerate itself.
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 from importlib import resources
@@ -22,7 +21,9 @@ from ..errors import GenhancerError
 from ..export import export_encoder
 from ..models.encoders import check_resolution, read_vision_config
 from ..models.targets import build_target
-from .run_dir import RunDir, stages_for
+from ..stages import stages
+from ..utils import free_port
+from .run_dir import RunDir
 
 __all__ = ["accelerate_config", "check_inputs", "prepare_run_dir", "launch_stage", "enhance"]
 
@@ -85,12 +86,6 @@ def prepare_run_dir(cfg: Config, overwrite: bool, resume: bool) -> RunDir:
     return run
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def launch_stage(
     run: RunDir,
     stage: str,
@@ -103,7 +98,7 @@ def launch_stage(
         sys.executable, "-m", "accelerate.commands.launch",
         "--config_file", str(accel_config),
         "--num_processes", str(num_processes),
-        "--main_process_port", str(_free_port()),
+        "--main_process_port", str(free_port()),
         "-m", "genhancer_llava.train",
         "--run_dir", str(run.root), "--stage", stage,
     ]
@@ -141,9 +136,9 @@ def enhance(
     config_file = accelerate_config(zero, accel_config)
     check_inputs(cfg)
     run = prepare_run_dir(cfg, overwrite, resume is not None)
-    for stage in stages_for(cfg):
-        if resume and (run.final(stage) / "summary.json").is_file():
-            print(f"[{stage}] already finished; kept", flush=True)
+    for stage in stages(cfg):
+        if resume and (run.final(stage.name) / "summary.json").is_file():
+            print(f"[{stage.name}] already finished; kept", flush=True)
             continue
-        launch_stage(run, stage, num_processes, config_file, resume)
+        launch_stage(run, stage.name, num_processes, config_file, resume)
     return export_encoder(run.root, overwrite=True)

@@ -79,12 +79,13 @@ def preview_run(path: str | Path, output: str | Path | None = None, images: int 
     from ..errors import GenhancerError
     from ..models.enhancer import build_enhancer
     from ..models.targets import build_target
-    from .run_dir import STAGES, RunDir, load_module
+    from ..stages import STAGE_NAMES
+    from .run_dir import RunDir, load_module
 
     path = Path(path)
     if (path / "config.yaml").is_file():
         run = RunDir(path)
-        done = [s for s in STAGES if (run.final(s) / "denoiser.safetensors").is_file()]
+        done = [s for s in STAGE_NAMES if (run.final(s) / "denoiser.safetensors").is_file()]
         if not done:
             raise GenhancerError(f"{path} has no finished stage yet; nothing to preview")
         final = run.final(done[-1])

@@ -8,7 +8,7 @@
                                      summary.json
     OUT/encoder/                     the exported Hugging Face folder
 
-<stage> is stage1, stage2 or end-to-end.
+<stage> is stage1, stage2 or end-to-end (`genhancer_llava.stages`).
 """
 
 from __future__ import annotations
@@ -25,14 +25,9 @@ from torch import nn
 
 from ..config import Config, load_config
 from ..errors import GenhancerError
+from ..stages import STAGE_NAMES
 
-__all__ = ["RunDir", "STAGES", "stages_for", "save_tensors", "load_module"]
-
-STAGES = ("stage1", "stage2", "end-to-end")
-
-
-def stages_for(cfg: Config) -> list[str]:
-    return ["stage1", "stage2"] if cfg.schedule == "two-stage" else ["end-to-end"]
+__all__ = ["RunDir", "save_tensors", "load_module"]
 
 
 @dataclass(frozen=True)
@@ -48,8 +43,9 @@ class RunDir:
         return self.root / "encoder"
 
     def stage(self, name: str) -> Path:
-        if name not in STAGES:
-            raise GenhancerError(f"unknown stage '{name}'; choose one of {', '.join(STAGES)}")
+        if name not in STAGE_NAMES:
+            raise GenhancerError(
+                f"unknown stage '{name}'; choose one of {', '.join(STAGE_NAMES)}")
         return self.root / name
 
     def final(self, name: str) -> Path:
@@ -75,7 +71,7 @@ class RunDir:
 
     def owned_paths(self) -> list[Path]:
         """What a run writes here (and `--overwrite` may delete); other files are left alone."""
-        return [self.config_file, self.encoder_dir, *(self.root / s for s in STAGES)]
+        return [self.config_file, self.encoder_dir, *(self.root / s for s in STAGE_NAMES)]
 
     def has_outputs(self) -> bool:
         return any(p.exists() for p in self.owned_paths())

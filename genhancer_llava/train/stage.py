@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -30,34 +29,25 @@ from ..config import Config
 from ..data import build_stream, collate
 from ..errors import GenhancerError
 from ..models.enhancer import (
-    STAGE_POLICIES,
     Enhancer,
     apply_stage_policy,
     build_enhancer,
     trainable_parameter_table,
 )
 from ..models.targets import build_target
+from ..stages import STAGE_NAMES, STAGE_POLICIES, get_stage
+from ..utils import atomic_dir, default_dtype
 from .checkpoint import Progress, load_checkpoint, read_progress, save_checkpoint
 from .faults import fault_at, kill_self
 from .preview import preview_batch, reconstruct, save_grid
 from .run_dir import RunDir, load_module, save_tensors
 
-__all__ = ["main", "train_stage", "StageTrainer", "policy_for"]
-
-
-def policy_for(cfg: Config, stage: str) -> str:
-    return {"stage1": "stage1", "stage2": cfg.stage2.mode, "end-to-end": "end-to-end"}[stage]
-
-
-def stage_settings(cfg: Config, stage: str) -> tuple[int, float]:
-    """(optimiser steps, learning rate); end-to-end trains from scratch with stage 1's."""
-    s = cfg.stage2 if stage == "stage2" else cfg.stage1
-    return s.steps, s.lr
+__all__ = ["main", "train_stage", "StageTrainer"]
 
 
 def resolve_mixed_precision(value: str) -> str:
     if value == "auto":
-        return "bf16" if torch.cuda.is_available() else "no"
+        return "bf16" if default_dtype() == torch.bfloat16 else "no"
     return value
 
 
@@ -92,20 +82,20 @@ def global_batch(cfg: Config, world_size: int) -> int:
 
 
 def build_model(cfg: Config, run: RunDir, stage: str) -> tuple[Enhancer, str]:
-    policy = policy_for(cfg, stage)
-    rule = STAGE_POLICIES[policy]
-    final = run.final("stage1")
-    if rule.from_stage1 and not (final / "denoiser.safetensors").is_file():
-        raise GenhancerError(
-            f"{stage} ({policy}) starts from the stage-1 state, but {final} is missing; run "
-            "stage 1 first (genhancer enhance runs both), or set schedule=end-to-end"
-        )
+    spec = get_stage(cfg, stage)
+    if spec.starts_from is not None:
+        final = run.final(spec.starts_from)
+        if not (final / "denoiser.safetensors").is_file():
+            raise GenhancerError(
+                f"{stage} ({spec.policy}) starts from the stage-1 state, but {final} is missing; "
+                "run stage 1 first (genhancer enhance runs both), or set schedule=end-to-end"
+            )
     enhancer = build_enhancer(cfg)
-    if rule.from_stage1:
+    if spec.starts_from is not None:
         load_module(enhancer.projector, final / "projector.safetensors")
         load_module(enhancer.denoiser, final / "denoiser.safetensors")
-    apply_stage_policy(enhancer, policy, cfg.lora)
-    return enhancer, policy
+    apply_stage_policy(enhancer, spec.policy, cfg.lora)
+    return enhancer, spec.policy
 
 
 def build_dataloader(cfg: Config, enhancer: Enhancer, accelerator: Accelerator,
@@ -145,17 +135,12 @@ def save_final(accelerator: Accelerator, model: torch.nn.Module, run: RunDir, st
     """projector/denoiser weights, the LoRA adapter (peft format) and summary.json."""
     state = accelerator.get_state_dict(model)  # gathered on rank 0 under ZeRO-3
     if accelerator.is_main_process:
-        final = run.final(stage)
-        tmp = final.with_name("final.tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-        for part in ("projector", "denoiser"):
-            save_tensors(_sub_state(state, f"{part}."), tmp / f"{part}.safetensors")
-        if STAGE_POLICIES[summary["policy"]].encoder_lora:
-            _save_adapter(accelerator.unwrap_model(model), state, tmp / "adapter")
-        (tmp / "summary.json").write_text(json.dumps(summary, indent=2))
-        shutil.rmtree(final, ignore_errors=True)
-        tmp.rename(final)
+        with atomic_dir(run.final(stage)) as tmp:  # final.tmp -> final
+            for part in ("projector", "denoiser"):
+                save_tensors(_sub_state(state, f"{part}."), tmp / f"{part}.safetensors")
+            if STAGE_POLICIES[summary["policy"]].encoder_lora:
+                _save_adapter(accelerator.unwrap_model(model), state, tmp / "adapter")
+            (tmp / "summary.json").write_text(json.dumps(summary, indent=2))
     accelerator.wait_for_everyone()
 
 
@@ -208,7 +193,8 @@ class StageTrainer:
         self.cfg, self.run, self.stage = cfg, run, stage
         self.accelerator = accelerator = setup_accelerator(cfg, run, stage)
         self.rank, self.world = accelerator.process_index, accelerator.num_processes
-        self.steps, self.lr = stage_settings(cfg, stage)
+        spec = get_stage(cfg, stage)
+        self.steps, self.lr = spec.steps, spec.lr
         set_seed(cfg.run.seed)  # same initial weights on every rank
         enhancer, self.policy = build_model(cfg, run, stage)
         set_seed(cfg.run.seed, device_specific=True)  # different noise and timesteps per rank
@@ -388,7 +374,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m genhancer_llava.train",
                                      description="Train one stage of a GenHancer run.")
     parser.add_argument("--run_dir", required=True, help="run folder holding config.yaml")
-    parser.add_argument("--stage", required=True, choices=["stage1", "stage2", "end-to-end"])
+    parser.add_argument("--stage", required=True, choices=STAGE_NAMES)
     parser.add_argument("--resume", default=None, help="'latest' or a checkpoint folder")
     args = parser.parse_args(argv)
     try:
