@@ -58,6 +58,34 @@ def test_pope_hooks_use_llavas_parse():
     assert hooks.pope_yes_ratio(records) == 0.75  # the model's, not the ground truth's (0.5)
 
 
+def test_lmms_eval_reads_the_yamls_as_the_projects_hooks():
+    """lmms-eval's own loader (TaskManager + load_yaml_config) resolves every `!function`."""
+    pytest.importorskip("lmms_eval", reason="lmms-eval is the [lmms] extra")
+    from lmms_eval.tasks import TaskManager
+    from lmms_eval.utils import load_yaml_config
+
+    manager = TaskManager(include_path=str(TASKS_DIR))
+
+    def config(name: str) -> dict:
+        return load_yaml_config(manager.task_index[name]["yaml_path"], mode="full")
+
+    cv = config("cv_bench_cambrian")
+    assert cv["process_results"] is hooks.cv_bench_process_results
+    assert {m["metric"]: m["aggregation"] for m in cv["metric_list"]} == {
+        "cv_bench_overall": hooks.cv_bench_overall, "cv_bench_2d": hooks.cv_bench_2d,
+        "cv_bench_3d": hooks.cv_bench_3d}
+    assert cv["doc_to_text"].__module__ == "lmms_eval.tasks.cv_bench.utils"  # the stock prompt
+    for name in ("pope_llava", "pope_llava_adv", "pope_llava_pop", "pope_llava_random"):
+        pope = config(name)
+        assert pope["process_results"] is hooks.pope_process_results, name
+        assert {m["metric"]: m["aggregation"] for m in pope["metric_list"]}[
+            "pope_llava_f1"] is hooks.pope_f1, name
+    group = config("pope_llava_full")
+    assert group["task"] == ["pope_llava_adv", "pope_llava_pop", "pope_llava_random"]
+    assert group["aggregate_metric_list"] == [
+        {"metric": "pope_llava_f1", "aggregation": "mean", "weight_by_size": False}]
+
+
 # --- the real lmms-eval on the fixtures ------------------------------------------------------
 
 
