@@ -7,6 +7,7 @@ accelerate or DeepSpeed. The training application lives in `genhancer_llava.trai
 from .config import Config, available_presets, load_config
 from .errors import ConfigError, GenhancerError
 
+# The one place the version is written: pyproject.toml reads it from here (setuptools dynamic).
 __version__ = "0.1.0"
 
 __all__ = [

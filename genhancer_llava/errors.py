@@ -6,7 +6,10 @@ message must say what is wrong and what to do about it.
 
 from __future__ import annotations
 
-__all__ = ["GenhancerError", "ConfigError"]
+__all__ = ["GenhancerError", "ConfigError", "Stopped", "STOPPED_EXIT"]
+
+# EX_TEMPFAIL ("try again"): a batch script requeues on it, see README "Preemption"
+STOPPED_EXIT = 75
 
 
 class GenhancerError(Exception):
@@ -15,3 +18,10 @@ class GenhancerError(Exception):
 
 class ConfigError(GenhancerError, ValueError):
     """A bad configuration value."""
+
+
+class Stopped(GenhancerError):
+    """A run stopped on request (SIGTERM/SIGINT) after writing a checkpoint; it can resume.
+
+    The CLI prints it as `stopped: ...` and exits with STOPPED_EXIT, not 2.
+    """

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
+# Usage: enhance_clip.sh --preset NAME [flags] [key=value ...]: trains ANY shipped encoder, CLIP,
+# MetaCLIP and SigLIP alike (e.g. --preset siglip-so400m-384); the name is the one first asked for.
 # The two-stage GenHancer enhancement: stage 1, stage 2 and export, each stage launched with
-# `accelerate launch` on DeepSpeed ZeRO (genhancer_llava/train/launch_configs/zero{2,3}.yaml). Any preset: CLIP,
-# MetaCLIP and SigLIP backbones alike (e.g. --preset siglip-so400m-384).
+# `accelerate launch` on DeepSpeed ZeRO (launch configs shipped in the package,
+# genhancer_llava/train/launch_configs/zero{2,3}.yaml).
 #
 #   bash scripts/enhance_clip.sh --preset openai-clip-l14-224 --num_processes 8 --zero 2 \
 #       encoder.path=/models/clip-vit-large-patch14 target.path=/models/flux-vae \

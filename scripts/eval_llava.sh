@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # lmms-eval (mmvp, cv_bench, pope_full, pope) on a base and an enhanced LLaVA, then the
 # paper-faithful report. Thin wrapper: the logic is `--model genhancer_llava` and
-# `genhancer eval report`.
+# `genhancer eval lmms-report`.
 #
 #   bash scripts/eval_llava.sh --base /models/llava-1.5-7b-hf \
 #       --enhanced runs/llava-1.5-7b-hf-genhancer --output runs/eval/llava
@@ -46,5 +46,5 @@ run() {  # run NAME MODEL_ARGS
 }
 run base "pretrained=$base" "$@"
 run enhanced "$enhanced_args" "$@"
-exec "$python" -m genhancer_llava.cli eval report "$output/base" "$output/enhanced" \
+exec "$python" -m genhancer_llava.cli eval lmms-report "$output/base" "$output/enhanced" \
     --name base --name enhanced --output "$output/report"

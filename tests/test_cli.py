@@ -7,7 +7,7 @@ import pytest
 from genhancer_llava.cli.main import main
 from genhancer_llava.models.tiny import make_tiny_clip
 
-from .conftest import cli_error, run_python
+from .conftest import REPO, cli_error, run_python
 
 
 def test_unknown_preset(capsys, tmp_path):
@@ -105,3 +105,24 @@ def test_presets_and_config_commands(capsys):
     main(["config", "--preset", "openai-clip-l14-336", "stage1.steps=5"])
     out = capsys.readouterr().out
     assert "image_size: 336" in out and "steps: 5" in out
+
+
+def test_eval_lmms_report_keeps_report_as_an_alias():
+    from genhancer_llava.cli.eval import cmd_eval_lmms_report
+    from genhancer_llava.cli.main import build_parser
+
+    for name in ("lmms-report", "report"):
+        args = build_parser().parse_args(["eval", name, "runs/lmms/base"])
+        assert args.func is cmd_eval_lmms_report and args.results_dirs == ["runs/lmms/base"]
+
+
+def test_version_is_written_once():
+    """pyproject.toml reads the version from genhancer_llava.__version__ (setuptools' reader)."""
+    from setuptools.config.pyprojecttoml import read_configuration
+
+    import genhancer_llava
+
+    static = read_configuration(REPO / "pyproject.toml", expand=False)["project"]
+    assert "version" not in static and static["dynamic"] == ["version"]
+    expanded = read_configuration(REPO / "pyproject.toml", expand=True)["project"]
+    assert expanded["version"] == genhancer_llava.__version__

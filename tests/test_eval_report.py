@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from genhancer_llava.cli.main import _demo_scores, main
+from genhancer_llava.cli.main import main
+from genhancer_llava.demo import demo_scores
 from genhancer_llava.evaluation import PATTERNS, make_mmvp_benchmark, make_zeroshot_fixture
 from genhancer_llava.models.tiny import make_tiny_clip
 
@@ -118,7 +119,7 @@ def test_demo_final_step_prints_the_mmvp_table_and_writes_the_chart(capsys, tmp_
     base = make_tiny_clip(tmp_path / "base-clip", image_size=64, projection_dim=64)
     enhanced = make_tiny_clip(tmp_path / "encoder", image_size=64, projection_dim=64, seed=3)
     capsys.readouterr()
-    _demo_scores(tmp_path, base, enhanced)
+    demo_scores(tmp_path, base, enhanced)
     stdout = capsys.readouterr().out
     assert "== MMVP-VLM format, generated benchmark (a format fixture, not MMVP-VLM) ==" in stdout
     lines = stdout.splitlines()

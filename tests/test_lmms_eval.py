@@ -10,7 +10,7 @@ checkout is installed, the installed metadata declares the same manifest as well
 lmms-eval merges without conflict (same class paths; see test_manifest_registers_twice).
 
 With tiny random models the answers are garbage: the test checks that every metric exists and
-equals what the per-sample logs give when recomputed (`genhancer eval report`'s code).
+equals what the per-sample logs give when recomputed (`genhancer eval lmms-report`'s code).
 """
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
-"""`genhancer eval report` on hand-made lmms-eval logs with known answers: the paper metrics."""
+"""`genhancer eval lmms-report` (alias `report`) on hand-made lmms-eval logs with known answers:
+the paper metrics."""
 
 from __future__ import annotations
 
@@ -120,7 +121,7 @@ def test_paper_metrics_from_known_answers(tmp_path):
 def test_report_command_two_models(tmp_path, capsys):
     base, enhanced = write_logs(tmp_path / "base"), write_logs(tmp_path / "enhanced")
     out = tmp_path / "report"
-    main(["eval", "report", str(base), str(enhanced), "--output", str(out)])
+    main(["eval", "lmms-report", str(base), str(enhanced), "--output", str(out)])
     printed = capsys.readouterr().out
     assert "| base | 66.7 | 83.3 | 50.0 | 66.7 | 66.7 |" in printed
     assert "| delta | +0.0" in printed or "| delta | 0.0" in printed

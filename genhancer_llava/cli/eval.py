@@ -79,7 +79,7 @@ def cmd_eval_make_benchmark(args: argparse.Namespace) -> None:
         print(f"zero-shot fixture: --classification {cls} --retrieval {ret}")
 
 
-def cmd_eval_report(args: argparse.Namespace) -> None:
+def cmd_eval_lmms_report(args: argparse.Namespace) -> None:
     from ..evaluation.lmms_report import lmms_markdown, write_lmms_report
 
     scores, files = write_lmms_report(args.results_dirs, args.output, args.name)
@@ -139,12 +139,14 @@ def add_eval_parsers(sub) -> None:
     p.add_argument("--overwrite", action="store_true")
     p.set_defaults(func=cmd_eval_make_benchmark)
 
-    p = eval_sub.add_parser("report", help="paper metrics from lmms-eval runs (mmvp, cv_bench, "
-                                           "pope), one RESULTS_DIR per model")
+    # `report` was its first name; kept as an alias so existing scripts keep working
+    p = eval_sub.add_parser("lmms-report", aliases=["report"],
+                            help="paper metrics from lmms-eval runs only (mmvp, cv_bench, pope "
+                                 "--log_samples outputs), one RESULTS_DIR per model")
     p.add_argument("results_dirs", nargs="+", metavar="RESULTS_DIR",
                    help="an lmms-eval --output_path of one model (run with --log_samples)")
     p.add_argument("--name", action="append", help="table label per RESULTS_DIR (default folder)")
     p.add_argument("--output", default="runs/eval/lmms-report")
-    p.set_defaults(func=cmd_eval_report)
+    p.set_defaults(func=cmd_eval_lmms_report)
 
 

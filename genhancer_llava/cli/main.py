@@ -11,7 +11,7 @@
     genhancer eval zeroshot --model DIR [...] [--classification DIR] [--retrieval JSON]
     genhancer eval compare BASE ENHANCED [--mmvp DIR] [--classification DIR] [--retrieval JSON]
     genhancer eval make-benchmark OUT [--pairs_per_pattern 15] [--with_zeroshot]
-    genhancer eval report RESULTS_DIR [RESULTS_DIR ...] [--name NAME ...] [--output DIR]
+    genhancer eval lmms-report RESULTS_DIR [RESULTS_DIR ...] [--name NAME ...] [--output DIR]
     genhancer swap --llava CKPT --vision-tower DIR --output OUT
 
 Mistakes in the input print one line, `error: ...`, and exit with status 2.
@@ -20,16 +20,14 @@ Mistakes in the input print one line, `error: ...`, and exit with status 2.
 from __future__ import annotations
 
 import argparse
-import json
-import subprocess
+import shlex
 import sys
-import textwrap
 from pathlib import Path
 
 import yaml
 
 from ..config import available_presets, load_config
-from ..errors import GenhancerError
+from ..errors import STOPPED_EXIT, GenhancerError, Stopped
 from .eval import add_eval_parsers
 
 __all__ = ["main", "build_parser"]
@@ -64,8 +62,13 @@ def cmd_enhance(args: argparse.Namespace) -> None:
 
 def cmd_export(args: argparse.Namespace) -> None:
     from ..export import export_encoder
+    from ..train.run_lock import hold_run
 
-    print(f"enhanced encoder: {export_encoder(args.run_dir, args.output, args.overwrite)}")
+    if not Path(args.run_dir).is_dir():
+        raise GenhancerError(f"run folder {args.run_dir} does not exist")
+    with hold_run(args.run_dir, "genhancer export"):  # not while a run writes the folder
+        encoder_dir = export_encoder(args.run_dir, args.output, args.overwrite)
+    print(f"enhanced encoder: {encoder_dir}")
 
 
 def cmd_preview(args: argparse.Namespace) -> None:
@@ -107,55 +110,9 @@ def cmd_convert_open_clip(args: argparse.Namespace) -> None:
 
 
 def cmd_demo(args: argparse.Namespace) -> None:
-    """The built-in demo: tiny CLIP -> both stages on DeepSpeed ZeRO-2 -> export -> check."""
-    from ..models.tiny import make_tiny_clip
-    from ..stages import stages
-    from ..train.launch import enhance
-    from ..train.run_dir import RunDir
+    from ..demo import run_demo
 
-    out = Path(args.output)
-    cfg = load_config("demo", overrides=[f"run.output_dir={out}"])
-    base = make_tiny_clip(out / "base-clip", image_size=cfg.encoder.image_size, patch_size=8,
-                          hidden_size=64, projection_dim=64)
-    cfg = load_config("demo", overrides=[f"run.output_dir={out}", f"encoder.path={base}"])
-    print(f"demo: random tiny CLIP at {base}; enhancing with preset 'demo'", flush=True)
-    encoder_dir = enhance(cfg, num_processes=1, zero=2, overwrite=args.overwrite)
-    run = RunDir(out)
-    print("\n== GenHancer demo ==")
-    for stage in stages(cfg):
-        s = run.summary(stage.name)
-        print(f"{stage.name:<8} ({s['policy']}): {s['loss']} {s['loss_first']:.4f} at start -> "
-              f"{s['loss_last']:.4f} at step {s['steps']}")
-    check = textwrap.dedent(f"""
-        from transformers import CLIPModel, CLIPVisionModel
-        CLIPModel.from_pretrained({str(encoder_dir)!r})
-        CLIPVisionModel.from_pretrained({str(encoder_dir)!r})
-    """)
-    subprocess.run([sys.executable, "-c", check], check=True, capture_output=True)
-    print(f"enhanced encoder: {encoder_dir}")
-    print("  loads with CLIPModel.from_pretrained and CLIPVisionModel.from_pretrained")
-    info = json.loads((encoder_dir / "genhancer.json").read_text())
-    print(f"  provenance: {encoder_dir / 'genhancer.json'} (base {info['base_model']})")
-    _demo_scores(out, base, encoder_dir)
-
-
-def _demo_scores(out: Path, base: Path, encoder_dir: Path) -> None:
-    """The demo's last step: base vs enhanced on the generated MMVP-VLM-format benchmark."""
-    from ..evaluation import make_mmvp_benchmark, make_zeroshot_fixture, mmvp_markdown
-    from ..evaluation.report import zeroshot_markdown
-    from ..evaluation.runs import compare
-
-    bench = make_mmvp_benchmark(out / "eval" / "generated-mmvp-vlm", overwrite=True)
-    cls, ret = make_zeroshot_fixture(out / "eval" / "generated-zeroshot")
-    result = compare(base, encoder_dir, out / "eval" / "report", mmvp_data=bench,
-                     classification=cls, retrieval=ret)
-    print("\n== MMVP-VLM format, generated benchmark (a format fixture, not MMVP-VLM) ==")
-    print(f"benchmark: {bench} (9 patterns x 15 pairs, drawn images)")
-    print(mmvp_markdown(result.mmvp, delta=True), end="")
-    print("zero-shot on generated shapes (%):")
-    print(zeroshot_markdown(result.zeroshot, delta=True), end="")
-    print(f"bar chart: {result.files['mmvp_figure']}")
-    print(f"report: {result.files['markdown']} (+ report.json, report.png)")
+    run_demo(args.output, args.overwrite)
 
 
 def cmd_swap(args: argparse.Namespace) -> None:
@@ -245,10 +202,29 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def resume_command(argv: list[str]) -> str:
+    """The command line that continues a stopped `genhancer ARGV`."""
+    words, skip = [], False
+    for word in argv:
+        if skip:
+            skip = False
+        elif word == "--overwrite":
+            continue
+        elif word == "--resume":
+            skip = True
+        elif not word.startswith("--resume="):
+            words.append(word)
+    return shlex.join(["genhancer", *words, "--resume", "latest"])
+
+
 def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
     args = build_parser().parse_args(argv)
     try:
         args.func(args)
+    except Stopped as err:
+        print(f"stopped: {err}; continue with: {resume_command(argv)}", file=sys.stderr)
+        sys.exit(STOPPED_EXIT)
     except GenhancerError as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)

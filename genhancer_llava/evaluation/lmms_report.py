@@ -33,7 +33,7 @@ from ..errors import GenhancerError
 from .report import _mpl
 
 __all__ = ["LmmsRun", "load_lmms_run", "score_run", "lenient_letter", "lenient_yes_no",
-           "lmms_markdown", "write_lmms_report", "POPE_SPLITS"]
+           "cambrian_scores", "pope_scores", "lmms_markdown", "write_lmms_report", "POPE_SPLITS"]
 
 POPE_SPLITS = {"pope_adv": "adversarial", "pope_pop": "popular", "pope_random": "random",
                "pope": "all"}
@@ -130,6 +130,22 @@ def _mmvp(samples: list[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
+def cambrian_scores(correct_by_source: dict[str, list[bool]]) -> dict[str, float | None]:
+    """CV-Bench as Cambrian reports it, from per-source correctness (fractions, not %).
+
+    2D = mean(ADE20K, COCO), 3D = Omni3D, overall = mean(2D, 3D); `None` where a source is
+    missing. Also each source's accuracy and the plain sample accuracy (lmms-eval's number).
+    """
+    acc = {src: _mean(v) for src, v in correct_by_source.items()}
+    two_d = [acc[s] for s in ("ADE20K", "COCO") if acc.get(s) is not None]
+    d2 = _mean(two_d) if len(two_d) == 2 else None
+    d3 = acc.get("Omni3D")
+    overall = (d2 + d3) / 2 if d2 is not None and d3 is not None else None
+    return {"2D": d2, "3D": d3, "overall": overall,
+            "sample_accuracy": _mean([x for v in correct_by_source.values() for x in v]),
+            **{src: acc.get(src) for src in CV_SOURCES}}
+
+
 def _cv_bench(samples: list[dict[str, Any]]) -> dict[str, Any]:
     out: dict[str, Any] = {"questions": len(samples)}
     for mode in ("exact", "lenient"):
@@ -139,27 +155,29 @@ def _cv_bench(samples: list[dict[str, Any]]) -> dict[str, Any]:
             ok = rec["is_correct"] if mode == "exact" else \
                 lenient_letter(rec["pred"]) == rec["gt_content"]
             by_source.setdefault(rec["source"], []).append(bool(ok))
-        acc = {src: _mean(v) for src, v in by_source.items()}
-        two_d = [acc[s] for s in ("ADE20K", "COCO") if s in acc]
-        d2 = _mean(two_d) if len(two_d) == 2 else None
-        d3 = acc.get("Omni3D")
-        overall = (d2 + d3) / 2 if d2 is not None and d3 is not None else None
-        out[mode] = {"2D": _pct(d2), "3D": _pct(d3), "overall": _pct(overall),
-                     "sample_accuracy": _pct(_mean([x for v in by_source.values() for x in v])),
-                     **{src: _pct(acc.get(src)) for src in CV_SOURCES}}
+        out[mode] = {k: _pct(v) for k, v in cambrian_scores(by_source).items()}
     return out
 
 
-def _binary(preds: list[str], truths: list[str]) -> dict[str, float | None]:
+def pope_scores(preds: Sequence[str], truths: Sequence[str]) -> dict[str, float]:
+    """POPE as LLaVA's eval_pope reports it (fractions): 'yes' is the positive class.
+
+    Accuracy, precision, recall, F1 and the MODEL's yes-ratio (lmms-eval's `pope_yes_ratio` is
+    the ground truth's). `preds` are already parsed to 'yes'/'no' (`lenient_yes_no`).
+    """
     tp = sum(p == "yes" and t == "yes" for p, t in zip(preds, truths, strict=True))
     fp = sum(p == "yes" and t == "no" for p, t in zip(preds, truths, strict=True))
     fn = sum(p != "yes" and t == "yes" for p, t in zip(preds, truths, strict=True))
     precision = tp / (tp + fp) if tp + fp else 0.0
     recall = tp / (tp + fn) if tp + fn else 0.0
     f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
-    return {"accuracy": _pct(_mean([p == t for p, t in zip(preds, truths, strict=True)])),
-            "precision": _pct(precision), "recall": _pct(recall), "f1": _pct(f1),
-            "yes_ratio": _pct(_mean([p == "yes" for p in preds]))}
+    return {"accuracy": _mean([p == t for p, t in zip(preds, truths, strict=True)]),
+            "precision": precision, "recall": recall, "f1": f1,
+            "yes_ratio": _mean([p == "yes" for p in preds])}
+
+
+def _binary(preds: list[str], truths: list[str]) -> dict[str, float | None]:
+    return {k: _pct(v) for k, v in pope_scores(preds, truths).items()}
 
 
 def _pope_exact(records: list[dict[str, Any]]) -> dict[str, float | None]:

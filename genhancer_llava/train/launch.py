@@ -7,8 +7,9 @@ on its own. This module starts processes; it does not import accelerate itself.
 
 from __future__ import annotations
 
+import json
 import os
-import subprocess
+import signal
 import sys
 from importlib import resources
 from pathlib import Path
@@ -17,13 +18,15 @@ import torch
 
 from ..config import Config
 from ..data import expand_shards
-from ..errors import GenhancerError
+from ..errors import GenhancerError, Stopped
 from ..export import export_encoder
 from ..models.encoders import check_resolution, read_vision_config
 from ..models.targets import build_target
 from ..stages import stages
 from ..utils import free_port
+from .processes import DEFAULT_GRACE_S, GRACE_ENV, run_launcher
 from .run_dir import RunDir
+from .run_lock import hold_run
 
 __all__ = ["accelerate_config", "check_inputs", "prepare_run_dir", "launch_stage", "enhance"]
 
@@ -108,9 +111,30 @@ def launch_stage(
     env.setdefault("MASTER_ADDR", "127.0.0.1")
     if not torch.cuda.is_available():
         env.setdefault("DS_ACCELERATOR", "cpu")  # the launcher imports DeepSpeed too
-    code = subprocess.call(cmd, env=env)
+    # the agent's wait between passing SIGTERM on and SIGKILL: time for the last checkpoint
+    env.setdefault("TORCH_ELASTIC_SHUTDOWN_TIMEOUT",
+                   str(int(float(env.get(GRACE_ENV, DEFAULT_GRACE_S)))))
+    record = run.stage(stage) / "stopped.json"  # written by rank 0 when it stops on a signal
+    record.unlink(missing_ok=True)
+    code, received = run_launcher(cmd, env)
+    _raise_if_stopped(stage, record, received, code)
     if code != 0:
         raise GenhancerError(f"{stage} failed (exit code {code}); its error is printed above")
+
+
+def _raise_if_stopped(stage: str, record: Path, received: int | None, code: int) -> None:
+    if record.is_file():
+        info = json.loads(record.read_text())
+        if info.get("checkpoint"):
+            raise Stopped(f"[{stage}] {info['signal']} received: stopped after step "
+                          f"{info['step']} of {info['steps']}, checkpoint {info['checkpoint']}")
+        raise Stopped(f"[{stage}] {info['signal']} received after the stage finished")
+    if received is not None:
+        name = signal.Signals(received).name
+        if code == 0:
+            raise Stopped(f"[{stage}] {name} received after the stage finished")
+        raise Stopped(f"[{stage}] {name} received; the launch ended (exit code {code}) "
+                      "without a clean stop; the checkpoints written before are kept")
 
 
 def enhance(
@@ -135,10 +159,12 @@ def enhance(
         raise GenhancerError(f"--num_processes {num_processes} is invalid; use 1 or more")
     config_file = accelerate_config(zero, accel_config)
     check_inputs(cfg)
-    run = prepare_run_dir(cfg, overwrite, resume is not None)
-    for stage in stages(cfg):
-        if resume and (run.final(stage.name) / "summary.json").is_file():
-            print(f"[{stage.name}] already finished; kept", flush=True)
-            continue
-        launch_stage(run, stage.name, num_processes, config_file, resume)
-    return export_encoder(run.root, overwrite=True)
+    # one writer per run folder: held through every launch and the export
+    with hold_run(cfg.run.output_dir, "genhancer enhance"):
+        run = prepare_run_dir(cfg, overwrite, resume is not None)
+        for stage in stages(cfg):
+            if resume and (run.final(stage.name) / "summary.json").is_file():
+                print(f"[{stage.name}] already finished; kept", flush=True)
+                continue
+            launch_stage(run, stage.name, num_processes, config_file, resume)
+        return export_encoder(run.root, overwrite=True)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
 import time
 from pathlib import Path
@@ -27,7 +28,7 @@ from tqdm.auto import tqdm
 
 from ..config import Config
 from ..data import build_stream, collate
-from ..errors import GenhancerError
+from ..errors import STOPPED_EXIT, GenhancerError, Stopped
 from ..models.enhancer import (
     Enhancer,
     apply_stage_policy,
@@ -38,9 +39,12 @@ from ..models.targets import build_target
 from ..stages import STAGE_NAMES, STAGE_POLICIES, get_stage
 from ..utils import atomic_dir, default_dtype
 from .checkpoint import Progress, load_checkpoint, read_progress, save_checkpoint
-from .faults import fault_at, kill_self
+from .faults import fault_at, kill_self, signal_self
+from .meter import WindowMeter
 from .preview import preview_batch, reconstruct, save_grid
+from .processes import StopRequest, guard_worker
 from .run_dir import RunDir, load_module, save_tensors
+from .run_lock import TRAIN_LOCK, RunLock
 
 __all__ = ["main", "train_stage", "StageTrainer"]
 
@@ -186,11 +190,24 @@ def _all_finite(accelerator: Accelerator, loss: torch.Tensor) -> bool:
     return accelerator.reduce(bad, "sum").item() == 0
 
 
+def _agreed_stop(accelerator: Accelerator, stop: StopRequest) -> str | None:
+    """The stop signal's name if any rank got one, on every rank alike (one tiny all-reduce)."""
+    got = torch.tensor([float(stop.signal == signal.SIGTERM), float(stop.signal == signal.SIGINT)],
+                       device=accelerator.device)
+    if accelerator.num_processes > 1:
+        got = accelerator.reduce(got, "sum")
+    if got[0] > 0:
+        return "SIGTERM"
+    return "SIGINT" if got[1] > 0 else None
+
+
 class StageTrainer:
     """One stage, recipe-style: setup (here), `fit` (the loop), `checkpoint`, `finish`."""
 
-    def __init__(self, cfg: Config, run: RunDir, stage: str, resume_from: str | None = None):
+    def __init__(self, cfg: Config, run: RunDir, stage: str, resume_from: str | None = None,
+                 stop: StopRequest | None = None):
         self.cfg, self.run, self.stage = cfg, run, stage
+        self.stop_request = stop or StopRequest()  # not installed: a plain flag nobody sets
         self.accelerator = accelerator = setup_accelerator(cfg, run, stage)
         self.rank, self.world = accelerator.process_index, accelerator.num_processes
         spec = get_stage(cfg, stage)
@@ -202,9 +219,11 @@ class StageTrainer:
         self.loss_name = "mask_loss" if cfg.denoiser.kind == "masked" else "flow_loss"
         dtype = torch.bfloat16 if accelerator.mixed_precision == "bf16" else torch.float32
         self.target = build_target(cfg.target, accelerator.device, dtype)
-        checkpoint, self.progress = None, Progress(batches_per_rank=[0] * self.world)
+        checkpoint, pin = None, None
+        self.progress = Progress(batches_per_rank=[0] * self.world)
         if resume_from:
-            checkpoint, self.progress = read_progress(run, stage, resume_from, self.world)
+            checkpoint, self.progress, pin = read_progress(run, stage, resume_from, self.world,
+                                                           accelerator.print)
         self.batches_seen = self.progress.batches_per_rank[self.rank]
         self.dataloader = build_dataloader(cfg, enhancer, accelerator, self.batches_seen)
         self.previews = preview_batch(cfg, enhancer, cfg.run.preview_images)
@@ -214,6 +233,7 @@ class StageTrainer:
         )
         if checkpoint is not None:
             load_checkpoint(accelerator, checkpoint)  # model, optimiser, scheduler, RNG states
+            pin.release()  # loaded: rotation may delete it from now on
             accelerator.print(f"[{stage}] resumed from {checkpoint} at step {self.progress.step}")
         accelerator.init_trackers("genhancer",
                                   config={"stage": stage, "policy": self.policy, "lr": self.lr})
@@ -226,6 +246,7 @@ class StageTrainer:
         self.pending_keys: list[str] = []
         self.images = self.skipped = 0  # this rank's, since the last checkpoint
         self.tic = time.perf_counter()
+        self.meter = WindowMeter()  # this rank's images and training time since the last log
 
     def micro_step(self, batch: dict[str, Any]) -> float:
         """Forward + backward of one micro-batch; the optimiser steps when accumulation ends."""
@@ -258,6 +279,7 @@ class StageTrainer:
         window: list[float] = []  # optimiser-step losses since the last log line
         batches = iter(self.dataloader)
         self.model.train()
+        self.stop_request.armed = True  # from here a stop signal means: this step, save, exit
         try:
             while progress.step < self.steps:
                 batch = next(batches)
@@ -268,6 +290,7 @@ class StageTrainer:
                 self.pending_keys.extend(batch["keys"])
                 micro_losses.append(self.micro_step(batch))
                 self.images += batch["pixel_values"].shape[0]
+                self.meter.add(batch["pixel_values"].shape[0])
                 if not self.accelerator.sync_gradients:
                     continue
                 progress.step += 1
@@ -280,24 +303,39 @@ class StageTrainer:
                 bar.update(1)
                 if fault_at("kill-after-step", step):
                     kill_self()
+                if fault_at("sigterm-after-step", step):
+                    signal_self(signal.SIGTERM)
                 if step < self.steps and _every(step, cfg.run.preview_every):
                     self.preview(f"step-{step:08d}.png")
-                if step < self.steps and _every(step, cfg.run.save_every):
+                saved = step < self.steps and _every(step, cfg.run.save_every)
+                if saved:
                     self.checkpoint()
+                if step < self.steps:
+                    stop = _agreed_stop(self.accelerator, self.stop_request)
+                    if stop:
+                        bar.close()
+                        self.stop(stop, saved)
         finally:
             bar.close()  # before any error message, so that the message is the last line
 
     def log(self, step: int, window: list[float]) -> dict[str, str]:
-        """Mean loss over the steps since the last log line and over all ranks."""
-        local = torch.tensor(sum(window) / len(window), device=self.accelerator.device)
-        mean = self.accelerator.reduce(local, "mean").item()
-        rate = self.images * self.world / max(time.perf_counter() - self.tic, 1e-9)
+        """Mean loss over the steps since the last log line and over all ranks; images per
+        second over the same window, all ranks, checkpoint and preview time left out."""
+        local = torch.tensor([sum(window) / len(window), self.meter.images / self.meter.seconds()],
+                             device=self.accelerator.device)
+        mean, rate = (self.accelerator.reduce(local, "sum") / self.world).tolist()
+        rate *= self.world  # the sum of the ranks' rates
+        self.meter.take()
         self.progress.losses.append([step, mean])
         self.accelerator.log({self.loss_name: mean, "images_per_s": rate}, step=step)
         return {"loss": f"{mean:.4f}", "img_s": f"{rate:.1f}"}
 
     def preview(self, name: str) -> None:
         """Runs on every rank (ZeRO-3 gathers parameters collectively); rank 0 writes it."""
+        with self.meter.paused():
+            self._preview(name)
+
+    def _preview(self, name: str) -> None:
         encoder_views, target_views = self.previews
         images = reconstruct(self.accelerator.unwrap_model(self.model), self.target,
                              encoder_views, self.cfg.run.preview_sample_steps,
@@ -321,10 +359,38 @@ class StageTrainer:
                 f.write("".join(k + "\n" for k in self.pending_keys))
         self.pending_keys = []
 
-    def checkpoint(self) -> None:
-        self._collect()
-        save_checkpoint(self.accelerator, self.run, self.stage, self.progress,
-                        self.cfg.run.keep_checkpoints)
+    def checkpoint(self) -> Path:
+        """Save, timed outside the throughput window; the time goes to the log."""
+        with self.meter.paused():
+            self._collect()
+            folder = save_checkpoint(self.accelerator, self.run, self.stage, self.progress,
+                                     self.cfg.run.keep_checkpoints)
+        seconds = self.meter.last_pause_s
+        self.accelerator.log({"checkpoint_s": seconds}, step=self.progress.step)
+        if self.accelerator.is_local_main_process:
+            tqdm.write(f"[{self.stage}] checkpoint {folder.name} written in {seconds:.2f} s")
+        return folder
+
+    def stop(self, signal_name: str, saved: bool) -> None:
+        """Leave after this step on a stop signal: checkpoint (unless just written), record the
+        stop for the launching CLI, and raise `Stopped`."""
+        step = self.progress.step
+        folder = (self.run.checkpoints(self.stage) / f"step-{step:08d}" if saved
+                  else self.checkpoint())
+        self._record_stop(signal_name, folder)
+        raise Stopped(
+            f"[{self.stage}] {signal_name} received: stopped after step {step} of {self.steps}, "
+            f"checkpoint {folder} written; continue with --resume latest"
+        )
+
+    def _record_stop(self, signal_name: str, folder: Path | None) -> None:
+        if self.accelerator.is_main_process:
+            record = {"signal": signal_name, "step": self.progress.step, "steps": self.steps,
+                      "checkpoint": str(folder) if folder else None}
+            tmp = stop_record(self.run, self.stage).with_suffix(".tmp")
+            tmp.write_text(json.dumps(record))
+            tmp.rename(stop_record(self.run, self.stage))
+        self.accelerator.wait_for_everyone()
 
     def finish(self) -> dict[str, Any]:
         """Final preview, weights, adapter and summary.json."""
@@ -356,11 +422,31 @@ class StageTrainer:
         return summary
 
 
-def train_stage(cfg: Config, run: RunDir, stage: str, resume_from: str | None = None):
-    """Train one stage of `run` to its final state; returns its summary."""
-    trainer = StageTrainer(cfg, run, stage, resume_from)
+def stop_record(run: RunDir, stage: str) -> Path:
+    """Written when a stage stops on a signal; tells the launching CLI it was a clean stop."""
+    return run.stage(stage) / "stopped.json"
+
+
+def train_stage(cfg: Config, run: RunDir, stage: str, resume_from: str | None = None,
+                stop: StopRequest | None = None):
+    """Train one stage of `run` to its final state; returns its summary.
+
+    Args:
+        cfg: the run's config.
+        run: the run folder.
+        stage: stage1, stage2 or end-to-end.
+        resume_from: 'latest' or a checkpoint folder.
+        stop: an installed StopRequest: a stop signal then ends the stage after the current
+            optimiser step with a checkpoint and `Stopped`.
+    """
+    trainer = StageTrainer(cfg, run, stage, resume_from, stop)
     trainer.fit()
-    return trainer.finish()
+    summary = trainer.finish()
+    name = _agreed_stop(trainer.accelerator, trainer.stop_request)
+    if name:  # the signal came during the last step or the final save: done, but stop here
+        trainer._record_stop(name, None)
+        raise Stopped(f"[{stage}] {name} received after the stage finished")
+    return summary
 
 
 def _table_text(stage: str, policy: str, table: dict[str, dict[str, int]]) -> str:
@@ -377,9 +463,23 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--stage", required=True, choices=STAGE_NAMES)
     parser.add_argument("--resume", default=None, help="'latest' or a checkpoint folder")
     args = parser.parse_args(argv)
+    stop = StopRequest().install()  # first: a SIGTERM from now on means "checkpoint and stop"
+    guard_worker()  # never outlive the launcher
     try:
         run = RunDir(Path(args.run_dir))
-        train_stage(run.load_config(), run, args.stage, args.resume)
+        lock = None
+        if os.environ.get("RANK", "0") == "0":  # rank 0 holds the folder while training
+            lock = RunLock(run.root, TRAIN_LOCK, f"training {args.stage} (rank 0)").acquire()
+            stop_record(run, args.stage).unlink(missing_ok=True)
+        try:
+            train_stage(run.load_config(), run, args.stage, args.resume, stop)
+        finally:
+            if lock is not None:
+                lock.release()
+    except Stopped as err:
+        if os.environ.get("RANK", "0") == "0":
+            print(f"stopped: {err}", file=sys.stderr, flush=True)
+        sys.exit(STOPPED_EXIT)
     except GenhancerError as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)

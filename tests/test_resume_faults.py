@@ -12,6 +12,7 @@ from PIL import Image
 from safetensors.torch import load_file
 
 from genhancer_llava.config import load_config
+from genhancer_llava.errors import STOPPED_EXIT
 from genhancer_llava.train.checkpoint import latest_checkpoint
 from genhancer_llava.train.launch import accelerate_config, enhance, launch_stage, prepare_run_dir
 from genhancer_llava.train.run_dir import RunDir
@@ -113,20 +114,24 @@ def _trainable(run):
     return state
 
 
-def test_sigkill_and_resume_matches_a_straight_run(tiny_clip, tmp_path):
+@pytest.mark.parametrize("fault,code,resumed_at", [
+    ("kill-after-step:4", -signal.SIGKILL, 3),  # killed: the work since step 3 is lost
+    ("sigterm-after-step:4", STOPPED_EXIT, 4),  # preempted: step 4 finished and saved
+])
+def test_stop_and_resume_matches_a_straight_run(tiny_clip, tmp_path, fault, code, resumed_at):
     # two dataloader workers and wide crops: the data position and crops must resume exactly
     overrides = ("stage1.steps=6", "run.save_every=3", "data.num_workers=2",
                  "data.num_images=20", "data.crop_scale=[0.5,1.0]")
     straight = prepare_run_dir(_config(tiny_clip, tmp_path / "a", *overrides), False, False)
     assert _train(straight.root).returncode == 0
     broken = prepare_run_dir(_config(tiny_clip, tmp_path / "b", *overrides), False, False)
-    killed = _train(broken.root, fault="kill-after-step:4")
-    assert killed.returncode == -signal.SIGKILL
-    assert latest_checkpoint(broken, "stage1").name == "step-00000003"
+    stopped = _train(broken.root, fault=fault)
+    assert stopped.returncode == code, stopped.stderr[-3000:]
+    assert latest_checkpoint(broken, "stage1").name == f"step-{resumed_at:08d}"
     assert not run_final_exists(broken)
     resumed = _train(broken.root, "stage1", "--resume", "latest")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert "at step 3" in resumed.stdout
+    assert f"at step {resumed_at}" in resumed.stdout
     a, b = _trainable(straight), _trainable(broken)
     assert a.keys() == b.keys()
     worst = max((a[k] - b[k]).abs().max().item() for k in a)
