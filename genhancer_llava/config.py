@@ -14,7 +14,7 @@ import typing
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, Union
 
 import yaml
 
@@ -27,6 +27,9 @@ __all__ = [
     "TargetConfig",
     "ProjectorConfig",
     "DenoiserConfig",
+    "FlowDenoiserConfig",
+    "MaskedDenoiserConfig",
+    "DENOISER_CONFIGS",
     "LoraConfig",
     "StageConfig",
     "DataConfig",
@@ -39,7 +42,6 @@ __all__ = [
 ]
 
 TARGET_KINDS = ("flux_vae", "pixels", "vq")
-DENOISER_KINDS = ("flow", "masked")
 # which targets each denoiser reconstructs
 DENOISER_TARGETS = {"flow": ("flux_vae", "pixels"), "masked": ("vq",)}
 
@@ -143,45 +145,40 @@ class ProjectorConfig:
 
 
 @dataclass
-class DenoiserConfig:
-    """The randomly initialised denoiser and its objective.
-
-    flow: a FLUX-style DiT with rectified flow (num_layers double-stream + num_single_layers
-    single-stream blocks). masked: a Perceiver-style transformer (num_layers blocks of
-    self-attention, cross-attention to the condition and MLP, width hidden_size) predicting
-    masked VQ token ids. Both draw a timestep-like t (timestep_sampling, logit_normal_scale);
-    the masked one hides mask_schedule(t) of the tokens.
-    """
+class _DenoiserCommon:
+    """What both denoisers share: depth, heads and the timestep-like t they draw."""
 
     kind: str = "flow"
     num_layers: int = 2
-    num_single_layers: int = 4  # flow
     num_attention_heads: int = 24
-    attention_head_dim: int = 128  # flow
-    axes_dims_rope: tuple[int, int, int] = (16, 56, 56)  # flow
-    guidance: float | None = 4.0  # flow: constant fed to the guidance embedding; null = none
     timestep_sampling: str = "logit_normal"  # logit_normal: sigmoid(s * N(0, 1)); uniform
     logit_normal_scale: float = 1.0  # s
-    hidden_size: int = 1024  # masked: width
-    mlp_ratio: float = 4.0  # masked
-    mask_schedule: str = "cosine"  # masked: cosine (ratio = sin(pi t / 2)) or linear (= t)
 
     def __post_init__(self) -> None:
-        _check(self.kind in DENOISER_KINDS, "denoiser.kind", self.kind,
-               f"choose one of {', '.join(DENOISER_KINDS)}")
         _check(self.num_layers >= 0, "denoiser.num_layers", self.num_layers, "must be >= 0")
         _positive("denoiser.num_attention_heads", self.num_attention_heads)
         _check(self.timestep_sampling in ("logit_normal", "uniform"),
                "denoiser.timestep_sampling", self.timestep_sampling,
                "choose logit_normal or uniform")
         _positive("denoiser.logit_normal_scale", self.logit_normal_scale)
-        self.axes_dims_rope = tuple(int(a) for a in self.axes_dims_rope)
-        if self.kind == "flow":
-            self._check_flow()
-        else:
-            self._check_masked()
 
-    def _check_flow(self) -> None:
+
+@dataclass
+class FlowDenoiserConfig(_DenoiserCommon):
+    """denoiser.kind=flow: a FLUX-style DiT trained with rectified flow (num_layers
+    double-stream + num_single_layers single-stream blocks of num_attention_heads x
+    attention_head_dim), conditioned by adaLN (pooled) and one context token."""
+
+    kind: str = "flow"
+    num_single_layers: int = 4
+    attention_head_dim: int = 128
+    axes_dims_rope: tuple[int, int, int] = (16, 56, 56)
+    guidance: float | None = 4.0  # constant fed to the guidance embedding; null = none
+
+    def __post_init__(self) -> None:
+        _check(self.kind == "flow", "denoiser.kind", self.kind, "a FlowDenoiserConfig is flow")
+        super().__post_init__()
+        self.axes_dims_rope = tuple(int(a) for a in self.axes_dims_rope)
         _check(self.num_single_layers >= 0, "denoiser.num_single_layers",
                self.num_single_layers, "must be >= 0")
         _positive("denoiser.attention_head_dim", self.attention_head_dim)
@@ -194,7 +191,25 @@ class DenoiserConfig:
         _check(all(a % 2 == 0 for a in self.axes_dims_rope), "denoiser.axes_dims_rope",
                list(self.axes_dims_rope), "each size must be even")
 
-    def _check_masked(self) -> None:
+
+@dataclass
+class MaskedDenoiserConfig(_DenoiserCommon):
+    """denoiser.kind=masked: a Perceiver-style transformer (num_layers blocks of self-attention,
+    cross-attention to the condition and MLP, width hidden_size) predicting masked VQ token ids;
+    it hides mask_schedule(t) of the tokens. Defaults: the paper's (6 x 1024, 16 heads)."""
+
+    kind: str = "masked"
+    num_layers: int = 6
+    num_attention_heads: int = 16
+    timestep_sampling: str = "uniform"
+    hidden_size: int = 1024
+    mlp_ratio: float = 4.0
+    mask_schedule: str = "cosine"  # cosine (ratio = sin(pi t / 2)) or linear (= t)
+
+    def __post_init__(self) -> None:
+        _check(self.kind == "masked", "denoiser.kind", self.kind,
+               "a MaskedDenoiserConfig is masked")
+        super().__post_init__()
         _positive("denoiser.num_layers", self.num_layers)
         _check(self.hidden_size > 0 and self.hidden_size % self.num_attention_heads == 0,
                "denoiser.hidden_size", self.hidden_size,
@@ -202,6 +217,14 @@ class DenoiserConfig:
         _positive("denoiser.mlp_ratio", self.mlp_ratio)
         _check(self.mask_schedule in ("cosine", "linear"), "denoiser.mask_schedule",
                self.mask_schedule, "choose cosine or linear")
+
+
+# denoiser.kind -> its config class (the YAML loader picks the class by `kind`)
+DENOISER_CONFIGS: dict[str, type[_DenoiserCommon]] = {
+    "flow": FlowDenoiserConfig,
+    "masked": MaskedDenoiserConfig,
+}
+DenoiserConfig = Union[FlowDenoiserConfig, MaskedDenoiserConfig]  # noqa: UP007 (runtime alias)
 
 
 @dataclass
@@ -314,7 +337,7 @@ class Config:
     encoder: EncoderConfig = field(default_factory=EncoderConfig)
     target: TargetConfig = field(default_factory=TargetConfig)
     projector: ProjectorConfig = field(default_factory=ProjectorConfig)
-    denoiser: DenoiserConfig = field(default_factory=DenoiserConfig)
+    denoiser: DenoiserConfig = field(default_factory=FlowDenoiserConfig)
     lora: LoraConfig = field(default_factory=LoraConfig)
     stage1: StageConfig = field(default_factory=lambda: StageConfig(steps=100_000, lr=1e-4))
     stage2: StageConfig = field(
@@ -370,6 +393,29 @@ def _from_dict(cls: type, data: dict[str, Any], prefix: str) -> Any:
     return cls(**kwargs)
 
 
+def _kind_of(cls: type) -> str:
+    return next(f.default for f in dataclasses.fields(cls) if f.name == "kind")
+
+
+def _class_for_kind(options: list[type], data: Any, key: str) -> type:
+    """The config class a section's `kind` names (one class per kind, e.g. the denoisers)."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{key} must be a mapping, got {type(data).__name__}")
+    by_kind = {_kind_of(c): c for c in options}
+    kind = data.get("kind", _kind_of(options[0]))
+    _check(kind in by_kind, f"{key}.kind", kind, f"choose one of {', '.join(by_kind)}")
+    cls = by_kind[kind]
+    own = {f.name for f in dataclasses.fields(cls)}
+    for name in data:
+        other = next((k for k, c in by_kind.items()
+                      if name not in own and name in {f.name for f in dataclasses.fields(c)}),
+                     None)
+        if other is not None:
+            raise ConfigError(f"{key}.{name} is a {other} setting; {key}.kind={kind} has none: "
+                              "remove it")
+    return cls
+
+
 def _coerce(hint: Any, value: Any, key: str) -> Any:
     if dataclasses.is_dataclass(hint):
         return _from_dict(hint, value, key)
@@ -378,8 +424,10 @@ def _coerce(hint: Any, value: Any, key: str) -> Any:
     if origin in (typing.Union, types.UnionType):
         if value is None and type(None) in args:
             return None
-        hint = next(a for a in args if a is not type(None))
-        return _coerce(hint, value, key)
+        options = [a for a in args if a is not type(None)]
+        if len(options) > 1 and all(dataclasses.is_dataclass(a) for a in options):
+            return _from_dict(_class_for_kind(options, value, key), value, key)
+        return _coerce(options[0], value, key)
     if origin is tuple:
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"{key}={value!r} is invalid: expected a list")
@@ -399,10 +447,21 @@ def _coerce(hint: Any, value: Any, key: str) -> Any:
     return value
 
 
+# Sections with one config class per `kind`: a preset or override that changes the kind starts
+# the section over (a masked denoiser inherits nothing of its parent's flow denoiser).
+_KIND_SECTIONS = ("denoiser",)
+
+
+def _changes_kind(key: str, old: Any, new: Any) -> bool:
+    return (key in _KIND_SECTIONS and isinstance(old, dict) and isinstance(new, dict)
+            and "kind" in new and new["kind"] != old.get("kind", _kind_of(FlowDenoiserConfig)))
+
+
 def _deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
     out = dict(base)
     for key, value in update.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
+        if isinstance(value, dict) and isinstance(out.get(key), dict) and not _changes_kind(
+                key, out[key], value):
             out[key] = _deep_merge(out[key], value)
         else:
             out[key] = value
@@ -468,6 +527,9 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
     data = dict(data)
     for text in overrides:
         parts, value = parse_override(text)
+        if len(parts) == 2 and parts[1] == "kind" and _changes_kind(
+                parts[0], data.get(parts[0]), {"kind": value}):
+            data[parts[0]] = {}  # e.g. denoiser.kind=masked: the flow settings do not carry over
         node = data
         for part in parts[:-1]:
             child = node.get(part)

@@ -11,14 +11,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ...config import DenoiserConfig
+from ...config import FlowDenoiserConfig
 from ..timesteps import interpolate, sample_timesteps, shifted_schedule, velocity_target
 
 __all__ = ["build_flow_transformer", "FlowDenoiser"]
 
 
 def build_flow_transformer(
-    cfg: DenoiserConfig, in_channels: int, pooled_dim: int, context_dim: int
+    cfg: FlowDenoiserConfig, in_channels: int, pooled_dim: int, context_dim: int
 ) -> nn.Module:
     """A randomly initialised `FluxTransformer2DModel` at the preset's shape.
 
@@ -48,7 +48,7 @@ class FlowDenoiser(nn.Module):
     """Rectified flow: x_t = (1 - t) x + t n, predict v = n - x, plain mean MSE."""
 
     def __init__(
-        self, cfg: DenoiserConfig, in_channels: int, pooled_dim: int, context_dim: int,
+        self, cfg: FlowDenoiserConfig, in_channels: int, pooled_dim: int, context_dim: int,
         grid: tuple[int, int],
     ) -> None:
         super().__init__()

@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ...config import DenoiserConfig
+from ...config import MaskedDenoiserConfig
 from ..timesteps import sample_timesteps
 
 __all__ = ["MaskedDenoiser", "mask_ratio", "sample_mask", "masked_cross_entropy"]
@@ -86,7 +86,7 @@ class MaskedDenoiser(nn.Module):
         grid: the token grid (h, w).
     """
 
-    def __init__(self, cfg: DenoiserConfig, vocab_size: int, context_dim: int,
+    def __init__(self, cfg: MaskedDenoiserConfig, vocab_size: int, context_dim: int,
                  grid: tuple[int, int]) -> None:
         super().__init__()
         self.cfg = cfg
