@@ -418,7 +418,11 @@ class StageTrainer:
                 f"{progress.losses[0][0]}) -> {summary['loss_last']:.4f} (step {self.steps}); "
                 f"images {progress.images}, skipped (unreadable) {progress.skipped}"
             )
-        self.accelerator.end_training()
+        # a signal during the last step or the final save: done, but the CLI must stop here
+        self.late_stop = _agreed_stop(self.accelerator, self.stop_request)
+        if self.late_stop:
+            self._record_stop(self.late_stop, None)
+        self.accelerator.end_training()  # destroys the process group: collectives go before
         return summary
 
 
@@ -442,10 +446,8 @@ def train_stage(cfg: Config, run: RunDir, stage: str, resume_from: str | None = 
     trainer = StageTrainer(cfg, run, stage, resume_from, stop)
     trainer.fit()
     summary = trainer.finish()
-    name = _agreed_stop(trainer.accelerator, trainer.stop_request)
-    if name:  # the signal came during the last step or the final save: done, but stop here
-        trainer._record_stop(name, None)
-        raise Stopped(f"[{stage}] {name} received after the stage finished")
+    if trainer.late_stop:
+        raise Stopped(f"[{stage}] {trainer.late_stop} received after the stage finished")
     return summary
 
 
