@@ -20,6 +20,9 @@ except ModuleNotFoundError:  # Python 3.10
 
 REPO = Path(__file__).resolve().parents[1]
 os.environ.setdefault("DS_ACCELERATOR", "cpu")
+# DeepSpeed JIT-compiles its CPU ops under TORCH_EXTENSIONS_DIR, behind a file lock: one folder
+# per environment, so that a run killed mid-compile elsewhere cannot stall this suite.
+os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(Path(sys.prefix) / "torch_extensions"))
 
 
 @pytest.fixture(scope="session")
