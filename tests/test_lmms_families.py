@@ -3,8 +3,9 @@
 swapped in at load time; every metric recomputed from the sample logs (as test_lmms_eval.py).
 
 Checkpoints: tests/llava_families_tiny.py (published configs, tiny widths). Fixture data:
-tests/lmms_fixtures.py. Two lmms-eval runs for NeXT (one), OneVision through
-scripts/eval_llava.sh (base + load-time swap, then `genhancer eval lmms-report`).
+tests/lmms_fixtures.py. Three lmms-eval runs in all, to keep CI short: NeXT directly (then
+`genhancer eval lmms-report`), OneVision through scripts/eval_llava.sh (as is, and with the
+load-time swap, then the report).
 """
 
 from __future__ import annotations
