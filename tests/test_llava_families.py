@@ -165,6 +165,55 @@ def test_load_time_swap_runner(parts, name):
         assert isinstance(answer, str)
 
 
+def _as_hub_upload(src: Path, dst: Path) -> Path:
+    """src as the hub's llava-hf uploads store it: `vision_tower.vision_model.*` keys (the
+    transformers 4 layout) in two shards with an index, the tower in the second only."""
+    import shutil
+
+    from safetensors.torch import save_file
+
+    shutil.copytree(src, dst)
+    state = load_file(dst / "model.safetensors")
+    (dst / "model.safetensors").unlink()
+    state = {"vision_tower.vision_model." + k[len("vision_tower."):]
+             if k.startswith("vision_tower.") else k: v for k, v in state.items()}
+    shards = {"model-00001-of-00002.safetensors": [k for k in state if "vision_tower" not in k],
+              "model-00002-of-00002.safetensors": [k for k in state if "vision_tower" in k]}
+    for name, keys in shards.items():
+        save_file({k: state[k] for k in keys}, dst / name, metadata={"format": "pt"})
+    weight_map = {k: name for name, keys in shards.items() for k in keys}
+    (dst / "model.safetensors.index.json").write_text(json.dumps(
+        {"metadata": {"total_size": sum(v.numel() * v.element_size() for v in state.values())},
+         "weight_map": weight_map}, indent=2))
+    return dst
+
+
+def test_swap_hub_layout_sharded(parts, tmp_path):
+    """A sharded upload in the transformers 4 key layout: only the tower's shard changes."""
+    ckpt = _as_hub_upload(parts[ONEVISION], tmp_path / "hub")
+    enc = parts["enc-" + ONEVISION]
+    before = _hashes(ckpt)
+    out = tmp_path / "swapped"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        swap.swap_checkpoint(ckpt, enc, out)
+    after = _hashes(out)
+    assert _hashes(ckpt) == before
+    assert {f for f in before if after[f] != before[f]} == {"model-00002-of-00002.safetensors"}
+    shard = load_file(out / "model-00002-of-00002.safetensors")
+    assert set(shard) == set(load_file(ckpt / "model-00002-of-00002.safetensors"))
+    encoder = swap.load_encoder_tower(enc).state_dict()
+    prefix = "vision_tower.vision_model."
+    assert all(torch.equal(v, encoder[k[len(prefix):]]) for k, v in shard.items()
+               if k.startswith(prefix))
+
+    from transformers import LlavaOnevisionForConditionalGeneration
+
+    model = LlavaOnevisionForConditionalGeneration.from_pretrained(out)
+    tower = model.model.vision_tower.state_dict()
+    assert all(torch.equal(v, encoder[k]) for k, v in tower.items())
+
+
 # --- the published tower sizes, on the meta device -------------------------------------------
 
 
@@ -340,3 +389,12 @@ def test_original_format_next(tmp_path):
                                     max_new_tokens=3, pad_token_id=0)
         assert 1 <= generated.shape[1] <= 3
     assert max(tiles) >= 3  # a base view + at least two tiles
+
+    # ... and what the lmms-eval model loads: the original-format runner (entry point).
+    from genhancer_llava.mllm.runner import load_llava
+
+    runner = load_llava(out, device="cpu", dtype="float32")
+    assert runner.format == "original" and runner.family.name == "LLaVA-NeXT (original)"
+    answer = runner.answer([Image.new("RGB", (70, 30), "red")], "What is it?",
+                           {"max_new_tokens": 2, "temperature": 0})
+    assert isinstance(answer, str)
