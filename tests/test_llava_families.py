@@ -273,6 +273,14 @@ def test_family_table_reads_config_not_names(tmp_path):
 # --- bad input: one line that says what fits; nothing written ---------------------------------
 
 
+FITS = {  # what the error names as fitting each published checkpoint
+    NEXT: "what fits: a clip encoder 1024 wide, patch 14, 336 px, 24 layers (presets "
+          "openai-clip-l14-336, openai-clip-l14-336-masked)",
+    ONEVISION: "what fits: a siglip encoder 1152 wide, patch 14, 384 px, 26 or 27 layers "
+               "(presets siglip-so400m-384, siglip-so400m-384-masked)",
+}
+
+
 def _config_folder(folder: Path, config) -> Path:
     """A folder with only a config.json (enough for every check that runs before weights)."""
     folder.mkdir(parents=True)
@@ -307,6 +315,7 @@ def test_encoder_that_does_not_fit(tmp_path, capsys, name, tower, image_size, ex
     err = cli_error(capsys, ["swap", "--llava", str(ckpt), "--vision-tower", str(enc),
                              "--output", str(out)])
     assert expected in err, err
+    assert FITS[name] in err, err
     assert not out.exists() and not out.with_name(out.name + ".tmp-swap").exists()
 
 

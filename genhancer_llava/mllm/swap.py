@@ -57,6 +57,7 @@ __all__ = [
     "checkpoint_format",
     "check_fits",
     "encoder_geometry",
+    "fitting_presets",
     "load_encoder_tower",
     "original_tower_name",
     "resolve_encoder",
@@ -188,9 +189,34 @@ def check_fits(old: TowerGeometry, new: TowerGeometry, dropped_last_layers: int 
                         f"{new.num_layers} in the encoder (the selected layer would differ; "
                         f"encoders of {fits} layers fit{kept})")
     if problems:
+        fits = (f"a {old.family} encoder {old.hidden_size} wide, patch {old.patch_size}, "
+                f"{old.image_size} px, {' or '.join(str(d) for d in depths)} layers")
+        presets = fitting_presets(old, dropped_last_layers)
         raise GenhancerError(
             f"{new.source} does not fit the checkpoint ({old.source}): " + "; ".join(problems)
-            + "; enhance the checkpoint's own tower (same preset/resolution) instead")
+            + f"; what fits: {fits}" + (f" (presets {', '.join(presets)})" if presets else "")
+            + "; enhance the checkpoint's own tower instead")
+
+
+def fitting_presets(old: TowerGeometry, dropped_last_layers: int = 0) -> list[str]:
+    """The shipped presets whose enhanced encoder fits a checkpoint's tower (for messages)."""
+    from ..config import available_presets, load_config
+    from ..models.paper_towers import PAPER_TOWERS, preset_tower
+
+    depths = {old.num_layers, old.num_layers + dropped_last_layers}
+    found = []
+    for name in available_presets():
+        tower = preset_tower(name)
+        if tower is None:
+            continue
+        family, shape = PAPER_TOWERS[tower]
+        if (family, shape["hidden_size"], shape["patch_size"]) != (
+                old.family, old.hidden_size, old.patch_size) or \
+                shape["num_hidden_layers"] not in depths:
+            continue
+        if load_config(name).encoder.image_size == old.image_size:
+            found.append(name)
+    return found
 
 
 # --- llava-hf ------------------------------------------------------------------------------
