@@ -192,7 +192,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("swap", help="put an enhanced encoder into an existing LLaVA checkpoint")
     p.add_argument("--llava", required=True,
-                   help="a llava-hf or original-format LLaVA checkpoint folder (only read)")
+                   help="a LLaVA checkpoint folder (only read): llava-hf LLaVA-1.5, LLaVA-NeXT "
+                        "or LLaVA-OneVision, or original-format LLaVA-1.5 / llava-v1.6")
     p.add_argument("--vision-tower", "--vision_tower", dest="vision_tower", required=True,
                    help="the encoder folder (genhancer export) or a genhancer[:NAME|:PATH] name")
     p.add_argument("--output", required=True, help="the folder to write (must not exist)")
