@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 from PIL import Image
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 
 from genhancer_llava.cli.main import main
 from genhancer_llava.mllm import swap
@@ -169,8 +169,6 @@ def _as_hub_upload(src: Path, dst: Path) -> Path:
     """src as the hub's llava-hf uploads store it: `vision_tower.vision_model.*` keys (the
     transformers 4 layout) in two shards with an index, the tower in the second only."""
     import shutil
-
-    from safetensors.torch import save_file
 
     shutil.copytree(src, dst)
     state = load_file(dst / "model.safetensors")
@@ -362,11 +360,18 @@ def test_original_format_next(tmp_path):
     old = make_tiny_clip(tmp_path / "old-clip", seed=5)
     enc = make_exported_encoder(tmp_path / "enc", seed=1)
     model = tiny_llava(llm, str(old), mm_patch_merge_type="spatial_unpad")
-    model.config.image_aspect_ratio = "anyres"  # LLaVA-NeXT's tiling, at the tiny tower's 32 px
+    # llava-v1.6's settings (liuhaotian/llava-v1.6-vicuna-7b config.json): anyres tiling, here at
+    # the tiny tower's 32 px, and a fine-tuned tower stored in the checkpoint.
+    model.config.image_aspect_ratio = "anyres"
     model.config.image_grid_pinpoints = [[32, 64], [64, 32], [64, 64]]
+    model.config.unfreeze_mm_vision_tower = True
     ckpt = tmp_path / "llava-v1.6-tiny"
     model.save_pretrained(ckpt)
     AutoTokenizer.from_pretrained(llm).save_pretrained(ckpt)
+    state = load_file(ckpt / "model.safetensors")
+    tuned = "model.vision_tower.vision_tower.embeddings.patch_embedding.weight"
+    state[tuned] = state[tuned] + 0.25  # the "fine-tuned" tower differs from its folder
+    save_file(state, ckpt / "model.safetensors", metadata={"format": "pt"})
     before = _hashes(ckpt)
     out = tmp_path / "swapped"
     with warnings.catch_warnings():
@@ -399,11 +404,19 @@ def test_original_format_next(tmp_path):
         assert 1 <= generated.shape[1] <= 3
     assert max(tiles) >= 3  # a base view + at least two tiles
 
-    # ... and what the lmms-eval model loads: the original-format runner (entry point).
+    # ... and what the lmms-eval model loads (the original-format runner): the swapped
+    # checkpoint and a load-time swap run the encoder; the checkpoint as is, its stored tower.
     from genhancer_llava.mllm.runner import load_llava
 
-    runner = load_llava(out, device="cpu", dtype="float32")
-    assert runner.format == "original" and runner.family.name == "LLaVA-NeXT (original)"
-    answer = runner.answer([Image.new("RGB", (70, 30), "red")], "What is it?",
-                           {"max_new_tokens": 2, "temperature": 0})
-    assert isinstance(answer, str)
+    stored = swap.stored_tower_state(ckpt)
+    for folder, tower_arg, expected in ((out, None, encoder), (ckpt, str(enc), encoder),
+                                        (ckpt, None, stored)):
+        runner = load_llava(folder, vision_tower=tower_arg, device="cpu", dtype="float32")
+        assert runner.format == "original" and runner.family.name == "LLaVA-NeXT (original)"
+        weights = runner.model.get_vision_tower().vision_tower.state_dict()
+        assert all(torch.equal(weights[k], v) for k, v in expected.items())
+        answer = runner.answer([Image.new("RGB", (70, 30), "red")], "What is it?",
+                               {"max_new_tokens": 2, "temperature": 0})
+        assert isinstance(answer, str)
+    assert not torch.equal(stored["embeddings.patch_embedding.weight"],
+                           encoder["embeddings.patch_embedding.weight"])

@@ -61,6 +61,7 @@ __all__ = [
     "load_encoder_tower",
     "original_tower_name",
     "resolve_encoder",
+    "stored_tower_state",
     "swap_checkpoint",
     "swap_llava_hf_tower",
     "tower_state",
@@ -420,6 +421,18 @@ def _stored_shapes(path: Path, keys: dict[str, str]) -> dict[str, tuple[int, ...
 
 def _stored_tower_keys(path: Path) -> list[str]:
     return [k for k in _stored_keys(path) if k.startswith(ORIGINAL_TOWER_PREFIX)]
+
+
+def stored_tower_state(ckpt: str | Path) -> dict[str, torch.Tensor]:
+    """The tower weights an original-format checkpoint stores (keys without the tower prefix or
+    a `vision_model.` level); empty when it stores none (released LLaVA-1.5 checkpoints)."""
+    state: dict[str, torch.Tensor] = {}
+    for f in _weight_files(Path(ckpt)):
+        if _stored_tower_keys(f):
+            state.update({_tower_key(k[len(ORIGINAL_TOWER_PREFIX):]): v
+                          for k, v in _load_weights(f).items()
+                          if k.startswith(ORIGINAL_TOWER_PREFIX)})
+    return state
 
 
 def _tower_key(key: str) -> str:
