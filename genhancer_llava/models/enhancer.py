@@ -102,7 +102,8 @@ def add_lora(encoder: Encoder, cfg: LoraConfig) -> None:
         lora_alpha=cfg.alpha,
         lora_dropout=cfg.dropout,
         bias=cfg.bias,
-        target_modules=encoder.lora_target_regex(cfg.target_modules, cfg.include_projection),
+        target_modules=encoder.lora_target_regex(cfg.target_modules, cfg.include_projection,
+                                                 cfg.head_attention),
     )
     encoder.model = get_peft_model(encoder.model, peft_config)
 
