@@ -274,3 +274,40 @@ def test_siglip_family_same_protocol_and_matches_its_forward(tmp_path):
         logits = scorer.model(pixel_values=pixels, input_ids=tokens["input_ids"]).logits_per_text
     assert result.predictions[0]["prob_image1"] == pytest.approx(
         logits.softmax(dim=-1)[0, 0].item(), abs=1e-5)
+
+
+def _fp16_copy(tiny_clip: Path, folder: Path) -> Path:
+    """The tiny CLIP saved in float16, with its processor and tokenizer files."""
+    shutil.copytree(tiny_clip, folder)
+    CLIPModel.from_pretrained(tiny_clip).half().save_pretrained(folder)
+    return folder
+
+
+def test_fp16_folder_is_scored_in_fp32_by_default(tiny_clip, tmp_path, capsys):
+    """The reference scores in fp32 whatever the folder stores; --dtype changes it."""
+    from genhancer_llava.cli.main import build_parser
+
+    folder = _fp16_copy(tiny_clip, tmp_path / "fp16")
+    scorer = load_scorer(folder, device="cpu")
+    assert scorer.model.dtype == torch.float32
+    data = make_mmvp_benchmark(tmp_path / "bench", pairs_per_pattern=1, image_size=32)
+    bench = load_benchmark(data)
+    reference = CLIPModel.from_pretrained(folder, dtype=torch.float16).float().eval()
+    pixels = AutoImageProcessor.from_pretrained(folder)(
+        images=[Image.open(p).convert("RGB") for p in bench.images[:2]],
+        return_tensors="pt")["pixel_values"]
+    with torch.no_grad():
+        out = reference.get_image_features(pixel_values=pixels)
+        out = out if isinstance(out, torch.Tensor) else out.pooler_output
+        expected = torch.nn.functional.normalize(out, dim=-1)
+    assert torch.allclose(scorer.encode_images(bench.images[:2]), expected, atol=1e-6)
+    args = build_parser().parse_args(["eval", "mmvp-vlm", "--model", str(folder),
+                                      "--data", str(data)])
+    assert args.dtype == "float32"
+    bf16 = load_scorer(folder, device="cpu", dtype="bfloat16")
+    assert bf16.model.dtype == torch.bfloat16
+    run_mmvp(bench, bf16)  # scores in the dtype asked for
+    capsys.readouterr()  # drop the loaders' progress output
+    err = cli_error(capsys, ["eval", "mmvp-vlm", "--model", str(folder), "--data", str(data),
+                             "--dtype", "float16", "--device", "cpu"])
+    assert "--dtype float16 on the CPU" in err

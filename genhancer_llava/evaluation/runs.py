@@ -46,6 +46,7 @@ def evaluate(
     names: Sequence[str] | None = None,
     batch_size: int = 64,
     device: str | None = None,
+    dtype: str = "float32",
 ) -> tuple[list[MMVPResult], list[ZeroShotResult]]:
     """Score each model (loaded once) on the given data. All inputs are read before any model
     loads, so a bad folder fails in a second, not after the first model ran."""
@@ -61,7 +62,7 @@ def evaluate(
     ret = load_retrieval(retrieval) if retrieval is not None else None
     mmvp, zeroshot = [], []
     for path, label in zip(models, labels_for(models, names), strict=True):
-        scorer = load_scorer(path, batch_size=batch_size, device=device, name=label)
+        scorer = load_scorer(path, batch_size=batch_size, device=device, name=label, dtype=dtype)
         if bench is not None:
             mmvp.append(run_mmvp(bench, scorer, str(path)))
         if cls is not None or ret is not None:
@@ -82,6 +83,7 @@ def compare(
     names: Sequence[str] = ("base", "enhanced"),
     batch_size: int = 64,
     device: str | None = None,
+    dtype: str = "float32",
 ) -> Evaluation:
     """Base vs enhanced: MMVP-VLM per pattern and zero-shot deltas in one report.
 
@@ -93,7 +95,7 @@ def compare(
         raise GenhancerError(f"base is a '{base_family}' model and enhanced a "
                              f"'{enhanced_family}' one; compare an encoder with its own base")
     mmvp, zeroshot = evaluate([base, enhanced], mmvp_data, classification, retrieval, templates,
-                              names, batch_size, device)
+                              names, batch_size, device, dtype)
     output = Path(output)
     files = write_comparison(mmvp or None, zeroshot or None, output)
     if mmvp:

@@ -39,7 +39,12 @@ __all__ = [
     "load_scorer",
     "model_label",
     "pick_device",
+    "scoring_dtype",
+    "DTYPES",
 ]
+
+# `--dtype` values. The reference scores in float32 whatever the folder stores.
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 class Scorer(Protocol):
@@ -92,6 +97,20 @@ def pick_device(device: str | None = None) -> torch.device:
     return torch.device(default_device(device))
 
 
+def scoring_dtype(dtype: str | torch.dtype, device: torch.device) -> torch.dtype:
+    """The torch dtype to score in; a one-line error for a name we do not know, or for float16
+    on the CPU (half-precision matmuls there are slow or unsupported; the folder is converted
+    to float32 by default)."""
+    if isinstance(dtype, str):
+        if dtype not in DTYPES:
+            raise GenhancerError(f"--dtype {dtype} is unknown; choose {', '.join(DTYPES)}")
+        dtype = DTYPES[dtype]
+    if dtype == torch.float16 and device.type == "cpu":
+        raise GenhancerError("--dtype float16 on the CPU: score in float32 (the default, as the "
+                             "paper) or pass --device cuda")
+    return dtype
+
+
 def _embeds(output) -> torch.Tensor:
     """get_*_features returns a tensor (transformers 4) or an output whose pooler_output holds
     the projected embeddings (transformers 5)."""
@@ -108,20 +127,24 @@ class HFScorer:
         batch_size: images or texts per forward.
         device: torch device; default cuda when available, else cpu.
         name: label in tables; default the folder's name.
+        dtype: the dtype weights are converted to and scored in, whatever the folder stores
+            (default float32, as the reference: an fp16 export is scored in fp32).
     """
 
     def __init__(self, path: str | Path, batch_size: int = 64, device: str | None = None,
-                 name: str | None = None):
+                 name: str | None = None, dtype: str | torch.dtype = "float32"):
         self.path = Path(path)
         self.family = read_family(self.path)
         self.name = name or model_label(self.path)
         self.batch_size = batch_size
         self.device = pick_device(device)
+        self.dtype = scoring_dtype(dtype, self.device)
         spec = FAMILIES[self.family]
         model_class = spec.cls("full_model")
         try:
             with quiet_transformers():
-                self.model = model_class.from_pretrained(self.path).to(self.device).eval()
+                self.model = model_class.from_pretrained(self.path, dtype=self.dtype).to(
+                    self.device).eval()
                 self.image_processor = transformers.AutoImageProcessor.from_pretrained(self.path)
                 self.tokenizer = transformers.AutoTokenizer.from_pretrained(self.path)
         except OSError as err:
@@ -145,7 +168,8 @@ class HFScorer:
                 with Image.open(p) as image:
                     images.append(image.convert("RGB"))
             pixels = self.image_processor(images=images, return_tensors="pt")["pixel_values"]
-            out = self.model.get_image_features(pixel_values=pixels.to(self.device))  # (B, d)
+            pixels = pixels.to(self.device, self.dtype)
+            out = self.model.get_image_features(pixel_values=pixels)  # (B, d)
             chunks.append(F.normalize(_embeds(out).float(), dim=-1).cpu())
         return torch.cat(chunks) if chunks else torch.empty(0)
 
@@ -173,6 +197,6 @@ class HFScorer:
 
 
 def load_scorer(path: str | Path, batch_size: int = 64, device: str | None = None,
-                name: str | None = None) -> HFScorer:
+                name: str | None = None, dtype: str | torch.dtype = "float32") -> HFScorer:
     """`HFScorer` for a model folder (see its Args)."""
-    return HFScorer(path, batch_size=batch_size, device=device, name=name)
+    return HFScorer(path, batch_size=batch_size, device=device, name=name, dtype=dtype)
