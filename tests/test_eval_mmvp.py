@@ -276,6 +276,40 @@ def test_siglip_family_same_protocol_and_matches_its_forward(tmp_path):
         logits.softmax(dim=-1)[0, 0].item(), abs=1e-5)
 
 
+def test_pattern_by_position_as_the_reference_with_a_warning(tmp_path):
+    """The reference assigns pair i to PATTERNS[i // 15]; a CSV whose type column says otherwise
+    is scored by position, and the disagreement is named in a warning."""
+    from genhancer_llava.evaluation.mmvp import positional_pattern
+
+    assert positional_pattern(14, 135) == PATTERNS[0] and positional_pattern(15, 135) == PATTERNS[1]
+    assert positional_pattern(134, 135) == PATTERNS[8]
+    data = make_mmvp_benchmark(tmp_path / "bench", pairs_per_pattern=1, image_size=32)
+    # relabel pair 0 (qid 1, 2) as the second pattern, moving its images with it
+    rows = list(csv.reader(open(data / "Questions.csv", encoding="utf-8")))
+    for row in rows[1:3]:
+        row[1] = PATTERNS[1]
+    with open(data / "Questions.csv", "w", newline="", encoding="utf-8") as f:
+        csv.writer(f).writerows(rows)
+    images = data / "MLLM_VLM Images"
+    for qid in (1, 2):
+        (images / PATTERNS[0] / f"{qid}.jpg").rename(images / PATTERNS[1] / f"{qid}.jpg")
+    with pytest.warns(UserWarning, match=r"disagrees with the reference's positional pattern.*"
+                                         r"qid 1 \('Presence of Specific Features' -> "
+                                         r"'Orientation and Direction'\)"):
+        loaded = load_benchmark(data)
+    assert [p.pattern for p in loaded.pairs] == list(PATTERNS)
+
+
+def test_pair_count_the_position_rule_cannot_split_warns(tmp_path):
+    data = make_mmvp_benchmark(tmp_path / "bench", pairs_per_pattern=1, image_size=32)
+    rows = list(csv.reader(open(data / "Questions.csv", encoding="utf-8")))
+    with open(data / "Questions.csv", "w", newline="", encoding="utf-8") as f:
+        csv.writer(f).writerows(rows[:-2])  # 8 pairs
+    with pytest.warns(UserWarning, match="not a multiple of 9 patterns"):
+        loaded = load_benchmark(data)
+    assert [p.pattern for p in loaded.pairs] == list(PATTERNS[:8])
+
+
 def _fp16_copy(tiny_clip: Path, folder: Path) -> Path:
     """The tiny CLIP saved in float16, with its processor and tokenizer files."""
     shutil.copytree(tiny_clip, folder)
