@@ -58,7 +58,7 @@ FINETUNE_HINT = "scripts/llava_finetune.sh"
 # wrapper) -> .vision_tower (the HF vision model).
 ORIGINAL_TOWER_PREFIX = "model.vision_tower.vision_tower."
 # Towers original-format LLaVA checkpoints name by hub id (no config to read offline).
-KNOWN_TOWERS = {
+KNOWN_TOWERS = {  # family, width, patch, image size, depth
     "openai/clip-vit-large-patch14-336": ("clip", 1024, 14, 336, 24),
     "openai/clip-vit-large-patch14": ("clip", 1024, 14, 224, 24),
 }
@@ -71,18 +71,28 @@ PROJECTOR_NOTE = (
 
 @dataclass(frozen=True)
 class TowerGeometry:
-    """What must agree between a checkpoint's tower and a replacement encoder."""
+    """What must agree between a checkpoint's tower and a replacement encoder.
+
+    The token grid (patches per side) is what the projector and LLM were trained on; the pixel
+    size is only known from a config (stored weights give the grid: SigLIP SO400M/14 at 384 px
+    has a 27 x 27 grid, whose patches cover 378 px).
+    """
 
     family: str
     hidden_size: int
     patch_size: int
-    image_size: int
+    grid: int  # patches per side
     num_layers: int
+    image_size: int | None = None  # None: read from stored weights, which hold only the grid
     source: str = ""  # where the numbers came from (for messages)
 
     @property
     def tokens(self) -> int:
-        return (self.image_size // self.patch_size) ** 2
+        return self.grid ** 2
+
+    def describe_grid(self) -> str:
+        px = f"{self.image_size} px, " if self.image_size else ""
+        return f"{px}a {self.grid} x {self.grid} grid ({self.tokens} image tokens)"
 
 
 def warn_projector_once() -> None:
@@ -149,9 +159,17 @@ def load_encoder_tower(folder: str | Path) -> PreTrainedModel:
 
 
 def _geometry(config, family: str, source: str) -> TowerGeometry:
-    return TowerGeometry(family=family, hidden_size=config.hidden_size,
-                         patch_size=config.patch_size, image_size=config.image_size,
-                         num_layers=config.num_hidden_layers, source=source)
+    return geometry_of(family, config.hidden_size, config.patch_size, config.image_size,
+                       config.num_hidden_layers, source)
+
+
+def geometry_of(family: str, hidden_size: int, patch_size: int, image_size: int,
+                num_layers: int, source: str = "") -> TowerGeometry:
+    """The geometry of a tower known by its config (its grid: image_size // patch_size, as the
+    patch convolution drops any remainder)."""
+    return TowerGeometry(family=family, hidden_size=hidden_size, patch_size=patch_size,
+                         grid=image_size // patch_size, num_layers=num_layers,
+                         image_size=image_size, source=source)
 
 
 def encoder_geometry(folder: str | Path) -> TowerGeometry:
@@ -175,11 +193,10 @@ def check_fits(old: TowerGeometry, new: TowerGeometry) -> None:
     if old.patch_size != new.patch_size:
         problems.append(f"patch size: {old.patch_size} in the checkpoint, {new.patch_size} in "
                         "the encoder (the patch embedding would not load)")
-    if old.image_size != new.image_size:
+    if old.grid != new.grid:
         problems.append(
-            f"image size: the checkpoint's tower sees {old.image_size} px "
-            f"({old.tokens} image tokens, what the LLM was trained on), the encoder "
-            f"{new.image_size} px ({new.tokens})")
+            f"token grid: the checkpoint's tower sees {old.describe_grid()}, what the LLM was "
+            f"trained on; the encoder {new.describe_grid()}")
     if old.num_layers != new.num_layers:
         problems.append(f"depth: {old.num_layers} layers in the checkpoint's tower, "
                         f"{new.num_layers} in the encoder (the selected layer would differ)")
@@ -229,8 +246,32 @@ def swap_llava_hf_tower(model, encoder_dir: str | Path, source: str = "the check
     warn_projector_once()
 
 
+def _load_llava_hf(ckpt: Path):
+    """The checkpoint, strictly: its vision_config must describe the weights it stores (else
+    transformers would re-initialise, or refuse, what does not fit)."""
+    from transformers import LlavaForConditionalGeneration
+
+    hint = ("its config.json vision_config disagrees with the weights stored in it; fix the "
+            "config (or the weights) before swapping")
+    try:
+        with quiet_transformers():
+            model, info = LlavaForConditionalGeneration.from_pretrained(
+                ckpt, dtype="auto", output_loading_info=True)
+    except (RuntimeError, ValueError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise GenhancerError(f"llava-hf checkpoint {ckpt} does not load: {hint} ({first})"
+                             ) from exc
+    bad = [k for kind in ("missing_keys", "unexpected_keys", "mismatched_keys")
+           for k in info.get(kind, []) if "vision_tower" in str(k)]
+    if bad:
+        raise GenhancerError(f"llava-hf checkpoint {ckpt}: {hint} ({len(bad)} vision-tower "
+                             f"weights missing, unexpected or of another shape; first: "
+                             f"{bad[0]})")
+    return model
+
+
 def _swap_llava_hf(ckpt: Path, encoder_dir: Path, out: Path) -> dict[str, Any]:
-    from transformers import AutoProcessor, LlavaForConditionalGeneration
+    from transformers import AutoProcessor
 
     config = transformers.AutoConfig.from_pretrained(ckpt)
     check_fits(llava_hf_geometry(config, f"llava-hf checkpoint {ckpt}"),
@@ -240,7 +281,7 @@ def _swap_llava_hf(ckpt: Path, encoder_dir: Path, out: Path) -> dict[str, Any]:
     except (OSError, ValueError) as exc:
         raise GenhancerError(f"{ckpt} has no loadable processor (llava-hf checkpoints ship "
                              f"processor_config.json and tokenizer files): {exc}") from exc
-    model = LlavaForConditionalGeneration.from_pretrained(ckpt, dtype="auto")
+    model = _load_llava_hf(ckpt)
     swap_llava_hf_tower(model, encoder_dir, f"llava-hf checkpoint {ckpt}")
     model.save_pretrained(out)
     processor.save_pretrained(out)
@@ -301,7 +342,7 @@ def _stored_geometry(state: dict[str, torch.Tensor], source: str) -> TowerGeomet
     layers = {int(m.group(1)) for k in state if (m := re.match(r"encoder\.layers\.(\d+)\.", k))}
     side = round((pos.shape[0] - has_cls) ** 0.5)
     return TowerGeometry(family=family, hidden_size=patch.shape[0], patch_size=patch.shape[-1],
-                         image_size=side * patch.shape[-1], num_layers=len(layers), source=source)
+                         grid=side, num_layers=len(layers), source=source)
 
 
 def original_tower_name(config: dict[str, Any]) -> str:
@@ -318,20 +359,34 @@ def _named_geometry(name: str, source: str) -> TowerGeometry | None:
     except GenhancerError:
         return None
     if name in KNOWN_TOWERS:
-        return TowerGeometry(*KNOWN_TOWERS[name], source=source)
+        return geometry_of(*KNOWN_TOWERS[name], source=source)
     return None
+
+
+def _same_tower(a: TowerGeometry, b: TowerGeometry) -> bool:
+    return (a.hidden_size, a.patch_size, a.grid, a.num_layers) == \
+        (b.hidden_size, b.patch_size, b.grid, b.num_layers)
 
 
 def original_geometry(ckpt: Path, config: dict[str, Any],
                       stored: dict[str, torch.Tensor] | None) -> TowerGeometry | None:
-    """What is known of an original-format checkpoint's tower (None: only its width)."""
+    """What is known of an original-format checkpoint's tower (None: only its width).
+
+    Stored tower weights win; when the tower's name also tells a geometry, the two must agree
+    (a checkpoint whose config names another tower than the one it stores is an error).
+    """
     name = original_tower_name(config)
     source = f"original-format checkpoint {ckpt}, tower {name!r}"
-    if stored:
-        found = _stored_geometry(stored, source + " (stored weights)")
-        if found is not None:
-            return found
-    return _named_geometry(name, source)
+    named = _named_geometry(name, source)
+    found = _stored_geometry(stored, source + " (stored weights)") if stored else None
+    if found is not None and named is not None and not _same_tower(found, named):
+        raise GenhancerError(
+            f"{ckpt}'s config names the tower {name!r} ({named.hidden_size} wide, patch "
+            f"{named.patch_size}, {named.describe_grid()}, {named.num_layers} layers) but the "
+            f"tower weights stored in it are {found.hidden_size} wide, patch "
+            f"{found.patch_size}, {found.describe_grid()}, {found.num_layers} layers; fix "
+            "mm_vision_tower in its config.json (or its weights) before swapping")
+    return found or named
 
 
 def check_original_fits(ckpt: Path, config: dict[str, Any], encoder_dir: Path,
