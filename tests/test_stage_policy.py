@@ -143,3 +143,21 @@ def test_stage2_changes_only_what_the_policy_trains(tiny_config, policy):
     else:
         assert any(n.startswith("projector.") for n in others)
         assert any(n.startswith("denoiser.") for n in others)
+
+
+def test_fp16_encoder_folder_is_trained_in_fp32(tiny_clip, tmp_path):
+    """An fp16 folder handed to a CPU run is converted to float32 explicitly, not trained in
+    half precision."""
+    import shutil
+
+    from transformers import CLIPModel
+
+    from genhancer_llava.config import load_config as load
+
+    folder = shutil.copytree(tiny_clip, tmp_path / "fp16")
+    CLIPModel.from_pretrained(tiny_clip).half().save_pretrained(folder)
+    cfg = load("tiny", overrides=[f"encoder.path={folder}", f"run.output_dir={tmp_path / 'r'}"])
+    enhancer = build_enhancer(cfg)
+    assert {p.dtype for p in enhancer.parameters()} == {torch.float32}
+    apply_stage_policy(enhancer, "lora-only", cfg.lora)
+    assert torch.isfinite(torch.tensor(_train(enhancer.train(), 1, 1e-3))).all()

@@ -67,9 +67,11 @@ def build_enhancer(cfg: Config, encoder: Encoder | None = None) -> Enhancer:
         encoder: an encoder built elsewhere (tests build paper-sized ones on the meta device).
     """
     if encoder is None:
+        # float32 whatever the folder stores: an fp16 export trained on the CPU (or as mixed
+        # precision's master weights) would be silently wrong otherwise; autocast picks bf16.
         encoder = load_encoder(
             cfg.encoder.path, cfg.encoder.image_size, cfg.encoder.local_token_ratio,
-            family=cfg.encoder.family,
+            dtype=torch.float32, family=cfg.encoder.family,
         )
     if encoder.family != cfg.encoder.family:
         raise GenhancerError(
