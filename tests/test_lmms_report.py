@@ -138,3 +138,21 @@ def test_report_bad_folders(tmp_path, capsys, make):
         folder.mkdir()
     err = cli_error(capsys, ["eval", "report", str(folder), "--output", str(tmp_path / "o")])
     assert ("does not exist" if make == "missing" else "holds no lmms-eval") in err
+
+
+def test_report_refuses_a_folder_of_several_models(tmp_path, capsys):
+    """base/ and enhanced/ under one folder: an error naming both, never one mixed row; the
+    folders it names give one row each."""
+    results = tmp_path / "results"
+    base, enhanced = write_logs(results / "base"), write_logs(results / "enhanced")
+    err = cli_error(capsys, ["eval", "report", str(results), "--output", str(tmp_path / "o")])
+    assert err == (f"error: {results} holds lmms-eval runs of 2 models "
+                   "(base/checkpoints__llava, enhanced/checkpoints__llava); pass one RESULTS_DIR "
+                   "per model (one row each): genhancer eval lmms-report "
+                   f"{base / 'checkpoints__llava'} {enhanced / 'checkpoints__llava'}")
+    assert not (tmp_path / "o").exists()
+    main(["eval", "lmms-report", str(base / "checkpoints__llava"),
+          str(enhanced / "checkpoints__llava"), "--name", "base", "--name", "enhanced",
+          "--output", str(tmp_path / "o")])
+    rows = [r for r in capsys.readouterr().out.splitlines() if r.startswith("| ")]
+    assert [r.split(" | ")[0] for r in rows[1:]] == ["| base", "| enhanced", "| delta"]

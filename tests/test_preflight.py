@@ -17,7 +17,6 @@ from PIL import Image
 
 from genhancer_llava.config import load_config
 from genhancer_llava.errors import ConfigError, GenhancerError
-from genhancer_llava.paths import required_dir, required_path
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -35,6 +34,8 @@ def last_line(proc: subprocess.CompletedProcess) -> str:
 
 
 def test_empty_path_is_not_set_not_the_current_folder(tmp_path):
+    from genhancer_llava.paths import required_dir, required_path
+
     for empty in ("", "  ", None):
         with pytest.raises(ConfigError, match=r"^data\.path is not set; pass data\.path=DIR"):
             required_path(empty, "data.path", "pass data.path=DIR")
