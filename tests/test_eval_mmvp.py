@@ -274,3 +274,24 @@ def test_siglip_family_same_protocol_and_matches_its_forward(tmp_path):
         logits = scorer.model(pixel_values=pixels, input_ids=tokens["input_ids"]).logits_per_text
     assert result.predictions[0]["prob_image1"] == pytest.approx(
         logits.softmax(dim=-1)[0, 0].item(), abs=1e-5)
+
+
+def test_siglip_folder_without_tokenizer_is_one_line(capsys, bench, tiny_siglip):
+    """`make-tiny-siglip` (like a vision export of a base without tokenizer files) writes no
+    tokenizer; scoring texts needs one: a one-line error, not a sentencepiece traceback."""
+    err = cli_error(capsys, ["eval", "mmvp-vlm", "--model", str(tiny_siglip),
+                             "--data", str(bench)])
+    assert err.startswith(f"error: {tiny_siglip} has no tokenizer files (tokenizer.json, ")
+    assert "copy the base model's tokenizer files into it" in err
+
+
+def test_compare_errors_name_its_own_flag(capsys, tiny_clip, tmp_path):
+    err = cli_error(capsys, ["eval", "compare", str(tiny_clip), str(tiny_clip),
+                             "--output", str(tmp_path / "o")])
+    assert "pass --mmvp DIR (MMVP-VLM)" in err and "--data" not in err
+    err = cli_error(capsys, ["eval", "compare", str(tiny_clip), str(tiny_clip),
+                             "--mmvp", str(tmp_path / "nope"), "--output", str(tmp_path / "o")])
+    assert err.endswith("does not exist; pass --mmvp DIR") and "--data" not in err
+    err = cli_error(capsys, ["eval", "mmvp-vlm", "--model", str(tiny_clip),
+                             "--data", str(tmp_path / "nope")])
+    assert err.endswith("does not exist; pass --data DIR")
