@@ -1,8 +1,9 @@
 """Paper-faithful scores from lmms-eval runs (mmvp, cv_bench, pope), for one or more models.
 
 Reads what `lmms-eval ... --output_path OUT --log_samples` writes
-(`OUT/<model>/<date>_results.json` and `<date>_samples_<task>.jsonl`; every results file found
-under a RESULTS_DIR belongs to that model, newer runs win per task) and reports:
+(`OUT/<model>/<date>_results.json` and `<date>_samples_<task>.jsonl`; a RESULTS_DIR holds one
+model's runs, newer runs win per task; a folder holding several models' runs is an error, never
+a row mixing them) and reports:
 
 - MMVP: pair accuracy (a pair counts when both questions are right; what the papers quote),
   beside per-question accuracy;
@@ -65,6 +66,7 @@ def load_lmms_run(results_dir: str | Path, name: str | None = None) -> LmmsRun:
     if not found:
         raise GenhancerError(f"{root} holds no lmms-eval *_results.json; run lmms-eval with "
                              f"--output_path {root} --log_samples")
+    _one_model(root, found)
     run = LmmsRun(name=name or root.name)
     for path in sorted(found, key=lambda p: p.name):  # date-prefixed: older first, newer win
         try:
@@ -80,6 +82,18 @@ def load_lmms_run(results_dir: str | Path, name: str | None = None) -> LmmsRun:
                 run.samples[task] = [json.loads(line) for line in
                                      samples.read_text().splitlines() if line.strip()]
     return run
+
+
+def _one_model(root: Path, found: list[Path]) -> None:
+    """Newer results win per task, which is only right within one model's runs: lmms-eval
+    writes each model's files into a folder of its own (named after its --model_args)."""
+    folders = sorted({str(p.parent.relative_to(root)) for p in found})
+    if len(folders) > 1:
+        dirs = " ".join(str(root / f) for f in folders)
+        raise GenhancerError(
+            f"{root} holds lmms-eval runs of {len(folders)} models ({', '.join(folders)}); pass "
+            f"one RESULTS_DIR per model (one row each): genhancer eval lmms-report {dirs}"
+        )
 
 
 # --- parsing -------------------------------------------------------------------------------

@@ -192,11 +192,16 @@ def _read_rows(csv_file: Path) -> list[MMVPItem]:
     return items
 
 
-def load_benchmark(root: str | Path) -> MMVPBenchmark:
-    """Read an MMVP-VLM folder (layout in the module docstring); every image must exist."""
+def load_benchmark(root: str | Path, flag: str = "--data") -> MMVPBenchmark:
+    """Read an MMVP-VLM folder (layout in the module docstring); every image must exist.
+
+    Args:
+        root: the benchmark folder.
+        flag: the command's flag for it, named in errors (`--data`; `eval compare`: `--mmvp`).
+    """
     root = Path(root)
     if not root.is_dir():
-        raise GenhancerError(f"MMVP-VLM folder {root} does not exist; pass --data DIR")
+        raise GenhancerError(f"MMVP-VLM folder {root} does not exist; pass {flag} DIR")
     csv_file = _find_csv(root)
     items = _read_rows(csv_file)
     roots = _image_roots(root)

@@ -48,7 +48,12 @@ __all__ = [
     "read_clip_vision_config",
     "check_resolution",
     "load_encoder",
+    "ENCODER_PATH_HINT",
 ]
+
+# how to set encoder.path (in "not set" errors)
+ENCODER_PATH_HINT = ("pass encoder.path=DIR, a local CLIP or SigLIP folder (`genhancer "
+                     "make-tiny-clip DIR` writes a tiny one)")
 
 @dataclass
 class EncoderOutput:
