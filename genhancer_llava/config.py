@@ -237,6 +237,11 @@ class LoraConfig:
     bias: str = "lora_only"
     target_modules: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2")
     include_projection: bool = False  # also adapt visual_projection (CLIP only)
+    # SigLIP's pooling-head attention: "full" adapts in_proj and out_proj (peft's
+    # MultiheadAttention LoRA; stronger than the paper's code), "reference" targets out_proj
+    # alone as the paper's code does (nn.MultiheadAttention bypasses that LoRA: only its bias
+    # trains)
+    head_attention: str = "full"
 
     def __post_init__(self) -> None:
         _positive("lora.r", self.r)
@@ -244,6 +249,8 @@ class LoraConfig:
         _check(0.0 <= self.dropout < 1.0, "lora.dropout", self.dropout, "must be in [0, 1)")
         _check(self.bias in ("none", "lora_only", "all"), "lora.bias", self.bias,
                "choose none, lora_only or all")
+        _check(self.head_attention in ("full", "reference"), "lora.head_attention",
+               self.head_attention, "choose full or reference")
         self.target_modules = tuple(self.target_modules)
         _check(len(self.target_modules) > 0, "lora.target_modules", self.target_modules,
                "name at least one module")

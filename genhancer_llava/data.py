@@ -37,6 +37,7 @@ from torchvision.transforms import functional as TF
 
 from .config import DataConfig
 from .errors import GenhancerError
+from .paths import required_path
 
 __all__ = [
     "IMAGE_EXTENSIONS",
@@ -55,6 +56,10 @@ __all__ = [
 ]
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
+# what data.path holds, per data.kind (in "not set" errors)
+FOLDER_HINT = "pass data.path=DIR, a folder of images (searched recursively)"
+SHARDS_HINT = ("pass data.path='/data/cc3m/{00000..00331}.tar' (webdataset shards) or a .txt "
+               "file listing shard paths")
 SHARD_IMAGE_KEYS = ("jpg", "jpeg", "png", "webp", "bmp")
 DECODE_ERRORS = (
     OSError, UnidentifiedImageError, ValueError, SyntaxError, Image.DecompressionBombError
@@ -168,7 +173,7 @@ def expand_shards(spec: str) -> list[Path]:
     """A brace pattern (`/data/{00000..00099}.tar`), a `.txt` list file, or one tar path."""
     from braceexpand import braceexpand
 
-    path = Path(spec)
+    path = required_path(spec, "data.path", SHARDS_HINT)
     if path.suffix == ".txt" and path.is_file():
         base = path.parent
         names = [ln.strip() for ln in path.read_text().splitlines()]
@@ -347,7 +352,7 @@ def build_source(cfg: DataConfig, image_size: int, seed: int = 0):
         return SyntheticSource(cfg.num_images, image_size * 2, seed)
     if cfg.kind == "shards":
         return ShardSource(cfg.path, cfg.shuffle_buffer)
-    return FolderSource(cfg.path)
+    return FolderSource(required_path(cfg.path, "data.path", FOLDER_HINT))
 
 
 def build_stream(

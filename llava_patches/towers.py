@@ -23,9 +23,21 @@ from genhancer_llava.mllm.registry import TowerSpec, resolve_tower
 from genhancer_llava.models.families import get_family
 from genhancer_llava.utils import quiet_transformers
 
-__all__ = ["GenhancerCLIPTower", "GenhancerSiglipTower", "build_tower"]
+__all__ = ["GenhancerCLIPTower", "GenhancerSiglipTower", "build_tower", "with_crop_size"]
 
 SELECT_FEATURES = ("patch", "cls_patch")
+
+
+def with_crop_size(processor, image_size: int):
+    """Give the processor a `crop_size` when it has none (SigLIP's processors resize without
+    cropping): LLaVA's dataset makes the zero image of a text-only sample from
+    `crop_size['height']`, and crashes on None. It is the size the processor outputs."""
+    if getattr(processor, "crop_size", None) is None:
+        size = getattr(processor, "size", None) or {}
+        height = size.get("height", image_size) if isinstance(size, dict) else image_size
+        width = size.get("width", image_size) if isinstance(size, dict) else image_size
+        processor.crop_size = {"height": height, "width": width}
+    return processor
 
 
 class _ExportedTower(nn.Module):
@@ -65,7 +77,8 @@ class _ExportedTower(nn.Module):
         """Load the encoder's vision tower and image processor from the exported folder."""
         if self.is_loaded:
             return
-        self.image_processor = AutoImageProcessor.from_pretrained(self.spec.path)
+        self.image_processor = with_crop_size(AutoImageProcessor.from_pretrained(self.spec.path),
+                                              self._vision_config().image_size)
         with quiet_transformers():  # a full CLIPModel folder has text weights
             self.vision_tower = self.model_class.from_pretrained(
                 self.spec.path, device_map=device_map

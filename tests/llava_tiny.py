@@ -92,13 +92,23 @@ def make_tiny_siglip(folder: Path, seed: int = 0) -> Path:
 
 
 def make_llava_data(folder: Path, n: int = 8, seed: int = 0) -> tuple[Path, Path]:
-    """Image-conversation data in LLaVA's JSON format and its image folder."""
+    """Conversation data in LLaVA's JSON format and its image folder.
+
+    Every fourth record is text-only (no "image" key), as in LLaVA-1.5's mix665k: LLaVA's
+    dataset then feeds a zero image of the processor's `crop_size`.
+    """
     rng = random.Random(seed)
     images = folder / "images"
     images.mkdir(parents=True, exist_ok=True)
     records = []
     answers = _sentences(n, seed + 1)
     for i in range(n):
+        if i % 4 == 3:
+            records.append({"id": f"{i:03d}", "conversations": [
+                {"from": "human", "value": "What colour is the sky?"},
+                {"from": "gpt", "value": answers[i]},
+            ]})
+            continue
         colour = tuple(rng.randrange(256) for _ in range(3))
         size = (rng.randint(24, 48), rng.randint(24, 48))  # non-square: exercises `pad`
         Image.new("RGB", size, colour).save(images / f"{i:03d}.png")

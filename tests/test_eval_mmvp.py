@@ -274,3 +274,95 @@ def test_siglip_family_same_protocol_and_matches_its_forward(tmp_path):
         logits = scorer.model(pixel_values=pixels, input_ids=tokens["input_ids"]).logits_per_text
     assert result.predictions[0]["prob_image1"] == pytest.approx(
         logits.softmax(dim=-1)[0, 0].item(), abs=1e-5)
+
+
+def test_pattern_by_position_as_the_reference_with_a_warning(tmp_path):
+    """The reference assigns pair i to PATTERNS[i // 15]; a CSV whose type column says otherwise
+    is scored by position, and the disagreement is named in a warning."""
+    from genhancer_llava.evaluation.mmvp import positional_pattern
+
+    assert positional_pattern(14, 135) == PATTERNS[0] and positional_pattern(15, 135) == PATTERNS[1]
+    assert positional_pattern(134, 135) == PATTERNS[8]
+    data = make_mmvp_benchmark(tmp_path / "bench", pairs_per_pattern=1, image_size=32)
+    # relabel pair 0 (qid 1, 2) as the second pattern, moving its images with it
+    rows = list(csv.reader(open(data / "Questions.csv", encoding="utf-8")))
+    for row in rows[1:3]:
+        row[1] = PATTERNS[1]
+    with open(data / "Questions.csv", "w", newline="", encoding="utf-8") as f:
+        csv.writer(f).writerows(rows)
+    images = data / "MLLM_VLM Images"
+    for qid in (1, 2):
+        (images / PATTERNS[0] / f"{qid}.jpg").rename(images / PATTERNS[1] / f"{qid}.jpg")
+    with pytest.warns(UserWarning, match=r"disagrees with the reference's positional pattern.*"
+                                         r"qid 1 \('Presence of Specific Features' -> "
+                                         r"'Orientation and Direction'\)"):
+        loaded = load_benchmark(data)
+    assert [p.pattern for p in loaded.pairs] == list(PATTERNS)
+
+
+def test_pair_count_the_position_rule_cannot_split_warns(tmp_path):
+    data = make_mmvp_benchmark(tmp_path / "bench", pairs_per_pattern=1, image_size=32)
+    rows = list(csv.reader(open(data / "Questions.csv", encoding="utf-8")))
+    with open(data / "Questions.csv", "w", newline="", encoding="utf-8") as f:
+        csv.writer(f).writerows(rows[:-2])  # 8 pairs
+    with pytest.warns(UserWarning, match="not a multiple of 9 patterns"):
+        loaded = load_benchmark(data)
+    assert [p.pattern for p in loaded.pairs] == list(PATTERNS[:8])
+
+
+def _fp16_copy(tiny_clip: Path, folder: Path) -> Path:
+    """The tiny CLIP saved in float16, with its processor and tokenizer files."""
+    shutil.copytree(tiny_clip, folder)
+    CLIPModel.from_pretrained(tiny_clip).half().save_pretrained(folder)
+    return folder
+
+
+def test_fp16_folder_is_scored_in_fp32_by_default(tiny_clip, tmp_path, capsys):
+    """The reference scores in fp32 whatever the folder stores; --dtype changes it."""
+    from genhancer_llava.cli.main import build_parser
+
+    folder = _fp16_copy(tiny_clip, tmp_path / "fp16")
+    scorer = load_scorer(folder, device="cpu")
+    assert scorer.model.dtype == torch.float32
+    data = make_mmvp_benchmark(tmp_path / "bench", pairs_per_pattern=1, image_size=32)
+    bench = load_benchmark(data)
+    reference = CLIPModel.from_pretrained(folder, dtype=torch.float16).float().eval()
+    pixels = AutoImageProcessor.from_pretrained(folder)(
+        images=[Image.open(p).convert("RGB") for p in bench.images[:2]],
+        return_tensors="pt")["pixel_values"]
+    with torch.no_grad():
+        out = reference.get_image_features(pixel_values=pixels)
+        out = out if isinstance(out, torch.Tensor) else out.pooler_output
+        expected = torch.nn.functional.normalize(out, dim=-1)
+    assert torch.allclose(scorer.encode_images(bench.images[:2]), expected, atol=1e-6)
+    args = build_parser().parse_args(["eval", "mmvp-vlm", "--model", str(folder),
+                                      "--data", str(data)])
+    assert args.dtype == "float32"
+    bf16 = load_scorer(folder, device="cpu", dtype="bfloat16")
+    assert bf16.model.dtype == torch.bfloat16
+    run_mmvp(bench, bf16)  # scores in the dtype asked for
+    capsys.readouterr()  # drop the loaders' progress output
+    err = cli_error(capsys, ["eval", "mmvp-vlm", "--model", str(folder), "--data", str(data),
+                             "--dtype", "float16", "--device", "cpu"])
+    assert "--dtype float16 on the CPU" in err
+
+
+def test_siglip_folder_without_tokenizer_is_one_line(capsys, bench, tiny_siglip):
+    """`make-tiny-siglip` (like a vision export of a base without tokenizer files) writes no
+    tokenizer; scoring texts needs one: a one-line error, not a sentencepiece traceback."""
+    err = cli_error(capsys, ["eval", "mmvp-vlm", "--model", str(tiny_siglip),
+                             "--data", str(bench)])
+    assert err.startswith(f"error: {tiny_siglip} has no tokenizer files (tokenizer.json, ")
+    assert "copy the base model's tokenizer files into it" in err
+
+
+def test_compare_errors_name_its_own_flag(capsys, tiny_clip, tmp_path):
+    err = cli_error(capsys, ["eval", "compare", str(tiny_clip), str(tiny_clip),
+                             "--output", str(tmp_path / "o")])
+    assert "pass --mmvp DIR (MMVP-VLM)" in err and "--data" not in err
+    err = cli_error(capsys, ["eval", "compare", str(tiny_clip), str(tiny_clip),
+                             "--mmvp", str(tmp_path / "nope"), "--output", str(tmp_path / "o")])
+    assert err.endswith("does not exist; pass --mmvp DIR") and "--data" not in err
+    err = cli_error(capsys, ["eval", "mmvp-vlm", "--model", str(tiny_clip),
+                             "--data", str(tmp_path / "nope")])
+    assert err.endswith("does not exist; pass --data DIR")

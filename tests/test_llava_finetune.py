@@ -154,6 +154,24 @@ def test_continuing_from_a_checkpoint_with_another_tower_trains_the_new_one(trai
     assert not all(torch.equal(saved[k], tower_a[k].to(saved[k].dtype)) for k in tower_a)
 
 
+def test_siglip_tower_retrains_on_data_with_text_only_samples(inputs):
+    """LLaVA's dataset reads image_processor.crop_size for text-only samples (a quarter of the
+    tiny data, as in mix665k); SigLIP's processor has none of its own."""
+    records = json.loads(inputs["data"].read_text())
+    assert any("image" not in r for r in records) and any("image" in r for r in records)
+    siglip = make_tiny_siglip(inputs["root"] / "siglip-tower")
+    out = inputs["root"] / "run-siglip"
+    result = run_script("--vision_tower", f"genhancer:{siglip}", "--preset", "tiny",
+                        "--llm", str(inputs["llm"]), "--data", str(inputs["data"]),
+                        "--images", str(inputs["images"]), "--output", str(out))
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
+    for stage in ("llava-pretrain", "llava-finetune"):
+        state = json.loads((out / stage / "trainer_state.json").read_text())
+        assert state["global_step"] == 2
+    config = json.loads((out / "llava-finetune" / "config.json").read_text())
+    assert config["mm_vision_select_feature"] == "cls_patch"
+
+
 def test_unknown_tower_name_is_a_one_line_error(inputs, tmp_path):
     result = run_script("--vision_tower", "genhancer:nope", "--preset", "tiny",
                         "--llm", str(inputs["llm"]), "--data", str(inputs["data"]),

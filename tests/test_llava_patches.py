@@ -8,6 +8,7 @@ import textwrap
 
 import pytest
 import torch
+from PIL import Image
 
 pytest.importorskip("llava", reason="llava-torch is installed by `make` (pip --no-deps)")
 
@@ -153,6 +154,21 @@ def test_siglip_tower_keeps_every_token(parts):
     assert isinstance(tower, GenhancerSiglipTower)
     assert _same_weights(tower.vision_tower, _vision_state(parts["siglip"], SiglipVisionModel))
     assert tower(torch.randn(2, 3, 32, 32)).shape == (2, 16, 32)  # 16 patches, none dropped
+
+
+def test_towers_processors_have_the_crop_size_llavas_text_only_samples_read(parts):
+    """LLaVA's dataset makes a zero image of crop_size['height'] x crop_size['width'] for a
+    sample without an image; SigLIP's processor has crop_size None."""
+    from transformers import AutoImageProcessor
+
+    assert AutoImageProcessor.from_pretrained(parts["siglip"]).crop_size is None
+    for folder, feature in ((parts["siglip"], "cls_patch"), (parts["enc_a"], "patch")):
+        tower = hook.build_vision_tower(model_args(f"genhancer:{folder}",
+                                                   mm_vision_select_feature=feature))
+        assert tower.image_processor.crop_size == {"height": 32, "width": 32}
+        pixels = tower.image_processor(images=[Image.new("RGB", (40, 24))],
+                                       return_tensors="pt")["pixel_values"]
+        assert pixels.shape[-2:] == (32, 32)  # the zero image matches real ones in a batch
 
 
 def test_siglip_with_patch_select_feature_is_a_one_line_error(parts):

@@ -13,6 +13,7 @@ from PIL import Image
 from safetensors.torch import load_file
 
 from genhancer_llava.cli.main import main
+from genhancer_llava.errors import GenhancerError
 from genhancer_llava.mllm import swap
 from genhancer_llava.models.tiny import make_tiny_clip
 
@@ -182,8 +183,9 @@ def _refused(capsys, parts, ckpt_key: str, tower: Path, out: Path) -> str:
 @pytest.mark.parametrize("ckpt_key", ["hf", "orig"])
 def test_image_size_that_does_not_fit(parts, tmp_path, capsys, ckpt_key):
     err = _refused(capsys, parts, ckpt_key, parts["enc_336"], tmp_path / "out")
-    assert "image size: the checkpoint's tower sees 32 px (16 image tokens" in err
-    assert "the encoder 64 px (64)" in err
+    old = "32 px, a 4 x 4 grid" if ckpt_key == "hf" else "a 4 x 4 grid"  # stored weights: grid
+    assert f"token grid: the checkpoint's tower sees {old} (16 image tokens)" in err
+    assert "the encoder 64 px, a 8 x 8 grid (64 image tokens)" in err
 
 
 @pytest.mark.parametrize("ckpt_key", ["hf", "orig", "orig_bare"])
@@ -206,3 +208,60 @@ def test_existing_output_folder(parts, tmp_path, capsys):
                              str(parts["enc"]), "--output", str(out)])
     assert "already exists" in err and _hashes(parts["hf"]) == before
     assert list(out.iterdir()) == []
+
+
+def test_siglip_384_patch_14_into_an_original_checkpoint_storing_its_tower(parts, tmp_path):
+    """SO400M/14 @ 384: stored weights give 27 x 27 patches (378 px); the grids match."""
+    from transformers import AutoTokenizer
+
+    from genhancer_llava.models.tiny import make_tiny_siglip
+
+    from .llava_tiny import tiny_llava
+
+    kwargs = dict(image_size=384, patch_size=14, hidden_size=32, num_layers=2)
+    old = make_tiny_siglip(tmp_path / "old-siglip", seed=1, **kwargs)
+    new = make_tiny_siglip(tmp_path / "new-siglip", seed=2, **kwargs)
+    ckpt = tmp_path / "llava-siglip"
+    model = tiny_llava(parts["llm"], f"genhancer:{old}", mm_vision_select_feature="cls_patch")
+    model.save_pretrained(ckpt)
+    AutoTokenizer.from_pretrained(parts["llm"]).save_pretrained(ckpt)
+    stored = {k: v for k, v in load_file(ckpt / "model.safetensors").items()
+              if k.startswith(TOWER)}
+    assert stored and swap._stored_geometry(
+        {k[len(TOWER):]: v for k, v in stored.items()}, "s").grid == 27
+    out = tmp_path / "swapped"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        swap.swap_checkpoint(ckpt, new, out)
+    swapped, encoder = load_file(out / "model.safetensors"), _encoder_state(new)
+    for key in stored:
+        assert torch.equal(swapped[key], encoder[swap._tower_key(key[len(TOWER):])]), key
+
+
+def test_original_checkpoint_naming_another_tower_than_it_stores(parts, tmp_path, capsys):
+    """config.json names a 64 px tower; the stored tower weights are the 32 px one."""
+    import shutil
+
+    bad = shutil.copytree(parts["orig"], tmp_path / "bad")
+    config = json.loads((bad / "config.json").read_text())
+    config["mm_vision_tower"] = str(parts["enc_336"])
+    (bad / "config.json").write_text(json.dumps(config))
+    parts["bad_orig"] = bad
+    err = _refused(capsys, parts, "bad_orig", parts["enc"], tmp_path / "out")
+    assert "config names the tower" in err and "a 8 x 8 grid" in err
+    assert "tower weights stored in it are 64 wide, patch 8, a 4 x 4 grid" in err
+
+
+def test_llava_hf_checkpoint_whose_vision_config_disagrees_with_its_weights(parts, tmp_path):
+    import shutil
+
+    bad = shutil.copytree(parts["hf"], tmp_path / "bad-hf")
+    config = json.loads((bad / "config.json").read_text())
+    config["vision_config"]["num_hidden_layers"] = 3  # the stored tower has 2
+    (bad / "config.json").write_text(json.dumps(config))
+    encoder = make_tiny_clip(tmp_path / "enc-3-layers", num_layers=3, seed=4)
+    before, out = _hashes(bad), tmp_path / "out"
+    with pytest.raises(GenhancerError) as err:  # in-process: the loader's progress bar is noise
+        swap.swap_checkpoint(bad, encoder, out)
+    assert "vision_config disagrees with the weights stored in it" in str(err.value)
+    assert "\n" not in str(err.value) and _hashes(bad) == before and not out.exists()

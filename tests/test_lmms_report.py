@@ -4,6 +4,7 @@ the paper metrics."""
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -12,6 +13,7 @@ from genhancer_llava.cli.main import main
 from genhancer_llava.evaluation.lmms_report import (
     lenient_letter,
     lenient_yes_no,
+    lmms_markdown,
     load_lmms_run,
     score_run,
 )
@@ -109,10 +111,10 @@ def test_paper_metrics_from_known_answers(tmp_path):
     assert pope["adversarial"]["exact"]["accuracy"] == 50.0
     assert pope["adversarial"]["exact"]["f1"] == 100.0  # lmms-eval's recall ignores non-"no"
     assert pope["adversarial"]["lenient"] == {"accuracy": 100.0, "precision": 100.0,
-                                              "recall": 100.0, "f1": 100.0, "yes_ratio": 50.0}
+                                              "recall": 100.0, "f1": 100.0, "model_yes_ratio": 50.0}
     assert pope["popular"]["exact"]["accuracy"] == 25.0 and pope["popular"]["exact"]["f1"] == 0
     assert pope["popular"]["lenient"] == {"accuracy": 50.0, "precision": 50.0, "recall": 50.0,
-                                          "f1": 50.0, "yes_ratio": 50.0}
+                                          "f1": 50.0, "model_yes_ratio": 50.0}
     assert pope["random"]["exact"]["f1"] == pope["random"]["lenient"]["f1"] == 50.0
     assert pope["mean_f1_exact"] == 50.0 and pope["mean_f1_lenient"] == 66.67
     assert scores["lmms_eval_reported"]["mmvp"] == {"dummy": 50.0}
@@ -138,3 +140,37 @@ def test_report_bad_folders(tmp_path, capsys, make):
         folder.mkdir()
     err = cli_error(capsys, ["eval", "report", str(folder), "--output", str(tmp_path / "o")])
     assert ("does not exist" if make == "missing" else "holds no lmms-eval") in err
+
+
+def test_lmms_eval_pope_yes_ratio_is_reported_as_the_ground_truths(tmp_path):
+    """lmms-eval's pope_yes_ratio counts ground-truth "yes" answers (always 50% on POPE); the
+    report names it so and gives the model's own share beside it."""
+    run = load_lmms_run(write_logs(tmp_path / "run"))
+    # what lmms-eval writes for a model that answers "yes" 3 times in 4 (pope_pop below)
+    run.results["pope_pop"]["pope_yes_ratio,none"] = 0.5
+    scores = score_run(run)
+    reported = scores["lmms_eval_reported"]["pope_pop"]
+    assert reported["ground_truth_yes_ratio"] == 50.0 and "pope_yes_ratio" not in reported
+    assert scores["pope"]["popular"]["lenient"]["model_yes_ratio"] == 50.0
+    assert scores["pope"]["adversarial"]["exact"]["model_yes_ratio"] == 25.0  # "yes" once in 4
+    text = lmms_markdown([scores])
+    assert "model yes-ratio 25.0" in text
+    assert set(re.findall(r"(\S+) yes-ratio", text)) == {"model"}  # never unqualified
+
+
+def test_report_refuses_a_folder_of_several_models(tmp_path, capsys):
+    """base/ and enhanced/ under one folder: an error naming both, never one mixed row; the
+    folders it names give one row each."""
+    results = tmp_path / "results"
+    base, enhanced = write_logs(results / "base"), write_logs(results / "enhanced")
+    err = cli_error(capsys, ["eval", "report", str(results), "--output", str(tmp_path / "o")])
+    assert err == (f"error: {results} holds lmms-eval runs of 2 models "
+                   "(base/checkpoints__llava, enhanced/checkpoints__llava); pass one RESULTS_DIR "
+                   "per model (one row each): genhancer eval lmms-report "
+                   f"{base / 'checkpoints__llava'} {enhanced / 'checkpoints__llava'}")
+    assert not (tmp_path / "o").exists()
+    main(["eval", "lmms-report", str(base / "checkpoints__llava"),
+          str(enhanced / "checkpoints__llava"), "--name", "base", "--name", "enhanced",
+          "--output", str(tmp_path / "o")])
+    rows = [r for r in capsys.readouterr().out.splitlines() if r.startswith("| ")]
+    assert [r.split(" | ")[0] for r in rows[1:]] == ["| base", "| enhanced", "| delta"]

@@ -80,6 +80,61 @@ def test_lora_reaches_layers_and_the_pooling_head(siglip_config):
                for n, p in enhancer.encoder.named_parameters() if "lora_A" in n)
 
 
+def _tower_name(name: str) -> str:
+    """A parameter's name inside the vision tower (no peft wrapper, no `vision_model.` level)."""
+    name = name.split("base_model.model.")[-1]
+    return name[len("vision_model."):] if name.startswith("vision_model.") else name
+
+
+def _vision_trainable(model, full: bool = False) -> set[str]:
+    """Trainable parameter names of the vision tower (of a full SiglipModel when `full`)."""
+    return {_tower_name(n) for n, p in model.named_parameters() if p.requires_grad
+            and (not full or n.split("base_model.model.")[-1].startswith("vision_model."))}
+
+
+def test_reference_head_attention_reproduces_the_reference_trainable_set(siglip_config,
+                                                                         tiny_siglip):
+    """lora.head_attention=reference trains what the paper's peft config trains on SigLIP's
+    vision side; the head's out_proj LoRA is bypassed by nn.MultiheadAttention (no gradient),
+    so only its bias learns there."""
+    from peft import LoraConfig, get_peft_model
+
+    cfg = siglip_config("lora.head_attention=reference")
+    enhancer = build_enhancer(cfg)
+    apply_stage_policy(enhancer, "lora-only", cfg.lora)
+    ours = _vision_trainable(enhancer.encoder.model)
+
+    # the paper's stage-2 LoRA on the whole SiglipModel: module names, bias "lora_only"
+    reference = get_peft_model(SiglipModel.from_pretrained(tiny_siglip), LoraConfig(
+        r=cfg.lora.r, lora_alpha=cfg.lora.alpha, lora_dropout=cfg.lora.dropout, bias="lora_only",
+        target_modules=list(cfg.lora.target_modules)))
+    assert ours == _vision_trainable(reference, full=True)
+    assert "head.attention.out_proj.lora_A.default.weight" in ours
+    assert not any("in_proj" in n for n in ours)
+
+    for name, param in enhancer.encoder.named_parameters():
+        if "lora_B" in name:
+            torch.nn.init.normal_(param, std=0.1)
+    enhancer.encoder(torch.randn(2, 3, 32, 32)).global_token.square().sum().backward()
+    grads = {_tower_name(n): p.grad for n, p in
+             enhancer.encoder.model.named_parameters() if "head.attention" in n and p.requires_grad}
+    assert grads["head.attention.out_proj.lora_A.default.weight"] is None  # bypassed
+    assert grads["head.attention.out_proj.base_layer.bias"].abs().sum() > 0
+
+
+def test_full_head_attention_trains_more_than_the_reference(siglip_config):
+    trainable = {}
+    for mode in ("full", "reference"):
+        cfg = siglip_config(f"lora.head_attention={mode}")
+        enhancer = build_enhancer(cfg)
+        apply_stage_policy(enhancer, "lora-only", cfg.lora)
+        trainable[mode] = _vision_trainable(enhancer.encoder.model)
+    assert trainable["reference"] - trainable["full"] <= {
+        n for n in trainable["reference"] if n.startswith("head.attention.out_proj")}
+    assert any("head.attention.lora_A" in n for n in trainable["full"])  # fused in-projection
+    assert load_config("siglip-so400m-384").lora.head_attention == "full"
+
+
 def test_family_mismatch_is_a_one_line_error_both_ways(tiny_siglip, tiny_clip):
     with pytest.raises(GenhancerError) as err:
         load_encoder(tiny_siglip, 32, family="clip")

@@ -3,6 +3,7 @@
 import pytest
 import torch
 
+from genhancer_llava.config import load_config
 from genhancer_llava.models.enhancer import (
     apply_stage_policy,
     build_enhancer,
@@ -47,14 +48,36 @@ def test_trainable_parameter_table_per_policy(tiny_config, policy):
         assert table["encoder.lora"]["trainable"] == table["encoder.lora"]["total"] > 0
         # bias="lora_only": the adapted layers' biases, nothing else of the base tower
         assert table["encoder"]["trainable"] == _lora_bias_count(enhancer) > 0
-        # r=4 adapters on q/k/v/out (64x64) and fc1/fc2 (64x256) in 2 layers
-        assert table["encoder.lora"]["total"] == 2 * (4 * 4 * (64 + 64) + 2 * 4 * (64 + 256))
+        # r=4 adapters on q/k/v/out (64x64) and fc1/fc2 (64x256) in 2 layers, and on
+        # visual_projection (64 -> 32): the CLIP presets adapt the global token's layer
+        assert table["encoder.lora"]["total"] == (2 * (4 * 4 * (64 + 64) + 2 * 4 * (64 + 256))
+                                                  + 4 * (64 + 32))
     else:
         assert "encoder.lora" not in table and table["encoder"]["trainable"] == 0
 
 
+@pytest.mark.parametrize("preset", ["openai-clip-l14-224", "openai-clip-l14-336",
+                                    "metaclip-l14-224", "metaclip-h14-224",
+                                    "openai-clip-l14-224-masked", "metaclip-h14-224-masked",
+                                    "tiny"])
+def test_clip_presets_adapt_visual_projection(preset):
+    """The reference's all-linear LoRA covers visual_projection, the global token's layer."""
+    assert load_config(preset).lora.include_projection is True
+
+
+def test_stage2_adapts_and_updates_visual_projection(tiny_config):
+    cfg, enhancer = _tiny(tiny_config)  # the preset's default, no override
+    apply_stage_policy(enhancer, "lora-only", cfg.lora)
+    projection = {n: p for n, p in enhancer.encoder.named_parameters()
+                  if "visual_projection.lora_" in n}
+    assert len(projection) == 2 and all(p.requires_grad for p in projection.values())
+    before = {n: p.detach().clone() for n, p in projection.items()}
+    _train(enhancer.train(), 2, 1e-3)  # lora_B starts at 0: step 1 moves B, step 2 moves A too
+    assert all(not torch.equal(p, before[n]) for n, p in projection.items())
+
+
 def test_lora_targets_only_vision_layers_and_optionally_the_projection(tiny_config):
-    cfg, enhancer = _tiny(tiny_config, "lora.include_projection=true")
+    cfg, enhancer = _tiny(tiny_config)
     apply_stage_policy(enhancer, "lora-only", cfg.lora)
     adapted = {n.split(".lora_")[0].split("base_model.model.")[-1]
                for n, _ in enhancer.encoder.named_parameters() if "lora_" in n}
@@ -120,3 +143,21 @@ def test_stage2_changes_only_what_the_policy_trains(tiny_config, policy):
     else:
         assert any(n.startswith("projector.") for n in others)
         assert any(n.startswith("denoiser.") for n in others)
+
+
+def test_fp16_encoder_folder_is_trained_in_fp32(tiny_clip, tmp_path):
+    """An fp16 folder handed to a CPU run is converted to float32 explicitly, not trained in
+    half precision."""
+    import shutil
+
+    from transformers import CLIPModel
+
+    from genhancer_llava.config import load_config as load
+
+    folder = shutil.copytree(tiny_clip, tmp_path / "fp16")
+    CLIPModel.from_pretrained(tiny_clip).half().save_pretrained(folder)
+    cfg = load("tiny", overrides=[f"encoder.path={folder}", f"run.output_dir={tmp_path / 'r'}"])
+    enhancer = build_enhancer(cfg)
+    assert {p.dtype for p in enhancer.parameters()} == {torch.float32}
+    apply_stage_policy(enhancer, "lora-only", cfg.lora)
+    assert torch.isfinite(torch.tensor(_train(enhancer.train(), 1, 1e-3))).all()

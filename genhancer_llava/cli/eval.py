@@ -21,7 +21,7 @@ def cmd_eval_mmvp(args: argparse.Namespace) -> None:
     from ..evaluation.runs import evaluate
 
     mmvp, _ = evaluate(args.model, mmvp_data=args.data, names=args.name,
-                       batch_size=args.batch_size, device=args.device)
+                       batch_size=args.batch_size, device=args.device, dtype=args.dtype)
     print(mmvp_markdown(mmvp, delta=len(mmvp) == 2), end="")
     print(f"wrote {args.output}:")
     _print_files(write_mmvp(mmvp, args.output))
@@ -44,7 +44,7 @@ def cmd_eval_zeroshot(args: argparse.Namespace) -> None:
         raise GenhancerError("pass --classification DIR and/or --retrieval JSON")
     _, zeroshot = evaluate(args.model, classification=args.classification,
                            retrieval=args.retrieval, templates=_templates(args), names=args.name,
-                           batch_size=args.batch_size, device=args.device)
+                           batch_size=args.batch_size, device=args.device, dtype=args.dtype)
     print(zeroshot_markdown(zeroshot, delta=len(zeroshot) == 2), end="")
     print(f"wrote {args.output}:")
     _print_files(write_zeroshot(zeroshot, args.output))
@@ -58,7 +58,7 @@ def cmd_eval_compare(args: argparse.Namespace) -> None:
     result = compare(args.base, args.enhanced, args.output, mmvp_data=args.mmvp,
                      classification=args.classification, retrieval=args.retrieval,
                      templates=_templates(args), names=(args.base_name, args.enhanced_name),
-                     batch_size=args.batch_size, device=args.device)
+                     batch_size=args.batch_size, device=args.device, dtype=args.dtype)
     if result.mmvp:
         print(mmvp_markdown(result.mmvp, delta=True), end="")
     if result.zeroshot:
@@ -96,6 +96,9 @@ def add_eval_parsers(sub) -> None:
     def common(p: argparse.ArgumentParser) -> None:
         p.add_argument("--batch_size", type=int, default=64, help="images or texts per forward")
         p.add_argument("--device", help="torch device (default: cuda when available, else cpu)")
+        p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"),
+                       help="dtype the model is scored in, whatever the folder stores (default "
+                            "float32, as the paper's evaluation)")
 
     p = eval_sub.add_parser("mmvp-vlm", help="MMVP-VLM as the paper (9 patterns x 15 pairs)")
     p.add_argument("--model", action="append", required=True, help="a CLIP/SigLIP folder; repeat")

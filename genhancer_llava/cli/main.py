@@ -228,7 +228,7 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(STOPPED_EXIT)
     except GenhancerError as err:
         print(f"error: {err}", file=sys.stderr)
-        sys.exit(2)
+        sys.exit(getattr(err, "exit_code", 2))  # a failed stage: its worker's status
 
 
 if __name__ == "__main__":

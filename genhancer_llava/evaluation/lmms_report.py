@@ -1,16 +1,19 @@
 """Paper-faithful scores from lmms-eval runs (mmvp, cv_bench, pope), for one or more models.
 
 Reads what `lmms-eval ... --output_path OUT --log_samples` writes
-(`OUT/<model>/<date>_results.json` and `<date>_samples_<task>.jsonl`; every results file found
-under a RESULTS_DIR belongs to that model, newer runs win per task) and reports:
+(`OUT/<model>/<date>_results.json` and `<date>_samples_<task>.jsonl`; a RESULTS_DIR holds one
+model's runs, newer runs win per task; a folder holding several models' runs is an error, never
+a row mixing them) and reports:
 
 - MMVP: pair accuracy (a pair counts when both questions are right; what the papers quote),
   beside per-question accuracy;
 - CV-Bench (Cambrian): per-source accuracy, 2D = mean(ADE20K, COCO), 3D = Omni3D,
   overall = mean(2D, 3D). lmms-eval ships plain sample accuracy;
-- POPE: accuracy, precision, recall, F1 and the model's yes-ratio per split (adversarial,
-  popular, random from `pope_full`; `all` from `pope`), and the mean F1 over the three splits
-  (LLaVA-1.5's POPE number).
+- POPE: accuracy, precision, recall, F1 and the model's yes-ratio (`model_yes_ratio`) per split
+  (adversarial, popular, random from `pope_full`; `all` from `pope`), and the mean F1 over the
+  three splits (LLaVA-1.5's POPE number). lmms-eval's own `pope_yes_ratio` counts the ground
+  truth's "yes" answers (50% on POPE), not the model's: it is reported as
+  `ground_truth_yes_ratio`, never as the model's.
 
 Each is computed twice from the logged samples: `exact`, lmms-eval's own parse (POPE: exact
 match after lower/strip, so "Yes." scores 0; CV-Bench: the reply's first letter, so
@@ -33,11 +36,15 @@ from ..errors import GenhancerError
 from .report import _mpl
 
 __all__ = ["LmmsRun", "load_lmms_run", "score_run", "lenient_letter", "lenient_yes_no",
-           "cambrian_scores", "pope_scores", "lmms_markdown", "write_lmms_report", "POPE_SPLITS"]
+           "cambrian_scores", "pope_scores", "LMMS_RENAMED", "lmms_markdown", "write_lmms_report",
+           "POPE_SPLITS"]
 
 POPE_SPLITS = {"pope_adv": "adversarial", "pope_pop": "popular", "pope_random": "random",
                "pope": "all"}
 CV_SOURCES = ("ADE20K", "COCO", "Omni3D")
+# lmms-eval metric names that do not say what they measure -> what they measure
+# (lmms-eval's pope_yes_ratio is the share of "yes" in the ground truth, not in the replies)
+LMMS_RENAMED = {"pope_yes_ratio": "ground_truth_yes_ratio"}
 
 
 @dataclass
@@ -59,6 +66,7 @@ def load_lmms_run(results_dir: str | Path, name: str | None = None) -> LmmsRun:
     if not found:
         raise GenhancerError(f"{root} holds no lmms-eval *_results.json; run lmms-eval with "
                              f"--output_path {root} --log_samples")
+    _one_model(root, found)
     run = LmmsRun(name=name or root.name)
     for path in sorted(found, key=lambda p: p.name):  # date-prefixed: older first, newer win
         try:
@@ -74,6 +82,18 @@ def load_lmms_run(results_dir: str | Path, name: str | None = None) -> LmmsRun:
                 run.samples[task] = [json.loads(line) for line in
                                      samples.read_text().splitlines() if line.strip()]
     return run
+
+
+def _one_model(root: Path, found: list[Path]) -> None:
+    """Newer results win per task, which is only right within one model's runs: lmms-eval
+    writes each model's files into a folder of its own (named after its --model_args)."""
+    folders = sorted({str(p.parent.relative_to(root)) for p in found})
+    if len(folders) > 1:
+        dirs = " ".join(str(root / f) for f in folders)
+        raise GenhancerError(
+            f"{root} holds lmms-eval runs of {len(folders)} models ({', '.join(folders)}); pass "
+            f"one RESULTS_DIR per model (one row each): genhancer eval lmms-report {dirs}"
+        )
 
 
 # --- parsing -------------------------------------------------------------------------------
@@ -163,7 +183,8 @@ def pope_scores(preds: Sequence[str], truths: Sequence[str]) -> dict[str, float]
     """POPE as LLaVA's eval_pope reports it (fractions): 'yes' is the positive class.
 
     Accuracy, precision, recall, F1 and the MODEL's yes-ratio (lmms-eval's `pope_yes_ratio` is
-    the ground truth's). `preds` are already parsed to 'yes'/'no' (`lenient_yes_no`).
+    the ground truth's; see `LMMS_RENAMED`). `preds` are already parsed to 'yes'/'no'
+    (`lenient_yes_no`).
     """
     tp = sum(p == "yes" and t == "yes" for p, t in zip(preds, truths, strict=True))
     fp = sum(p == "yes" and t == "no" for p, t in zip(preds, truths, strict=True))
@@ -173,7 +194,7 @@ def pope_scores(preds: Sequence[str], truths: Sequence[str]) -> dict[str, float]
     f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
     return {"accuracy": _mean([p == t for p, t in zip(preds, truths, strict=True)]),
             "precision": precision, "recall": recall, "f1": f1,
-            "yes_ratio": _mean([p == "yes" for p in preds])}
+            "model_yes_ratio": _mean([p == "yes" for p in preds])}
 
 
 def _binary(preds: list[str], truths: list[str]) -> dict[str, float | None]:
@@ -192,7 +213,7 @@ def _pope_exact(records: list[dict[str, Any]]) -> dict[str, float | None]:
     f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
     return {"accuracy": _pct(_mean([r["score"] for r in records])),
             "precision": _pct(precision), "recall": _pct(recall), "f1": _pct(f1),
-            "yes_ratio": _pct(_mean([p == "yes" for p in preds]))}
+            "model_yes_ratio": _pct(_mean([p == "yes" for p in preds]))}
 
 
 def _pope(samples: list[dict[str, Any]]) -> dict[str, Any]:
@@ -222,7 +243,8 @@ def score_run(run: LmmsRun) -> dict[str, Any]:
                                        if len(three) == 3 else None)
         scores["pope"] = pope
     scores["lmms_eval_reported"] = {
-        task: {k.split(",")[0]: _pct(v) for k, v in metrics.items()
+        task: {LMMS_RENAMED.get(k.split(",")[0], k.split(",")[0]): _pct(v)
+               for k, v in metrics.items()
                if isinstance(v, (int, float)) and not isinstance(v, bool)
                and "stderr" not in k}
         for task, metrics in run.results.items()}
@@ -280,7 +302,8 @@ def lmms_markdown(all_scores: Sequence[dict[str, Any]]) -> str:
                     v = p[mode]
                     lines.append(f"- POPE {split} ({mode}): acc {_fmt(v['accuracy'])}, F1 "
                                  f"{_fmt(v['f1'])}, precision {_fmt(v['precision'])}, recall "
-                                 f"{_fmt(v['recall'])}, yes-ratio {_fmt(v['yes_ratio'])}")
+                                 f"{_fmt(v['recall'])}, model yes-ratio "
+                                 f"{_fmt(v['model_yes_ratio'])}")
             lines.append(f"- POPE mean F1 (adversarial/popular/random): exact "
                          f"{_fmt(s['pope']['mean_f1_exact'])}, lenient "
                          f"{_fmt(s['pope']['mean_f1_lenient'])}")

@@ -120,4 +120,4 @@ def pope_f1(records: list[dict[str, Any]]) -> float:
 
 def pope_yes_ratio(records: list[dict[str, Any]]) -> float:
     """The share of samples the MODEL answered yes (LLaVA's 'Yes ratio')."""
-    return _number(_pope(records)["yes_ratio"])
+    return _number(_pope(records)["model_yes_ratio"])

@@ -11,10 +11,11 @@ For each statement: text "a photo of " + statement; softmax of `logits_per_text`
 two images; the prediction is image 1 when P(image 1) > 0.5 (a tie picks image 2); the ground
 truth is image 1 when the qid is odd. A pair counts only when both statements pick their image.
 Pattern score = correct pairs / pairs of the pattern * 100 (15 pairs per pattern: steps of 6.67);
-the headline is the mean over the patterns. A pair's pattern is its first row's type; MMVP's
-script assigns patterns by position (pair // 15) instead, which is the same on the distributed
-CSV (ordered by type, 15 pairs each) and also works for other pair counts (the generated
-benchmark).
+the headline is the mean over the patterns. A pair's pattern is assigned by position, as the
+reference (`pair_index // 15` over the paper's 9 patterns; `pair_index // (pairs / 9)` for other
+pair counts, e.g. a generated benchmark): a warning names pairs whose CSV type column says
+otherwise (images are still looked up under the first row's type folder). A pair count that
+is not a multiple of 9 cannot be assigned by position: the type column is used, with a warning.
 
 The runner encodes every image once and every text once, in batches, then scores each pair
 from the cached embeddings (the reference re-encodes both images for each statement).
@@ -23,6 +24,7 @@ from the cached embeddings (the reference re-encodes both images for each statem
 from __future__ import annotations
 
 import csv
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,6 +44,8 @@ __all__ = [
     "MMVPBenchmark",
     "MMVPResult",
     "load_benchmark",
+    "assign_patterns",
+    "positional_pattern",
     "score_pairs",
     "run_mmvp",
 ]
@@ -188,11 +192,16 @@ def _read_rows(csv_file: Path) -> list[MMVPItem]:
     return items
 
 
-def load_benchmark(root: str | Path) -> MMVPBenchmark:
-    """Read an MMVP-VLM folder (layout in the module docstring); every image must exist."""
+def load_benchmark(root: str | Path, flag: str = "--data") -> MMVPBenchmark:
+    """Read an MMVP-VLM folder (layout in the module docstring); every image must exist.
+
+    Args:
+        root: the benchmark folder.
+        flag: the command's flag for it, named in errors (`--data`; `eval compare`: `--mmvp`).
+    """
     root = Path(root)
     if not root.is_dir():
-        raise GenhancerError(f"MMVP-VLM folder {root} does not exist; pass --data DIR")
+        raise GenhancerError(f"MMVP-VLM folder {root} does not exist; pass {flag} DIR")
     csv_file = _find_csv(root)
     items = _read_rows(csv_file)
     roots = _image_roots(root)
@@ -212,7 +221,40 @@ def load_benchmark(root: str | Path) -> MMVPBenchmark:
         raise GenhancerError(
             f"{len(missing)} MMVP-VLM images missing under {roots[0]}: {listed}{more}"
         )
-    return MMVPBenchmark(root, pairs)
+    return MMVPBenchmark(root, assign_patterns(pairs, csv_file))
+
+
+def positional_pattern(pair_index: int, num_pairs: int) -> str | None:
+    """The reference's rule: PATTERNS[pair_index // pairs_per_pattern] (15 on MMVP-VLM); None
+    when the pair count is not a multiple of the pattern count."""
+    if num_pairs % len(PATTERNS):
+        return None
+    return PATTERNS[pair_index // (num_pairs // len(PATTERNS))]
+
+
+def assign_patterns(pairs: list[MMVPPair], source: Path | str = "the CSV") -> list[MMVPPair]:
+    """Each pair's pattern by position (the reference's rule); warn where the type column
+    disagrees, or where the position cannot decide (then the type column stands)."""
+    if positional_pattern(0, len(pairs)) is None:
+        warnings.warn(
+            f"{source}: {len(pairs)} pairs is not a multiple of {len(PATTERNS)} patterns, so the "
+            "reference's positional rule (pair // 15) cannot apply; patterns follow the type "
+            "column", UserWarning, stacklevel=2)
+        return pairs
+    out, disagree = [], []
+    for i, pair in enumerate(pairs):
+        pattern = positional_pattern(i, len(pairs))
+        if pattern != pair.pattern:
+            disagree.append(f"qid {pair.first.qid} ({pair.pattern!r} -> {pattern!r})")
+        out.append(MMVPPair(pattern, pair.first, pair.second, pair.images))
+    if disagree:
+        listed = ", ".join(disagree[:_MAX_LISTED])
+        more = f" and {len(disagree) - _MAX_LISTED} more" if len(disagree) > _MAX_LISTED else ""
+        warnings.warn(
+            f"{source}: the type column disagrees with the reference's positional pattern "
+            f"(pair // pairs-per-pattern) for {len(disagree)} pairs; scored by position, as the "
+            f"reference: {listed}{more}", UserWarning, stacklevel=2)
+    return out
 
 
 def score_pairs(

@@ -39,7 +39,12 @@ __all__ = [
     "load_scorer",
     "model_label",
     "pick_device",
+    "scoring_dtype",
+    "DTYPES",
 ]
+
+# `--dtype` values. The reference scores in float32 whatever the folder stores.
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 class Scorer(Protocol):
@@ -56,6 +61,10 @@ class Scorer(Protocol):
 
     def logits_per_text(self, text_emb: torch.Tensor, image_emb: torch.Tensor) -> torch.Tensor:
         """(M, N) logits as the model's forward computes them from normalised embeddings."""
+
+
+# any one of these marks a folder that has a tokenizer (fast, sentencepiece or BPE)
+TOKENIZER_FILES = ("tokenizer.json", "spiece.model", "tokenizer.model", "vocab.json")
 
 
 def read_family(path: str | Path) -> str:
@@ -92,6 +101,20 @@ def pick_device(device: str | None = None) -> torch.device:
     return torch.device(default_device(device))
 
 
+def scoring_dtype(dtype: str | torch.dtype, device: torch.device) -> torch.dtype:
+    """The torch dtype to score in; a one-line error for a name we do not know, or for float16
+    on the CPU (half-precision matmuls there are slow or unsupported; the folder is converted
+    to float32 by default)."""
+    if isinstance(dtype, str):
+        if dtype not in DTYPES:
+            raise GenhancerError(f"--dtype {dtype} is unknown; choose {', '.join(DTYPES)}")
+        dtype = DTYPES[dtype]
+    if dtype == torch.float16 and device.type == "cpu":
+        raise GenhancerError("--dtype float16 on the CPU: score in float32 (the default, as the "
+                             "paper) or pass --device cuda")
+    return dtype
+
+
 def _embeds(output) -> torch.Tensor:
     """get_*_features returns a tensor (transformers 4) or an output whose pooler_output holds
     the projected embeddings (transformers 5)."""
@@ -108,27 +131,38 @@ class HFScorer:
         batch_size: images or texts per forward.
         device: torch device; default cuda when available, else cpu.
         name: label in tables; default the folder's name.
+        dtype: the dtype weights are converted to and scored in, whatever the folder stores
+            (default float32, as the reference: an fp16 export is scored in fp32).
     """
 
     def __init__(self, path: str | Path, batch_size: int = 64, device: str | None = None,
-                 name: str | None = None):
+                 name: str | None = None, dtype: str | torch.dtype = "float32"):
         self.path = Path(path)
         self.family = read_family(self.path)
         self.name = name or model_label(self.path)
         self.batch_size = batch_size
         self.device = pick_device(device)
+        self.dtype = scoring_dtype(dtype, self.device)
         spec = FAMILIES[self.family]
         model_class = spec.cls("full_model")
+        if not any((self.path / f).is_file() for f in TOKENIZER_FILES):
+            raise GenhancerError(
+                f"{self.path} has no tokenizer files ({', '.join(TOKENIZER_FILES)}); scoring "
+                "encodes texts: copy the base model's tokenizer files into it (`genhancer "
+                "export` copies them when the base has them)"
+            )
         try:
             with quiet_transformers():
-                self.model = model_class.from_pretrained(self.path).to(self.device).eval()
+                self.model = model_class.from_pretrained(self.path, dtype=self.dtype).to(
+                    self.device).eval()
                 self.image_processor = transformers.AutoImageProcessor.from_pretrained(self.path)
                 self.tokenizer = transformers.AutoTokenizer.from_pretrained(self.path)
-        except OSError as err:
+        except (OSError, ValueError) as err:  # sentencepiece: ValueError on a missing model
+            first = (str(err).splitlines() or [type(err).__name__])[0]
             raise GenhancerError(
                 f"{self.path} could not be loaded as a {spec.full_model} with its processor and "
-                f"tokenizer files ({str(err).splitlines()[0]})"
-            ) from err
+                f"tokenizer files ({first})"
+            ) from None
         text_config = self.model.config.text_config
         self.max_length = min(int(self.tokenizer.model_max_length),
                               int(text_config.max_position_embeddings))
@@ -145,7 +179,8 @@ class HFScorer:
                 with Image.open(p) as image:
                     images.append(image.convert("RGB"))
             pixels = self.image_processor(images=images, return_tensors="pt")["pixel_values"]
-            out = self.model.get_image_features(pixel_values=pixels.to(self.device))  # (B, d)
+            pixels = pixels.to(self.device, self.dtype)
+            out = self.model.get_image_features(pixel_values=pixels)  # (B, d)
             chunks.append(F.normalize(_embeds(out).float(), dim=-1).cpu())
         return torch.cat(chunks) if chunks else torch.empty(0)
 
@@ -173,6 +208,6 @@ class HFScorer:
 
 
 def load_scorer(path: str | Path, batch_size: int = 64, device: str | None = None,
-                name: str | None = None) -> HFScorer:
+                name: str | None = None, dtype: str | torch.dtype = "float32") -> HFScorer:
     """`HFScorer` for a model folder (see its Args)."""
-    return HFScorer(path, batch_size=batch_size, device=device, name=name)
+    return HFScorer(path, batch_size=batch_size, device=device, name=name, dtype=dtype)

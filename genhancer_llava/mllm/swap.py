@@ -75,7 +75,7 @@ FINETUNE_HINT = "scripts/llava_finetune.sh"
 # wrapper) -> .vision_tower (the HF vision model).
 ORIGINAL_TOWER_PREFIX = "model.vision_tower.vision_tower."
 # Towers original-format LLaVA checkpoints name by hub id (no config to read offline).
-KNOWN_TOWERS = {
+KNOWN_TOWERS = {  # family, width, patch, image size, depth
     "openai/clip-vit-large-patch14-336": ("clip", 1024, 14, 336, 24),
     "openai/clip-vit-large-patch14": ("clip", 1024, 14, 224, 24),
 }
@@ -88,18 +88,28 @@ PROJECTOR_NOTE = (
 
 @dataclass(frozen=True)
 class TowerGeometry:
-    """What must agree between a checkpoint's tower and a replacement encoder."""
+    """What must agree between a checkpoint's tower and a replacement encoder.
+
+    The token grid (patches per side) is what the projector and LLM were trained on; the pixel
+    size is only known from a config (stored weights give the grid: SigLIP SO400M/14 at 384 px
+    has a 27 x 27 grid, whose patches cover 378 px).
+    """
 
     family: str
     hidden_size: int
     patch_size: int
-    image_size: int
+    grid: int  # patches per side
     num_layers: int
+    image_size: int | None = None  # None: read from stored weights, which hold only the grid
     source: str = ""  # where the numbers came from (for messages)
 
     @property
     def tokens(self) -> int:
-        return (self.image_size // self.patch_size) ** 2
+        return self.grid ** 2
+
+    def describe_grid(self) -> str:
+        px = f"{self.image_size} px, " if self.image_size else ""
+        return f"{px}a {self.grid} x {self.grid} grid ({self.tokens} image tokens)"
 
 
 def warn_projector_once() -> None:
@@ -143,9 +153,17 @@ def load_encoder_tower(folder: str | Path) -> PreTrainedModel:
 
 
 def _geometry(config, family: str, source: str) -> TowerGeometry:
-    return TowerGeometry(family=family, hidden_size=config.hidden_size,
-                         patch_size=config.patch_size, image_size=config.image_size,
-                         num_layers=config.num_hidden_layers, source=source)
+    return geometry_of(family, config.hidden_size, config.patch_size, config.image_size,
+                       config.num_hidden_layers, source)
+
+
+def geometry_of(family: str, hidden_size: int, patch_size: int, image_size: int,
+                num_layers: int, source: str = "") -> TowerGeometry:
+    """The geometry of a tower known by its config (its grid: image_size // patch_size, as the
+    patch convolution drops any remainder)."""
+    return TowerGeometry(family=family, hidden_size=hidden_size, patch_size=patch_size,
+                         grid=image_size // patch_size, num_layers=num_layers,
+                         image_size=image_size, source=source)
 
 
 def encoder_geometry(folder: str | Path) -> TowerGeometry:
@@ -176,11 +194,10 @@ def check_fits(old: TowerGeometry, new: TowerGeometry, dropped_last_layers: int 
     if old.patch_size != new.patch_size:
         problems.append(f"patch size: {old.patch_size} in the checkpoint, {new.patch_size} in "
                         "the encoder (the patch embedding would not load)")
-    if old.image_size != new.image_size:
+    if old.grid != new.grid:
         problems.append(
-            f"image size: the checkpoint's tower sees {old.image_size} px "
-            f"({old.tokens} image tokens, what the LLM was trained on), the encoder "
-            f"{new.image_size} px ({new.tokens})")
+            f"token grid: the checkpoint's tower sees {old.describe_grid()}, what the LLM was "
+            f"trained on; the encoder {new.describe_grid()}")
     depths = sorted({old.num_layers, old.num_layers + dropped_last_layers})
     if new.num_layers not in depths:
         fits = " or ".join(str(d) for d in depths)
@@ -326,6 +343,23 @@ def _stored_tower(files: list[Path], family: LlavaFamily) -> dict[Path, dict[str
     return out
 
 
+def check_config_matches_stored(config: TowerGeometry, stored: dict[str, tuple[int, ...]],
+                                source: str) -> None:
+    """The checkpoint's vision_config must describe the tower weights it stores: the swap trusts
+    the config for the fit, and a deeper config would otherwise drop encoder layers silently."""
+    depth = len({i for k in stored if (i := _layer_index(k)) is not None})
+    widths = {shape[0] for k, shape in stored.items() if k.endswith("patch_embedding.weight")}
+    found = []
+    if depth != config.num_layers:
+        found.append(f"{config.num_layers} layers in the config, {depth} stored")
+    if widths and widths != {config.hidden_size}:
+        found.append(f"{config.hidden_size} wide in the config, {min(widths)} stored")
+    if found:
+        raise GenhancerError(f"{source}: its config.json vision_config disagrees with the weights "
+                             f"stored in it ({'; '.join(found)}); fix the config (or the weights) "
+                             "before swapping")
+
+
 def _swap_llava_hf(ckpt: Path, encoder_dir: Path, out: Path, family: LlavaFamily,
                    config: dict[str, Any]) -> dict[str, Any]:
     from transformers import AutoProcessor
@@ -347,6 +381,7 @@ def _swap_llava_hf(ckpt: Path, encoder_dir: Path, out: Path, family: LlavaFamily
     shapes = {}
     for f, keys in located.items():
         shapes.update({name: shape for name, shape in _stored_shapes(f, keys).items()})
+    check_config_matches_stored(old, shapes, source)
     state, unused = tower_state(shapes, load_encoder_tower(encoder_dir).state_dict(), source)
     shutil.copytree(ckpt, out, dirs_exist_ok=True)
     dtypes = set()
@@ -454,7 +489,7 @@ def _stored_geometry(state: dict[str, torch.Tensor], source: str) -> TowerGeomet
     layers = {int(m.group(1)) for k in state if (m := re.match(r"encoder\.layers\.(\d+)\.", k))}
     side = round((pos.shape[0] - has_cls) ** 0.5)
     return TowerGeometry(family=family, hidden_size=patch.shape[0], patch_size=patch.shape[-1],
-                         image_size=side * patch.shape[-1], num_layers=len(layers), source=source)
+                         grid=side, num_layers=len(layers), source=source)
 
 
 def original_tower_name(config: dict[str, Any]) -> str:
@@ -471,20 +506,34 @@ def _named_geometry(name: str, source: str) -> TowerGeometry | None:
     except GenhancerError:
         return None
     if name in KNOWN_TOWERS:
-        return TowerGeometry(*KNOWN_TOWERS[name], source=source)
+        return geometry_of(*KNOWN_TOWERS[name], source=source)
     return None
+
+
+def _same_tower(a: TowerGeometry, b: TowerGeometry) -> bool:
+    return (a.hidden_size, a.patch_size, a.grid, a.num_layers) == \
+        (b.hidden_size, b.patch_size, b.grid, b.num_layers)
 
 
 def original_geometry(ckpt: Path, config: dict[str, Any],
                       stored: dict[str, torch.Tensor] | None) -> TowerGeometry | None:
-    """What is known of an original-format checkpoint's tower (None: only its width)."""
+    """What is known of an original-format checkpoint's tower (None: only its width).
+
+    Stored tower weights win; when the tower's name also tells a geometry, the two must agree
+    (a checkpoint whose config names another tower than the one it stores is an error).
+    """
     name = original_tower_name(config)
     source = f"original-format checkpoint {ckpt}, tower {name!r}"
-    if stored:
-        found = _stored_geometry(stored, source + " (stored weights)")
-        if found is not None:
-            return found
-    return _named_geometry(name, source)
+    named = _named_geometry(name, source)
+    found = _stored_geometry(stored, source + " (stored weights)") if stored else None
+    if found is not None and named is not None and not _same_tower(found, named):
+        raise GenhancerError(
+            f"{ckpt}'s config names the tower {name!r} ({named.hidden_size} wide, patch "
+            f"{named.patch_size}, {named.describe_grid()}, {named.num_layers} layers) but the "
+            f"tower weights stored in it are {found.hidden_size} wide, patch "
+            f"{found.patch_size}, {found.describe_grid()}, {found.num_layers} layers; fix "
+            "mm_vision_tower in its config.json (or its weights) before swapping")
+    return found or named
 
 
 def check_original_fits(ckpt: Path, config: dict[str, Any], encoder_dir: Path,

@@ -48,7 +48,12 @@ __all__ = [
     "read_clip_vision_config",
     "check_resolution",
     "load_encoder",
+    "ENCODER_PATH_HINT",
 ]
+
+# how to set encoder.path (in "not set" errors)
+ENCODER_PATH_HINT = ("pass encoder.path=DIR, a local CLIP or SigLIP folder (`genhancer "
+                     "make-tiny-clip DIR` writes a tiny one)")
 
 @dataclass
 class EncoderOutput:
@@ -201,8 +206,13 @@ class CLIPEncoder(_TowerEncoder):
         super().__init__(model, image_mean, image_std, local_token_ratio,
                          global_dim=model.config.projection_dim)
 
-    def lora_target_regex(self, modules: tuple[str, ...], include_projection: bool) -> str:
-        """A peft `target_modules` regex that matches vision-tower layers only."""
+    def lora_target_regex(self, modules: tuple[str, ...], include_projection: bool,
+                          head_attention: str = "full") -> str:
+        """A peft `target_modules` regex that matches vision-tower layers only.
+
+        `include_projection` adds `visual_projection` (the CLIP presets set it: the reference's
+        all-linear LoRA adapts it); `head_attention` is SigLIP's and has no effect here.
+        """
         names = "|".join(modules)
         pattern = rf".*vision_model\.encoder\.layers\.\d+\.(self_attn|mlp)\.({names})"
         if include_projection:
@@ -246,14 +256,20 @@ class SiglipEncoder(_TowerEncoder):
         super().__init__(model, image_mean, image_std, local_token_ratio,
                          global_dim=model.config.hidden_size)
 
-    def lora_target_regex(self, modules: tuple[str, ...], include_projection: bool) -> str:
+    def lora_target_regex(self, modules: tuple[str, ...], include_projection: bool,
+                          head_attention: str = "full") -> str:
         """A peft `target_modules` regex over the tower's layers and its pooling head.
 
-        As the paper's code: the encoder layers' q/k/v/out_proj and fc1/fc2 and the pooling head's
-        attention and MLP. The head's attention is a `torch.nn.MultiheadAttention`, whose forward
-        reads `out_proj.weight` directly (a LoRA on `out_proj` alone would be bypassed), so the
-        whole module is targeted: peft's MultiheadAttention LoRA adapts its fused in-projection
-        and its out-projection.
+        The encoder layers' q/k/v/out_proj and fc1/fc2 and the pooling head's MLP, as the
+        paper's code. The head's attention is a `torch.nn.MultiheadAttention`, whose forward
+        reads `out_proj.weight` directly:
+
+        - head_attention="full" (default) targets the whole module: peft's MultiheadAttention
+          LoRA adapts its fused in-projection and its out-projection. This trains more than the
+          paper's code does (a deliberate choice: the head forms the global token).
+        - head_attention="reference" targets `head.attention.out_proj` alone, as the paper's code
+          (`target_modules` naming out_proj): that LoRA is bypassed by the module's forward, so
+          in effect only the out-projection's bias trains there.
         """
         if include_projection:
             raise GenhancerError(
@@ -262,7 +278,10 @@ class SiglipEncoder(_TowerEncoder):
             )
         names = "|".join(modules)
         parts = [rf"encoder\.layers\.\d+\.(?:self_attn|mlp)\.(?:{names})"]
-        if any(m in modules for m in ("q_proj", "k_proj", "v_proj", "out_proj")):
+        if head_attention == "reference":
+            if "out_proj" in modules:
+                parts.append(r"head\.attention\.out_proj")
+        elif any(m in modules for m in ("q_proj", "k_proj", "v_proj", "out_proj")):
             parts.append(r"head\.attention")
         head_mlp = [m for m in ("fc1", "fc2") if m in modules]
         if head_mlp:

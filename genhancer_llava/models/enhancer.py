@@ -13,9 +13,10 @@ from torch import nn
 
 from ..config import Config, LoraConfig
 from ..errors import GenhancerError
+from ..paths import required_path
 from ..stages import STAGE_POLICIES, StagePolicy
 from .denoisers import FlowDenoiser, MaskedDenoiser, build_denoiser
-from .encoders import Encoder, load_encoder
+from .encoders import ENCODER_PATH_HINT, Encoder, load_encoder
 from .projector import Projector
 
 __all__ = [
@@ -67,9 +68,12 @@ def build_enhancer(cfg: Config, encoder: Encoder | None = None) -> Enhancer:
         encoder: an encoder built elsewhere (tests build paper-sized ones on the meta device).
     """
     if encoder is None:
+        # float32 whatever the folder stores: an fp16 export trained on the CPU (or as mixed
+        # precision's master weights) would be silently wrong otherwise; autocast picks bf16.
         encoder = load_encoder(
-            cfg.encoder.path, cfg.encoder.image_size, cfg.encoder.local_token_ratio,
-            family=cfg.encoder.family,
+            required_path(cfg.encoder.path, "encoder.path", ENCODER_PATH_HINT),
+            cfg.encoder.image_size, cfg.encoder.local_token_ratio,
+            dtype=torch.float32, family=cfg.encoder.family,
         )
     if encoder.family != cfg.encoder.family:
         raise GenhancerError(
@@ -102,7 +106,8 @@ def add_lora(encoder: Encoder, cfg: LoraConfig) -> None:
         lora_alpha=cfg.alpha,
         lora_dropout=cfg.dropout,
         bias=cfg.bias,
-        target_modules=encoder.lora_target_regex(cfg.target_modules, cfg.include_projection),
+        target_modules=encoder.lora_target_regex(cfg.target_modules, cfg.include_projection,
+                                                 cfg.head_attention),
     )
     encoder.model = get_peft_model(encoder.model, peft_config)
 

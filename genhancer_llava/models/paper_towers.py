@@ -2,13 +2,17 @@
 
 Tests build every paper preset on the meta device with these towers; benchmarks time paper-sized
 steps without downloading a checkpoint. Real runs read the shape from the folder's config.json.
+The published config files these numbers were read from are kept, with where each was read, in
+the repository's tests/fixtures/configs/ (named after `PRESET_CHECKPOINTS`); a test holds
+`PAPER_TOWERS` to them.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["PAPER_TOWERS", "preset_tower", "random_tower"]
+__all__ = ["PAPER_TOWERS", "PRESET_CHECKPOINTS", "preset_checkpoint", "preset_tower",
+           "random_tower"]
 
 # name -> (family, vision-config fields; image_size comes from the preset)
 PAPER_TOWERS: dict[str, tuple[str, dict[str, Any]]] = {
@@ -19,6 +23,15 @@ PAPER_TOWERS: dict[str, tuple[str, dict[str, Any]]] = {
     "siglip-so400m": ("siglip", dict(hidden_size=1152, intermediate_size=4304,
                                      num_hidden_layers=27, num_attention_heads=16,
                                      patch_size=14)),
+}
+# paper preset (its -masked twin too) -> the public checkpoint it enhances
+PRESET_CHECKPOINTS = {
+    "openai-clip-l14-224": "openai/clip-vit-large-patch14",
+    "openai-clip-l14-336": "openai/clip-vit-large-patch14-336",
+    "metaclip-l14-224": "facebook/metaclip-l14-fullcc2.5b",
+    "metaclip-h14-224": "facebook/metaclip-h14-fullcc2.5b",
+    "siglip-so400m-224": "google/siglip-so400m-patch14-224",
+    "siglip-so400m-384": "google/siglip-so400m-patch14-384",
 }
 # preset name prefix -> its backbone's tower (OpenAI CLIP and MetaCLIP L/14 share a shape)
 _PRESET_PREFIXES = {
@@ -35,6 +48,11 @@ def preset_tower(preset: str) -> str | None:
         if preset.startswith(prefix):
             return tower
     return None
+
+
+def preset_checkpoint(preset: str) -> str | None:
+    """The public checkpoint a paper preset enhances ('...-masked' shares its twin's)."""
+    return PRESET_CHECKPOINTS.get(preset.removesuffix("-masked"))
 
 
 def random_tower(name: str, image_size: int):

@@ -21,9 +21,11 @@ from torch import nn
 
 from ..config import TargetConfig
 from ..errors import GenhancerError
+from ..paths import required_path
 
 __all__ = [
     "pack", "unpack", "PixelTarget", "FluxAutoencoderTarget", "VQTarget", "build_target",
+    "check_target",
     "image_ids",
 ]
 
@@ -123,16 +125,28 @@ def _read_model_config(path: Path, what: str, setting: str, hint: str) -> dict:
     if not path.is_dir():
         raise GenhancerError(f"{what} folder '{path}' does not exist; set {setting}{hint}")
     if not (path / "config.json").is_file():
-        raise GenhancerError(f"{path} has no config.json; it is not a diffusers model folder")
+        raise GenhancerError(f"{setting}={path} has no config.json; it is not a diffusers model "
+                             f"folder; set {setting}{hint}")
     return json.loads((path / "config.json").read_text())
 
 
-def _load_checked(cfg: TargetConfig, dtype: torch.dtype | None, class_name: str, what: str,
-                  size_key: str, size_setting: str, hint: str) -> nn.Module:
-    """A diffusers model from target.path, after checking its class, factor and one size."""
-    import diffusers
+# what each target kind loads: (diffusers class, what, size key, config setting, how to set it)
+_TARGET_FOLDERS = {
+    "vq": ("VQModel", "VQ-GAN", "num_vq_embeddings", "codebook_size",
+           " to a local VQModel folder (`genhancer make-tiny-vq DIR` writes a tiny one)"),
+    "flux_vae": ("AutoencoderKL", "autoencoder", "latent_channels", "latent_channels",
+                 " to a local AutoencoderKL folder (the FLUX.1 'vae' sub-folder) or use "
+                 "target.kind=pixels"),
+}
 
-    path = Path(cfg.path or "")
+
+def check_target(cfg: TargetConfig) -> Path | None:
+    """target.path's folder checked against the config (class, factor, one size), without
+    loading weights; None for targets that need no folder (pixels)."""
+    if cfg.kind not in _TARGET_FOLDERS:
+        return None
+    class_name, what, size_key, size_setting, hint = _TARGET_FOLDERS[cfg.kind]
+    path = required_path(cfg.path, "target.path", f"set target.path{hint}")
     config = _read_model_config(path, what, "target.path", hint)
     if config.get("_class_name") not in (None, class_name):
         raise GenhancerError(
@@ -148,19 +162,16 @@ def _load_checked(cfg: TargetConfig, dtype: torch.dtype | None, class_name: str,
             f"config says {wanted} and {cfg.downsample}; set target.{size_setting}={size} "
             f"target.downsample={downsample}"
         )
-    return getattr(diffusers, class_name).from_pretrained(path, torch_dtype=dtype)
+    return path
 
 
-def _load_vq(cfg: TargetConfig, dtype: torch.dtype | None) -> nn.Module:
-    return _load_checked(cfg, dtype, "VQModel", "VQ-GAN", "num_vq_embeddings", "codebook_size",
-                         " to a local VQModel folder")
+def _load_checked(cfg: TargetConfig, dtype: torch.dtype | None) -> nn.Module:
+    """The diffusers model at target.path, after `check_target`."""
+    import diffusers
 
-
-def _load_autoencoder(cfg: TargetConfig, dtype: torch.dtype | None) -> nn.Module:
-    return _load_checked(
-        cfg, dtype, "AutoencoderKL", "autoencoder", "latent_channels", "latent_channels",
-        " to a local AutoencoderKL folder (the FLUX.1 'vae' sub-folder) or use target.kind=pixels",
-    )
+    path = check_target(cfg)
+    return getattr(diffusers, _TARGET_FOLDERS[cfg.kind][0]).from_pretrained(path,
+                                                                           torch_dtype=dtype)
 
 
 def build_target(
@@ -177,5 +188,5 @@ def build_target(
     if cfg.kind == "pixels":
         return PixelTarget(cfg.pack).to(device)
     if cfg.kind == "vq":
-        return VQTarget(_load_vq(cfg, dtype)).to(device)
-    return FluxAutoencoderTarget(_load_autoencoder(cfg, dtype), cfg).to(device)
+        return VQTarget(_load_checked(cfg, dtype)).to(device)
+    return FluxAutoencoderTarget(_load_checked(cfg, dtype), cfg).to(device)

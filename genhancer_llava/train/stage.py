@@ -38,6 +38,7 @@ from ..models.enhancer import (
 from ..models.targets import build_target
 from ..stages import STAGE_NAMES, STAGE_POLICIES, get_stage
 from ..utils import atomic_dir, default_dtype
+from .accelerate_run import report_error
 from .checkpoint import Progress, load_checkpoint, read_progress, save_checkpoint
 from .faults import fault_at, kill_self, signal_self
 from .meter import WindowMeter
@@ -483,5 +484,6 @@ def main(argv: list[str] | None = None) -> None:
             print(f"stopped: {err}", file=sys.stderr, flush=True)
         sys.exit(STOPPED_EXIT)
     except GenhancerError as err:
-        print(f"error: {err}", file=sys.stderr)
+        if not report_error(str(err)):  # the launching CLI prints it as its last line
+            print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
