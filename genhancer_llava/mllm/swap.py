@@ -208,7 +208,7 @@ def check_fits(old: TowerGeometry, new: TowerGeometry, dropped_last_layers: int 
                         f"encoders of {fits} layers fit{kept})")
     if problems:
         fits = (f"a {old.family} encoder {old.hidden_size} wide, patch {old.patch_size}, "
-                f"{old.image_size} px, {' or '.join(str(d) for d in depths)} layers")
+                f"{old.describe_grid()}, {' or '.join(str(d) for d in depths)} layers")
         presets = fitting_presets(old, dropped_last_layers)
         raise GenhancerError(
             f"{new.source} does not fit the checkpoint ({old.source}): " + "; ".join(problems)
@@ -232,7 +232,7 @@ def fitting_presets(old: TowerGeometry, dropped_last_layers: int = 0) -> list[st
                 old.family, old.hidden_size, old.patch_size) or \
                 shape["num_hidden_layers"] not in depths:
             continue
-        if load_config(name).encoder.image_size == old.image_size:
+        if load_config(name).encoder.image_size // old.patch_size == old.grid:
             found.append(name)
     return found
 
