@@ -58,6 +58,7 @@ __all__ = [
     "check_fits",
     "encoder_geometry",
     "fitting_presets",
+    "geometry_of",
     "load_encoder_tower",
     "original_tower_name",
     "resolve_encoder",
