@@ -245,8 +245,9 @@ def test_published_towers_fit(name, tower, image_size):
     with torch.device("meta"):
         encoder = get_family(kind).cls("vision_model")(config)
     old = swap.llava_hf_geometry(model.config, name)
-    new = swap.TowerGeometry(kind, config.hidden_size, config.patch_size, config.image_size,
-                             config.num_hidden_layers, "encoder")
+    new = swap.TowerGeometry(kind, config.hidden_size, config.patch_size,
+                             config.image_size // config.patch_size, config.num_hidden_layers,
+                             image_size=config.image_size, source="encoder")
     swap.check_fits(old, new, family.dropped_last_layers)
     assert old.tokens == EXPECTED[name][2] and old.num_layers == EXPECTED[name][3]
     stored = {k: tuple(v.shape) for k, v in model.model.vision_tower.state_dict().items()}
@@ -294,10 +295,12 @@ def _paper_encoder(folder: Path, tower: str, image_size: int) -> Path:
 @pytest.mark.parametrize("name,tower,image_size,expected", [
     (ONEVISION, "clip-l14", 336,
      "family: the checkpoint's tower is siglip, the encoder is clip"),
-    (NEXT, "clip-l14", 224, "image size: the checkpoint's tower sees 336 px (576 image tokens, "
-                            "what the LLM was trained on), the encoder 224 px (256)"),
-    (ONEVISION, "siglip-so400m", 224, "image size: the checkpoint's tower sees 384 px (729 image "
-                                      "tokens, what the LLM was trained on), the encoder 224 px"),
+    (NEXT, "clip-l14", 224, "token grid: the checkpoint's tower sees 336 px, a 24 x 24 grid "
+                            "(576 image tokens), what the LLM was trained on; the encoder 224 px, "
+                            "a 16 x 16 grid (256 image tokens)"),
+    (ONEVISION, "siglip-so400m", 224, "token grid: the checkpoint's tower sees 384 px, a 27 x 27 "
+                                      "grid (729 image tokens), what the LLM was trained on; the "
+                                      "encoder 224 px"),
     (NEXT, "siglip-so400m", 384, "family: the checkpoint's tower is clip, the encoder is siglip"),
 ])
 def test_encoder_that_does_not_fit(tmp_path, capsys, name, tower, image_size, expected):
