@@ -20,6 +20,7 @@ from genhancer_llava.mllm.swap import (
     check_original_fits,
     resolve_encoder,
     stored_tower_state,
+    tower_key,
     warn_projector_once,
 )
 
@@ -35,16 +36,12 @@ def _load_stored_tower(tower, path: Path) -> None:
     if not stored:
         return
     module = tower.vision_tower
-    names = {_inner(k): k for k in module.state_dict()}
+    names = {tower_key(k): k for k in module.state_dict()}
     missing = sorted(set(names) ^ set(stored))
     if missing:
         raise GenhancerError(f"the tower weights stored in {path} do not match its vision tower "
                              f"(e.g. {missing[:3]})")
     module.load_state_dict({names[k]: v for k, v in stored.items()}, strict=True)
-
-
-def _inner(key: str) -> str:
-    return key[len("vision_model."):] if key.startswith("vision_model.") else key
 
 
 class OriginalRunner(LlavaRunner):

@@ -65,6 +65,7 @@ __all__ = [
     "stored_tower_state",
     "swap_checkpoint",
     "swap_llava_hf_tower",
+    "tower_key",
     "tower_state",
     "warn_projector_once",
     "ORIGINAL_TOWER_PREFIX",
@@ -277,7 +278,7 @@ def tower_state(stored: dict[str, tuple[int, ...]], encoder: dict[str, torch.Ten
         encoder: the encoder's vision state dict.
         source: how to name the checkpoint in messages.
     """
-    encoder = {_tower_key(k): v for k, v in encoder.items()}
+    encoder = {tower_key(k): v for k, v in encoder.items()}
     depth = len({i for k in stored if (i := _layer_index(k)) is not None})
     missing = sorted(set(stored) - set(encoder))
     wrong = sorted(k for k in set(stored) & set(encoder)
@@ -316,7 +317,7 @@ def swap_llava_hf_tower(model, encoder_dir: str | Path, source: str = "the check
     check_fits(llava_hf_geometry(model.config, source), encoder_geometry(encoder_dir), dropped)
     tower = _vision_tower_module(model)
     current = tower.state_dict()
-    names = {_tower_key(k): k for k in current}
+    names = {tower_key(k): k for k in current}
     state, unused = tower_state({n: tuple(current[k].shape) for n, k in names.items()},
                                 load_encoder_tower(encoder_dir).state_dict(), source)
     try:
@@ -338,7 +339,7 @@ def _stored_tower(files: list[Path], family: LlavaFamily) -> dict[Path, dict[str
     out = {}
     for f in files:
         keys = _stored_keys(f)
-        found = {k: _tower_key(k[len(p):]) for k in keys if (p := _tower_prefix(k, family))}
+        found = {k: tower_key(k[len(p):]) for k in keys if (p := _tower_prefix(k, family))}
         if found:
             out[f] = found
     return out
@@ -465,20 +466,20 @@ def stored_tower_state(ckpt: str | Path) -> dict[str, torch.Tensor]:
     state: dict[str, torch.Tensor] = {}
     for f in _weight_files(Path(ckpt)):
         if _stored_tower_keys(f):
-            state.update({_tower_key(k[len(ORIGINAL_TOWER_PREFIX):]): v
+            state.update({tower_key(k[len(ORIGINAL_TOWER_PREFIX):]): v
                           for k, v in _load_weights(f).items()
                           if k.startswith(ORIGINAL_TOWER_PREFIX)})
     return state
 
 
-def _tower_key(key: str) -> str:
+def tower_key(key: str) -> str:
     """A tower weight's name without the `vision_model.` level (transformers 4 had it, 5 not)."""
     return key[len("vision_model."):] if key.startswith("vision_model.") else key
 
 
 def _stored_geometry(state: dict[str, torch.Tensor], source: str) -> TowerGeometry | None:
     """The tower geometry implied by stored tower weights (CLIP or SigLIP, either key layout)."""
-    state = {_tower_key(k): v for k, v in state.items()}
+    state = {tower_key(k): v for k, v in state.items()}
     patch = state.get("embeddings.patch_embedding.weight")
     pos = state.get("embeddings.position_embedding.weight")
     if patch is None or pos is None:
@@ -572,10 +573,10 @@ def swap_original(ckpt: Path, encoder_dir: Path, tower_name: str, out: Path) -> 
         stored.update({k[len(ORIGINAL_TOWER_PREFIX):]: v for k, v in _load_weights(f).items()
                        if k.startswith(ORIGINAL_TOWER_PREFIX)})
     check_original_fits(ckpt, config, encoder_dir, stored)
-    new_state = {_tower_key(k): v for k, v in load_encoder_tower(encoder_dir).state_dict().items()
+    new_state = {tower_key(k): v for k, v in load_encoder_tower(encoder_dir).state_dict().items()
                  } if stored else {}
     if stored:
-        stored = {_tower_key(k): v for k, v in stored.items()}
+        stored = {tower_key(k): v for k, v in stored.items()}
         if set(stored) != set(new_state) or any(stored[k].shape != new_state[k].shape
                                                 for k in stored):
             missing = sorted(set(stored) ^ set(new_state))[:3]
@@ -589,7 +590,7 @@ def swap_original(ckpt: Path, encoder_dir: Path, tower_name: str, out: Path) -> 
         for key in state:
             if key.startswith(ORIGINAL_TOWER_PREFIX):
                 old = state[key]
-                new = new_state[_tower_key(key[len(ORIGINAL_TOWER_PREFIX):])]
+                new = new_state[tower_key(key[len(ORIGINAL_TOWER_PREFIX):])]
                 state[key] = new.to(old.dtype).contiguous()
         _save_weights(state, out / f.name)
     old_name = original_tower_name(config)
