@@ -11,12 +11,13 @@ from PIL import Image
 from safetensors.torch import load_file
 from transformers import CLIPModel, CLIPVisionModel
 
+from genhancer_llava.cli.main import main
 from genhancer_llava.export import export_encoder
 from genhancer_llava.models.encoders import load_encoder
 from genhancer_llava.train.launch import prepare_run_dir
 from genhancer_llava.train.run_dir import RunDir
 
-from .conftest import REPO, run_python
+from .conftest import REPO, cli_error, run_python
 
 
 @pytest.fixture(scope="module")
@@ -110,9 +111,24 @@ def test_export_does_not_overwrite_unless_asked(finished_run):
 
     run, _ = finished_run
     before = (run.encoder_dir / "genhancer.json").read_text()
-    with pytest.raises(GenhancerError, match="already exists; pass --overwrite"):
+    with pytest.raises(GenhancerError, match="already holds an export of this run"):
         export_encoder(run.root)
     assert (run.encoder_dir / "genhancer.json").read_text() == before
+
+
+def test_export_after_enhance_says_so_and_overwrite_exports_again(finished_run, capsys):
+    """The README's `genhancer export RUN_DIR` on a run the enhance already exported."""
+    run, _ = finished_run
+    err = cli_error(capsys, ["export", str(run.root)])
+    assert err == (f"error: {run.encoder_dir} already holds an export of this run (genhancer "
+                   "enhance exports when it finishes); pass --overwrite to export it again, or "
+                   "--output DIR for a copy")
+    before = json.loads((run.encoder_dir / "genhancer.json").read_text())
+    main(["export", str(run.root), "--overwrite"])
+    assert capsys.readouterr().out.strip() == f"enhanced encoder: {run.encoder_dir}"
+    after = json.loads((run.encoder_dir / "genhancer.json").read_text())
+    assert after["stages"] == before["stages"] and after["base_model"] == before["base_model"]
+    CLIPModel.from_pretrained(run.encoder_dir)  # a complete folder again
 
 
 def test_export_loads_in_a_plain_process_without_this_package(finished_run, tmp_path):
