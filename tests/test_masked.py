@@ -185,3 +185,23 @@ def test_enhance_clip_sh_tiny_masked_runs_both_stages_and_exports(tiny_clip, tin
         assert summary["loss"] == "mask_loss" and summary["distributed"]["zero_stage"] == 2
         with Image.open(out / stage / "previews" / "final.png") as grid:
             assert grid.size == (2 * 32, 2 * 32)  # MaskGIT reconstructions decoded by the VQ
+
+
+def test_make_tiny_vq_command_fits_the_tiny_masked_presets(tmp_path, capsys):
+    """`genhancer make-tiny-vq DIR` (as make-tiny-clip / make-tiny-siglip) makes the folder the
+    tiny masked presets need as target.path, with their defaults."""
+    from genhancer_llava.cli.main import main
+    from genhancer_llava.models.targets import check_target
+
+    folder = tmp_path / "vq"
+    main(["make-tiny-vq", str(folder)])
+    assert str(folder) in capsys.readouterr().out
+    for preset in ("tiny-masked", "tiny-siglip-masked"):
+        cfg = load_config(preset, overrides=[f"target.path={folder}"])
+        assert check_target(cfg.target) == folder
+        ids = build_target(cfg.target).encode(torch.rand(2, 3, 32, 32) * 2 - 1)
+        assert ids.shape == (2, 64) and int(ids.max()) < cfg.target.codebook_size
+    with pytest.raises(SystemExit) as exit_info:
+        main(["make-tiny-vq", str(tmp_path / "bad"), "--downsample", "3"])
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err.strip() == "error: --downsample 3 must be a power of two"
