@@ -192,3 +192,25 @@ def test_step_ratio_benchmark_runs_and_prints_a_ratio():
                       "--batch", "2")
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "ours / reference step = " in proc.stdout  # a smoke test: no timing is asserted
+
+
+def test_readme_run_folder_names_what_a_run_writes(finished_run):
+    """The README's run-folder listing, checked against a real run: every path it names exists
+    (its example step, 00000040, stands for any 8-digit step), and tensorboard's event files
+    lie under the log folder it names."""
+    import re
+
+    run, _ = finished_run
+    readme = (REPO / "README.md").read_text()
+    assert not re.search(r"step-N\b", readme)  # the names as written, not a placeholder
+    block = readme.split("### The run folder\n\n```\n", 1)[1].split("```", 1)[0]
+    listed = [line.split()[0] for line in block.splitlines() if line.startswith("OUT/")]
+    assert len(listed) >= 6
+    for path in listed:
+        pattern = re.sub(r"step-\d{8}", "step-" + "[0-9]" * 8, path.removeprefix("OUT/"))
+        assert list(run.root.glob(pattern.rstrip("/"))), f"the README lists {path}; not written"
+    folders = [p.removeprefix("OUT/") for p in listed if p.endswith("/")]
+    events = [str(p.relative_to(run.root).parent).replace("stage2", "stage1") + "/"
+              for p in run.root.rglob("events.out.tfevents.*")]
+    shallowest = min(events, key=len)  # the scalars' folder (hparams go one level down)
+    assert shallowest in folders and all(e.startswith(shallowest) for e in events), events

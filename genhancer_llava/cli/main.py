@@ -1,20 +1,27 @@
 """`genhancer`: the command line.
 
-    genhancer enhance --preset NAME [--output DIR] [--num_processes N] [--zero 2|3] [k=v ...]
+    genhancer enhance --preset NAME|--config FILE [--output DIR] [--num_processes N]
+                      [--zero 2|3] [--accelerate_config FILE] [--overwrite]
+                      [--resume latest|CHECKPOINT] [k=v ...]
     genhancer export RUN_DIR [--output DIR] [--overwrite]
-    genhancer preview RUN_DIR|FINAL_DIR [--output PNG]
-    genhancer presets | genhancer config --preset NAME [k=v ...]
+    genhancer preview RUN_DIR|FINAL_DIR [--output PNG] [--images N] [--steps N]
+    genhancer presets | genhancer config --preset NAME|--config FILE [k=v ...]
     genhancer make-tiny-clip DIR | genhancer make-tiny-siglip DIR | genhancer make-tiny-vq DIR
     genhancer convert-open-clip CHECKPOINT OUTPUT [--arch NAME] [--force_quick_gelu]
-    genhancer demo [--output DIR]
+    genhancer demo [--output DIR] [--overwrite]
     genhancer eval mmvp-vlm --model DIR [--model DIR ...] --data DIR [--output DIR]
     genhancer eval zeroshot --model DIR [...] [--classification DIR] [--retrieval JSON]
+                            [--templates FILE] [--output DIR]
     genhancer eval compare BASE ENHANCED [--mmvp DIR] [--classification DIR] [--retrieval JSON]
+                           [--output DIR]
     genhancer eval make-benchmark OUT [--pairs_per_pattern 15] [--with_zeroshot]
     genhancer eval lmms-report RESULTS_DIR [RESULTS_DIR ...] [--name NAME ...] [--output DIR]
     genhancer swap --llava CKPT --vision-tower DIR --output OUT
+    (every eval command also takes --batch_size N and --device DEV)
 
-Mistakes in the input print one line, `error: ...`, and exit with status 2.
+Mistakes in the input print one line, `error: ...`, and exit with status 2; a training stage
+that fails prints its worker's one-line error last and exits with the worker's status; a run
+stopped by SIGTERM/SIGINT exits with 75 after saying how to resume.
 """
 
 from __future__ import annotations
