@@ -15,6 +15,7 @@ from genhancer_llava.cli.main import main
 from genhancer_llava.export import export_encoder
 from genhancer_llava.models.encoders import load_encoder
 from genhancer_llava.train.launch import prepare_run_dir
+from genhancer_llava.train.preview import grid_size
 from genhancer_llava.train.run_dir import RunDir
 
 from .conftest import REPO, cli_error, run_python
@@ -59,9 +60,9 @@ def test_stages_leave_their_state_and_summaries(finished_run):
     progress = json.loads((run.checkpoints("stage1") / kept[-1] / "progress.json").read_text())
     assert progress["step"] == 4 and progress["batches_per_rank"] == [4]
     assert [step for step, _ in progress["losses"]] == [1, 2, 3, 4]
-    # a reconstruction preview at the end of each stage: 2 images, inputs over reconstructions
+    # a labelled preview at the end of each stage: 2 images, inputs over 2 reconstruction rows
     with Image.open(run.stage("stage1") / "previews" / "final.png") as grid:
-        assert grid.size == (2 * 32, 2 * 32)
+        assert grid.size == grid_size(2, 32, rows=3)
     assert any(run.logs("stage1").rglob("events.out.tfevents.*"))
 
 
