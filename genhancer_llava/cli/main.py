@@ -1,20 +1,27 @@
 """`genhancer`: the command line.
 
-    genhancer enhance --preset NAME [--output DIR] [--num_processes N] [--zero 2|3] [k=v ...]
+    genhancer enhance --preset NAME|--config FILE [--output DIR] [--num_processes N]
+                      [--zero 2|3] [--accelerate_config FILE] [--overwrite]
+                      [--resume latest|CHECKPOINT] [k=v ...]
     genhancer export RUN_DIR [--output DIR] [--overwrite]
-    genhancer preview RUN_DIR|FINAL_DIR [--output PNG]
-    genhancer presets | genhancer config --preset NAME [k=v ...]
-    genhancer make-tiny-clip DIR | genhancer make-tiny-siglip DIR
+    genhancer preview RUN_DIR|FINAL_DIR [--output PNG] [--images N] [--steps N]
+    genhancer presets | genhancer config --preset NAME|--config FILE [k=v ...]
+    genhancer make-tiny-clip DIR | genhancer make-tiny-siglip DIR | genhancer make-tiny-vq DIR
     genhancer convert-open-clip CHECKPOINT OUTPUT [--arch NAME] [--force_quick_gelu]
-    genhancer demo [--output DIR]
+    genhancer demo [--output DIR] [--overwrite]
     genhancer eval mmvp-vlm --model DIR [--model DIR ...] --data DIR [--output DIR]
     genhancer eval zeroshot --model DIR [...] [--classification DIR] [--retrieval JSON]
+                            [--templates FILE] [--output DIR]
     genhancer eval compare BASE ENHANCED [--mmvp DIR] [--classification DIR] [--retrieval JSON]
+                           [--output DIR]
     genhancer eval make-benchmark OUT [--pairs_per_pattern 15] [--with_zeroshot]
     genhancer eval lmms-report RESULTS_DIR [RESULTS_DIR ...] [--name NAME ...] [--output DIR]
     genhancer swap --llava CKPT --vision-tower DIR --output OUT
+    (every eval command also takes --batch_size N and --device DEV)
 
-Mistakes in the input print one line, `error: ...`, and exit with status 2.
+Mistakes in the input print one line, `error: ...`, and exit with status 2; a training stage
+that fails prints its worker's one-line error last and exits with the worker's status; a run
+stopped by SIGTERM/SIGINT exits with 75 after saying how to resume.
 """
 
 from __future__ import annotations
@@ -101,6 +108,14 @@ def cmd_make_tiny_siglip(args: argparse.Namespace) -> None:
     print(f"tiny SigLIP written to {folder}")
 
 
+def cmd_make_tiny_vq(args: argparse.Namespace) -> None:
+    from ..models.tiny import make_tiny_vq
+
+    folder = make_tiny_vq(args.folder, codebook_size=args.codebook_size,
+                          downsample=args.downsample, latent_channels=args.latent_channels)
+    print(f"tiny VQModel written to {folder} (target.path for the *-masked tiny presets)")
+
+
 def cmd_convert_open_clip(args: argparse.Namespace) -> None:
     from ..models.convert import convert_open_clip
 
@@ -172,6 +187,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--hidden_size", type=int, default=64)
     p.add_argument("--vision_only", action="store_true", help="a SiglipVisionModel folder")
     p.set_defaults(func=cmd_make_tiny_siglip)
+
+    p = sub.add_parser("make-tiny-vq",
+                       help="write a tiny random VQModel folder (tiny-masked presets' target)")
+    p.add_argument("folder")
+    p.add_argument("--codebook_size", type=int, default=32)
+    p.add_argument("--downsample", type=int, default=4, help="spatial factor, a power of two")
+    p.add_argument("--latent_channels", type=int, default=4)
+    p.set_defaults(func=cmd_make_tiny_vq)
 
     p = sub.add_parser("convert-open-clip",
                        help="convert a local open_clip checkpoint into an HF CLIPModel folder")

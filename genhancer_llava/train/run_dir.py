@@ -1,8 +1,8 @@
 """The layout of a run's output folder, and the weights each stage leaves for the next.
 
     OUT/config.yaml                  the resolved config every stage process reads
-    OUT/<stage>/checkpoints/step-N   accelerate states (periodic)
-    OUT/<stage>/logs/                tensorboard
+    OUT/<stage>/checkpoints/step-00000040   accelerate states (periodic; 8-digit step)
+    OUT/<stage>/logs/genhancer/      tensorboard
     OUT/<stage>/final/               projector.safetensors, denoiser.safetensors,
                                      adapter/ (peft LoRA, stages that train the encoder),
                                      summary.json

@@ -42,7 +42,7 @@ from .accelerate_run import report_error
 from .checkpoint import Progress, load_checkpoint, read_progress, save_checkpoint
 from .faults import fault_at, kill_self, signal_self
 from .meter import WindowMeter
-from .preview import preview_batch, reconstruct, save_grid
+from .preview import preview_batch, preview_grid, save_grid
 from .processes import StopRequest, guard_worker
 from .run_dir import RunDir, load_module, save_tensors
 from .run_lock import TRAIN_LOCK, RunLock
@@ -338,11 +338,12 @@ class StageTrainer:
 
     def _preview(self, name: str) -> None:
         encoder_views, target_views = self.previews
-        images = reconstruct(self.accelerator.unwrap_model(self.model), self.target,
-                             encoder_views, self.cfg.run.preview_sample_steps,
-                             seed=self.cfg.run.seed)
+        image = preview_grid(self.accelerator.unwrap_model(self.model), self.target,
+                             encoder_views, target_views, self.cfg.run.preview_sample_steps,
+                             seed=self.cfg.run.seed,
+                             title=f"{self.stage}, step {self.progress.step} of {self.steps}")
         if self.accelerator.is_main_process:
-            save_grid(target_views, images, self.run.stage(self.stage) / "previews" / name)
+            save_grid(image, self.run.stage(self.stage) / "previews" / name)
 
     def _collect(self) -> None:
         """Fold every rank's counters since the last call into `progress`."""
