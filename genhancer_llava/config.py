@@ -263,7 +263,7 @@ class StageConfig:
 @dataclass
 class DataConfig:
     # folder: images under path (recursive); shards: webdataset tars (brace pattern or a .txt
-    # list of paths); synthetic: generated shapes
+    # list of paths); synthetic: generated shapes; cached: a folder `genhancer cache` wrote
     kind: str = "folder"
     path: str = ""
     num_images: int = 256  # synthetic only
@@ -273,8 +273,8 @@ class DataConfig:
     log_keys: bool = False  # write the keys each rank trained on to <stage>/keys-rank<r>.txt
 
     def __post_init__(self) -> None:
-        _check(self.kind in ("folder", "shards", "synthetic"), "data.kind", self.kind,
-               "choose folder, shards or synthetic")
+        _check(self.kind in ("folder", "shards", "synthetic", "cached"), "data.kind", self.kind,
+               "choose folder, shards, synthetic or cached")
         _check(self.shuffle_buffer >= 0, "data.shuffle_buffer", self.shuffle_buffer,
                "must be >= 0")
         self.crop_scale = tuple(float(s) for s in self.crop_scale)

@@ -3,6 +3,7 @@
     genhancer enhance --preset NAME [--output DIR] [--num_processes N] [--zero 2|3] [k=v ...]
     genhancer export RUN_DIR [--output DIR] [--overwrite]
     genhancer preview RUN_DIR|FINAL_DIR [--output PNG]
+    genhancer cache --preset NAME --output DIR [--crops K] [k=v ...]
     genhancer presets | genhancer config --preset NAME [k=v ...]
     genhancer make-tiny-clip DIR | genhancer make-tiny-siglip DIR
     genhancer convert-open-clip CHECKPOINT OUTPUT [--arch NAME] [--force_quick_gelu]
@@ -77,6 +78,14 @@ def cmd_preview(args: argparse.Namespace) -> None:
     print(f"preview: {preview_run(args.path, args.output, args.images, args.steps)}")
 
 
+def cmd_cache(args: argparse.Namespace) -> None:
+    from ..cache import write_cache
+
+    out = write_cache(_config_from(args), args.cache_dir, args.crops, args.batch_size,
+                      args.per_shard, args.device, args.overwrite)
+    print(f"cache: {out} (train with data.kind=cached data.path={out})")
+
+
 def cmd_presets(args: argparse.Namespace) -> None:
     print("\n".join(available_presets()))
 
@@ -149,6 +158,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--images", type=int, help="number of images (default run.preview_images)")
     p.add_argument("--steps", type=int, help="sampler steps (default run.preview_sample_steps)")
     p.set_defaults(func=cmd_preview)
+
+    p = sub.add_parser("cache", help="encode a dataset once: targets and frozen-encoder tokens "
+                                     "for data.kind=cached")
+    _add_config_args(p)
+    p.add_argument("--output", dest="cache_dir", required=True, help="the cache folder to write")
+    p.add_argument("--crops", type=int, default=1,
+                   help="crops per image; epoch e trains on crop e %% K")
+    p.add_argument("--batch_size", type=int, default=16)
+    p.add_argument("--per_shard", type=int, default=1000,
+                   help="records per shard (folder and synthetic sources)")
+    p.add_argument("--device", help="default: this process's GPU, else CPU")
+    p.add_argument("--overwrite", action="store_true")
+    p.set_defaults(func=cmd_cache)
 
     p = sub.add_parser("presets", help="list the shipped presets")
     p.set_defaults(func=cmd_presets)

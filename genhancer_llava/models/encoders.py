@@ -48,6 +48,7 @@ __all__ = [
     "read_clip_vision_config",
     "check_resolution",
     "load_encoder",
+    "pick_local",
 ]
 
 @dataclass
@@ -148,7 +149,7 @@ def _image_stats(
     return default
 
 
-def _pick_local(patches: torch.Tensor, k: int, training: bool) -> torch.Tensor:
+def pick_local(patches: torch.Tensor, k: int, training: bool) -> torch.Tensor:
     """k of the P patch tokens: random while training, evenly spread otherwise."""
     # patches: (B, P, d_local)
     if training:
@@ -216,7 +217,7 @@ class CLIPEncoder(_TowerEncoder):
         local = None
         if self.num_local_tokens:
             patches = out.last_hidden_state[:, 1:]  # (B, P, d_local), CLS dropped
-            local = _pick_local(patches, self.num_local_tokens, self.training)
+            local = pick_local(patches, self.num_local_tokens, self.training)
         return EncoderOutput(global_token=global_token, local_tokens=local)
 
 
@@ -276,7 +277,7 @@ class SiglipEncoder(_TowerEncoder):
         local = None
         if self.num_local_tokens:
             # (B, P, d_local): every token is a patch token (no CLS)
-            local = _pick_local(out.last_hidden_state, self.num_local_tokens, self.training)
+            local = pick_local(out.last_hidden_state, self.num_local_tokens, self.training)
         return EncoderOutput(global_token=global_token, local_tokens=local)
 
 

@@ -15,7 +15,7 @@ from ..config import Config, LoraConfig
 from ..errors import GenhancerError
 from ..stages import STAGE_POLICIES, StagePolicy
 from .denoisers import FlowDenoiser, MaskedDenoiser, build_denoiser
-from .encoders import Encoder, load_encoder
+from .encoders import Encoder, load_encoder, pick_local
 from .projector import Projector
 
 __all__ = [
@@ -52,9 +52,32 @@ class Enhancer(nn.Module):
             enc = self.encoder(pixel_values)
         return self.projector(enc.global_token, enc.local_tokens)  # (B, P), (B, T, D)
 
-    def forward(self, pixel_values: torch.Tensor, target: torch.Tensor) -> dict[str, torch.Tensor]:
-        # pixel_values: (B, 3, H, W) encoder view; target: (B, N, C) clean target tokens
-        pooled, context = self.condition(pixel_values)
+    def cached_condition(self, global_token: torch.Tensor,
+                         patch_tokens: torch.Tensor | None = None):
+        """The projector on the frozen encoder's pre-computed outputs (genhancer cache)."""
+        if self.encoder_trainable():
+            raise GenhancerError("pre-computed encoder tokens need a frozen encoder (stage 1); "
+                                 "a stage that trains the encoder reads the cached pixels")
+        dtype = next(self.projector.parameters()).dtype
+        local = None
+        if self.encoder.num_local_tokens:
+            if patch_tokens is None:
+                raise GenhancerError("encoder.local_token_ratio > 0 but the cache holds no patch "
+                                     "tokens; re-run genhancer cache with this config")
+            # the same random pick as the encoder's forward makes on the fly
+            local = pick_local(patch_tokens, self.encoder.num_local_tokens,
+                               self.encoder.training).to(dtype)
+        return self.projector(global_token.to(dtype), local)
+
+    def forward(self, pixel_values: torch.Tensor | None = None,
+                target: torch.Tensor | None = None, global_token: torch.Tensor | None = None,
+                patch_tokens: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        # pixel_values: (B, 3, H, W) encoder view; target: (B, N, C) clean target tokens;
+        # or, instead of pixels, the frozen encoder's cached global (B, d) / patch tokens
+        if global_token is not None:
+            pooled, context = self.cached_condition(global_token, patch_tokens)
+        else:
+            pooled, context = self.condition(pixel_values)
         return self.denoiser(target, pooled, context)
 
 

@@ -70,6 +70,11 @@ def check_inputs(cfg: Config) -> None:
         raise GenhancerError(f"data folder '{cfg.data.path}' does not exist; set data.path")
     if cfg.data.kind == "shards":
         expand_shards(cfg.data.path)  # every shard must exist before any process starts
+    if cfg.data.kind == "cached":
+        from ..cache import CachedSource, check_cache
+
+        check_cache(cfg)  # made for this encoder, target and image size
+        CachedSource(cfg.data.path)  # and every shard is there
 
 
 def prepare_run_dir(cfg: Config, overwrite: bool, resume: bool) -> RunDir:

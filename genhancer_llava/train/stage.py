@@ -26,6 +26,7 @@ from accelerate.utils import InitProcessGroupKwargs, set_seed
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
+from ..cache import check_cache, model_inputs
 from ..config import Config
 from ..data import build_stream, collate
 from ..errors import STOPPED_EXIT, GenhancerError, Stopped
@@ -104,6 +105,8 @@ def build_model(cfg: Config, run: RunDir, stage: str) -> tuple[Enhancer, str]:
 
 def build_dataloader(cfg: Config, enhancer: Enhancer, accelerator: Accelerator,
                      start_batches: int) -> DataLoader:
+    if cfg.data.kind == "cached":
+        check_cache(cfg)  # made for this run's encoder, target and image size
     stream = build_stream(
         cfg.data, cfg.encoder.image_size, enhancer.encoder.image_mean,
         enhancer.encoder.image_std, seed=cfg.run.seed, rank=accelerator.process_index,
@@ -251,9 +254,11 @@ class StageTrainer:
     def micro_step(self, batch: dict[str, Any]) -> float:
         """Forward + backward of one micro-batch; the optimiser steps when accumulation ends."""
         accelerator, model = self.accelerator, self.model
-        tokens = self.target.encode(batch["target_pixels"].to(accelerator.device))
+        # the target tokens come first (a sampled posterior draws from the RNG as on the fly)
+        inputs = model_inputs(self.target, batch, accelerator.device,
+                              cached_condition=not STAGE_POLICIES[self.policy].encoder_lora)
         with accelerator.accumulate(model):
-            losses = model(batch["pixel_values"].to(accelerator.device), tokens)
+            losses = model(**inputs)
             loss = sum(losses.values())  # one named loss per denoiser: flow_loss / mask_loss
             if fault_at("nan-loss", self.progress.step + 1):
                 loss = loss * float("nan")
