@@ -316,6 +316,8 @@ class RunConfig:
     preview_every: int = 0  # reconstruction preview PNG every N steps (0: only at the end)
     preview_images: int = 4
     preview_sample_steps: int = 28  # Euler (flow) or MaskGIT (masked) steps of the preview
+    compile_denoiser: bool = False  # torch.compile the denoiser in place (same checkpoint keys)
+    activation_checkpointing: bool = False  # flow DiT: recompute blocks in backward, less memory
 
     def __post_init__(self) -> None:
         _check(self.mixed_precision in ("auto", "bf16", "fp16", "no"), "run.mixed_precision",
@@ -360,6 +362,8 @@ class Config:
                f"denoiser.kind={self.denoiser.kind} reconstructs {' or '.join(allowed)} targets")
         if self.denoiser.kind == "flow":
             _positive("projector.pooled_dim", self.projector.pooled_dim)
+        _check(not self.run.activation_checkpointing or self.denoiser.kind == "flow",
+               "run.activation_checkpointing", True, "only the flow DiT supports it")
 
     def to_dict(self) -> dict[str, Any]:
         return _to_plain(dataclasses.asdict(self))

@@ -24,6 +24,7 @@ __all__ = [
     "apply_stage_policy",
     "add_lora",
     "trainable_parameter_table",
+    "apply_speed_options",
 ]
 
 
@@ -182,3 +183,20 @@ def trainable_parameter_table(enhancer: Enhancer) -> dict[str, dict[str, int]]:
         else:
             add(part, param)
     return table
+
+
+def apply_speed_options(enhancer: Enhancer, compile_denoiser: bool = False,
+                        activation_checkpointing: bool = False) -> None:
+    """Optional speed / memory trade-offs on the denoiser, in place.
+
+    Args:
+        compile_denoiser: `torch.compile` the denoiser's network (nn.Module.compile: parameters
+            and state-dict keys stay as they are, so checkpoints and exports are unchanged).
+        activation_checkpointing: the DiT recomputes each block's activations in backward
+            (diffusers' gradient checkpointing): bigger per-device batches for ~1/3 more compute.
+    """
+    if activation_checkpointing:
+        enhancer.denoiser.transformer.enable_gradient_checkpointing()
+    if compile_denoiser:  # flow: the DiT only (t and noise drawn eagerly); masked: all of it
+        network = getattr(enhancer.denoiser, "transformer", None) or enhancer.denoiser
+        network.compile()
