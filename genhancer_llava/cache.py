@@ -199,10 +199,6 @@ def write_cache(cfg, output: str | Path, crops: int = 1, batch_size: int = 16,
         device: where the producers run (default: this process's GPU, else CPU).
         overwrite: replace an existing cache at `output`.
     """
-    from .models.encoders import load_encoder
-    from .models.targets import build_target
-    from .utils import default_device, default_dtype
-
     output = Path(output)
     if crops < 1:
         raise GenhancerError(f"--crops {crops}: need at least one crop per image")
@@ -210,6 +206,10 @@ def write_cache(cfg, output: str | Path, crops: int = 1, batch_size: int = 16,
         raise GenhancerError("data.kind=cached is already a cache; point data at the images")
     if output.exists() and not overwrite:
         raise GenhancerError(f"{output} exists; pass --overwrite to replace it")
+    from .models.encoders import load_encoder
+    from .models.targets import build_target
+    from .utils import default_device, default_dtype
+
     device = device or default_device()
     encoder = load_encoder(cfg.encoder.path, cfg.encoder.image_size,
                            cfg.encoder.local_token_ratio, family=cfg.encoder.family)

@@ -40,6 +40,7 @@ from torchvision.transforms import functional as TF
 
 from .config import DataConfig
 from .errors import GenhancerError
+from .shards import expand_shards
 
 __all__ = [
     "IMAGE_EXTENSIONS",
@@ -173,29 +174,6 @@ class SyntheticSource:
     def epoch(self, epoch: int, slot: int, slots: int, seed: int) -> Iterator[Item]:
         for index in _epoch_order(self.num_images, seed, epoch)[slot::slots]:
             yield self.item(index)
-
-
-def expand_shards(spec: str) -> list[Path]:
-    """A brace pattern (`/data/{00000..00099}.tar`), a `.txt` list file, or one tar path."""
-    from braceexpand import braceexpand
-
-    path = Path(spec)
-    if path.suffix == ".txt" and path.is_file():
-        base = path.parent
-        names = [ln.strip() for ln in path.read_text().splitlines()]
-        shards = [(base / n) if not Path(n).is_absolute() else Path(n)
-                  for n in names if n and not n.startswith("#")]
-    else:
-        shards = [Path(p) for p in braceexpand(spec)]
-    if not shards:
-        raise GenhancerError(f"data.path='{spec}' names no shards")
-    missing = [str(p) for p in shards if not p.is_file()]
-    if missing:
-        raise GenhancerError(
-            f"{len(missing)} of {len(shards)} shards are missing (first: {missing[0]}); "
-            "fix data.path or the list file"
-        )
-    return shards
 
 
 def _decode_member(data: bytes) -> Image.Image:

@@ -52,9 +52,9 @@ def _config_from(args: argparse.Namespace):
 
 
 def cmd_enhance(args: argparse.Namespace) -> None:
+    cfg = _config_from(args)  # a bad config fails before the launcher's imports
     from ..train.launch import enhance
 
-    cfg = _config_from(args)
     encoder_dir = enhance(
         cfg, args.num_processes, args.zero, args.overwrite, args.resume, args.accelerate_config
     )
@@ -79,9 +79,14 @@ def cmd_preview(args: argparse.Namespace) -> None:
 
 
 def cmd_cache(args: argparse.Namespace) -> None:
+    from ..train.launch import check_inputs
+
+    cfg = _config_from(args)
+    if cfg.data.kind != "cached":  # (a cache as input is refused by write_cache)
+        check_inputs(cfg)  # the folders and shards, before torch loads
     from ..cache import write_cache
 
-    out = write_cache(_config_from(args), args.cache_dir, args.crops, args.batch_size,
+    out = write_cache(cfg, args.cache_dir, args.crops, args.batch_size,
                       args.per_shard, args.device, args.overwrite)
     print(f"cache: {out} (train with data.kind=cached data.path={out})")
 

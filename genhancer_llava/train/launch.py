@@ -14,14 +14,10 @@ import sys
 from importlib import resources
 from pathlib import Path
 
-import torch
-
 from ..config import Config
-from ..data import expand_shards
 from ..errors import GenhancerError, Stopped
-from ..export import export_encoder
-from ..models.encoders import check_resolution, read_vision_config
-from ..models.targets import build_target
+from ..models.folders import check_resolution, read_vision_config
+from ..shards import expand_shards
 from ..stages import stages
 from ..utils import free_port
 from .processes import DEFAULT_GRACE_S, GRACE_ENV, run_launcher
@@ -48,6 +44,19 @@ def accelerate_config(zero: int, path: str | Path | None = None) -> Path:
             f"ships zero2.yaml and zero3.yaml in {LAUNCH_CONFIGS})"
         )
     return config
+
+
+# torch, transformers and diffusers load only when needed: a bad input fails in well under 2 s
+def build_target(*args, **kwargs):
+    from ..models.targets import build_target as build
+
+    return build(*args, **kwargs)
+
+
+def export_encoder(*args, **kwargs):
+    from ..export import export_encoder as export
+
+    return export(*args, **kwargs)
 
 
 def check_inputs(cfg: Config) -> None:
@@ -114,6 +123,8 @@ def launch_stage(
         cmd += ["--resume", resume]
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     env.setdefault("MASTER_ADDR", "127.0.0.1")
+    import torch
+
     if not torch.cuda.is_available():
         env.setdefault("DS_ACCELERATOR", "cpu")  # the launcher imports DeepSpeed too
     # the agent's wait between passing SIGTERM on and SIGKILL: time for the last checkpoint

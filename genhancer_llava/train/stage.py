@@ -11,6 +11,10 @@ config, the single source of truth.
 
 from __future__ import annotations
 
+from . import deepspeed_env  # noqa: F401  (sets DS_ACCELERATOR before accelerate loads)
+
+# isort: split
+
 import argparse
 import json
 import os
