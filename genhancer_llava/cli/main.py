@@ -5,6 +5,7 @@
                       [--resume latest|CHECKPOINT] [k=v ...]
     genhancer export RUN_DIR [--output DIR] [--overwrite]
     genhancer preview RUN_DIR|FINAL_DIR [--output PNG] [--images N] [--steps N]
+    genhancer cache --preset NAME --output DIR [--crops K] [k=v ...]
     genhancer presets | genhancer config --preset NAME|--config FILE [k=v ...]
     genhancer make-tiny-clip DIR | genhancer make-tiny-siglip DIR | genhancer make-tiny-vq DIR
     genhancer convert-open-clip CHECKPOINT OUTPUT [--arch NAME] [--force_quick_gelu]
@@ -58,9 +59,9 @@ def _config_from(args: argparse.Namespace):
 
 
 def cmd_enhance(args: argparse.Namespace) -> None:
+    cfg = _config_from(args)  # a bad config fails before the launcher's imports
     from ..train.launch import enhance
 
-    cfg = _config_from(args)
     encoder_dir = enhance(
         cfg, args.num_processes, args.zero, args.overwrite, args.resume, args.accelerate_config
     )
@@ -82,6 +83,22 @@ def cmd_preview(args: argparse.Namespace) -> None:
     from ..train.preview import preview_run
 
     print(f"preview: {preview_run(args.path, args.output, args.images, args.steps)}")
+
+
+def cmd_cache(args: argparse.Namespace) -> None:
+    from ..models.targets import check_target
+    from ..train.preflight import check_data, check_encoder
+
+    cfg = _config_from(args)
+    if cfg.data.kind != "cached":  # (a cache as input is refused by write_cache)
+        check_encoder(cfg)  # the folders and shards, before any model loads
+        check_target(cfg.target)
+        check_data(cfg)
+    from ..cache import write_cache
+
+    out = write_cache(cfg, args.cache_dir, args.crops, args.batch_size,
+                      args.per_shard, args.device, args.overwrite)
+    print(f"cache: {out} (train with data.kind=cached data.path={out})")
 
 
 def cmd_presets(args: argparse.Namespace) -> None:
@@ -164,6 +181,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--images", type=int, help="number of images (default run.preview_images)")
     p.add_argument("--steps", type=int, help="sampler steps (default run.preview_sample_steps)")
     p.set_defaults(func=cmd_preview)
+
+    p = sub.add_parser("cache", help="encode a dataset once: targets and frozen-encoder tokens "
+                                     "for data.kind=cached")
+    _add_config_args(p)
+    p.add_argument("--output", dest="cache_dir", required=True, help="the cache folder to write")
+    p.add_argument("--crops", type=int, default=1,
+                   help="crops per image; epoch e trains on crop e %% K")
+    p.add_argument("--batch_size", type=int, default=16)
+    p.add_argument("--per_shard", type=int, default=1000,
+                   help="records per shard (folder and synthetic sources)")
+    p.add_argument("--device", help="default: this process's GPU, else CPU")
+    p.add_argument("--overwrite", action="store_true")
+    p.set_defaults(func=cmd_cache)
 
     p = sub.add_parser("presets", help="list the shipped presets")
     p.set_defaults(func=cmd_presets)

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
+from ..cache import record_errors
 from ..data import PairTransform, build_source
 from ..models.enhancer import Enhancer
 
@@ -41,11 +42,13 @@ def preview_batch(cfg, enhancer: Enhancer, count: int) -> tuple[torch.Tensor, to
     source = build_source(cfg.data, cfg.encoder.image_size, cfg.run.seed)
     transform = PairTransform(cfg.encoder.image_size, enhancer.encoder.image_mean,
                               enhancer.encoder.image_std, cfg.data.crop_scale)
+    cached = cfg.data.kind == "cached"
     views = []
     for item in source.epoch(0, 0, 1, cfg.run.seed):
-        try:
-            views.append(transform(item.load(), seed=0))
-        except (OSError, ValueError, SyntaxError):
+        try:  # a cache holds the crops: its first one
+            views.append(transform.views(item.load()["pixels"][0]) if cached
+                         else transform(item.load(), seed=0))
+        except (OSError, ValueError, SyntaxError, KeyError, *record_errors()):
             continue
         if len(views) == count:
             break
