@@ -6,7 +6,7 @@ message must say what is wrong and what to do about it.
 
 from __future__ import annotations
 
-__all__ = ["GenhancerError", "ConfigError", "Stopped", "STOPPED_EXIT"]
+__all__ = ["GenhancerError", "ConfigError", "Stopped", "StageFailed", "STOPPED_EXIT"]
 
 # EX_TEMPFAIL ("try again"): a batch script requeues on it, see README "Preemption"
 STOPPED_EXIT = 75
@@ -25,3 +25,14 @@ class Stopped(GenhancerError):
 
     The CLI prints it as `stopped: ...` and exits with STOPPED_EXIT, not 2.
     """
+
+
+class StageFailed(GenhancerError):
+    """A launched stage failed; the message is its worker's one-line error when it left one.
+
+    The CLI exits with the worker's status (`exit_code`), not 2.
+    """
+
+    def __init__(self, message: str, exit_code: int) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code

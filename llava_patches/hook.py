@@ -2,19 +2,28 @@
 
 LLaVA builds towers with `llava.model.multimodal_encoder.builder.build_vision_tower`, and
 `llava.model.llava_arch` imports that function by name, so both attributes are replaced.
-Every other name goes to LLaVA's own builder, unchanged.
+Every other name goes to LLaVA's own builder, unchanged, except for one thing: a checkpoint
+with `unfreeze_mm_vision_tower: true` (LLaVA-NeXT's llava-v1.6-*) makes a tower load its
+weights while the model is constructed, and transformers 5 constructs models on the meta
+device, where `from_pretrained` refuses to run. There the tower is built as with `delay_load`
+(config only) for either builder, and loads when `load_model()` is called after
+`from_pretrained` (what LLaVA's loader and `llava_patches.runner` do), which then applies the
+checkpoint's stored tower weights as LLaVA did.
 """
 
 from __future__ import annotations
 
 import functools
 
+import torch
+
 from genhancer_llava.errors import GenhancerError
 from genhancer_llava.mllm.registry import is_genhancer_name
 
 from .towers import build_tower
 
-__all__ = ["build_vision_tower", "install_builder", "install_tower_switch", "tower_name"]
+__all__ = ["build_vision_tower", "install_builder", "install_tower_switch", "meta_init",
+           "tower_name"]
 
 _ORIGINAL: dict[str, object] = {}
 
@@ -24,9 +33,29 @@ def tower_name(cfg) -> str | None:
     return getattr(cfg, "mm_vision_tower", getattr(cfg, "vision_tower", None))
 
 
+def meta_init() -> bool:
+    """Whether tensors are being created on the meta device (transformers 5's model init)."""
+    return torch.empty(()).device.type == "meta"
+
+
+class _Deferred:
+    """A tower config that reads as `unfreeze_mm_vision_tower: false` (see the module doc)."""
+
+    unfreeze_mm_vision_tower = False
+
+    def __init__(self, cfg) -> None:
+        self._cfg = cfg
+
+    def __getattr__(self, name: str):
+        return getattr(self._cfg, name)
+
+
 def build_vision_tower(vision_tower_cfg, **kwargs):
     """LLaVA's `build_vision_tower`, plus the genhancer names (resolved by the registry)."""
     name = tower_name(vision_tower_cfg)
+    if (kwargs.get("delay_load") and getattr(vision_tower_cfg, "unfreeze_mm_vision_tower", False)
+            and meta_init()):
+        vision_tower_cfg = _Deferred(vision_tower_cfg)
     if is_genhancer_name(name):
         return build_tower(name, vision_tower_cfg, **kwargs)
     return _ORIGINAL["build_vision_tower"](vision_tower_cfg, **kwargs)

@@ -16,11 +16,32 @@ import torch
 
 from genhancer_llava.errors import GenhancerError
 from genhancer_llava.mllm.runner import LlavaRunner, apply_until, clean_gen_kwargs, rgb_images
-from genhancer_llava.mllm.swap import check_original_fits, resolve_encoder, warn_projector_once
+from genhancer_llava.mllm.swap import (
+    check_original_fits,
+    resolve_encoder,
+    stored_tower_state,
+    tower_key,
+    warn_projector_once,
+)
 
 from . import apply
 
 __all__ = ["OriginalRunner"]
+
+
+def _load_stored_tower(tower, path: Path) -> None:
+    """The checkpoint's own (fine-tuned) tower weights, as LLaVA loads them for a checkpoint with
+    `unfreeze_mm_vision_tower` (llava-v1.6-*); the tower was built deferred (hook.py)."""
+    stored = stored_tower_state(path)
+    if not stored:
+        return
+    module = tower.vision_tower
+    names = {tower_key(k): k for k in module.state_dict()}
+    missing = sorted(set(names) ^ set(stored))
+    if missing:
+        raise GenhancerError(f"the tower weights stored in {path} do not match its vision tower "
+                             f"(e.g. {missing[:3]})")
+    module.load_state_dict({names[k]: v for k, v in stored.items()}, strict=True)
 
 
 class OriginalRunner(LlavaRunner):
@@ -61,6 +82,8 @@ class OriginalRunner(LlavaRunner):
         tower = model.get_vision_tower()
         if not tower.is_loaded:
             tower.load_model(device_map=device_map or device)
+            if not vision_tower and getattr(config, "unfreeze_mm_vision_tower", False):
+                _load_stored_tower(tower, path)
         tower.to(device=next(model.parameters()).device, dtype=dtype)
         super().__init__(model, device, dtype)
         self.image_processor = tower.image_processor

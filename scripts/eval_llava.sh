@@ -8,6 +8,9 @@
 #   # or swap at load time instead of a second checkpoint:
 #   bash scripts/eval_llava.sh --base /models/llava-1.5-7b-hf \
 #       --vision_tower runs/clip-l14-336/encoder --output runs/eval/llava
+#   # any family `genhancer swap` knows, e.g. LLaVA-OneVision with an enhanced SO400M/384:
+#   bash scripts/eval_llava.sh --base /models/llava-onevision-qwen2-0.5b-ov-hf \
+#       --vision_tower runs/siglip-so400m-384/encoder --output runs/eval/llava-ov
 #
 # Flags: --base CKPT, --enhanced CKPT, --vision_tower DIR (enhanced = base + this tower),
 #        --output DIR, --tasks LIST (default mmvp,cv_bench,pope_full,pope), --device D,

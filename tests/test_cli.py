@@ -24,7 +24,7 @@ def test_missing_model_folder(capsys, tmp_path):
 def test_empty_encoder_path_in_a_paper_preset(capsys, tmp_path):
     err = cli_error(capsys, ["enhance", "--preset", "openai-clip-l14-224",
                           "--output", str(tmp_path / "o")])
-    assert "encoder.path is empty" in err
+    assert "encoder.path is not set" in err
 
 
 def test_folder_that_is_not_clip(capsys, tmp_path):

@@ -345,3 +345,24 @@ def test_fp16_folder_is_scored_in_fp32_by_default(tiny_clip, tmp_path, capsys):
     err = cli_error(capsys, ["eval", "mmvp-vlm", "--model", str(folder), "--data", str(data),
                              "--dtype", "float16", "--device", "cpu"])
     assert "--dtype float16 on the CPU" in err
+
+
+def test_siglip_folder_without_tokenizer_is_one_line(capsys, bench, tiny_siglip):
+    """`make-tiny-siglip` (like a vision export of a base without tokenizer files) writes no
+    tokenizer; scoring texts needs one: a one-line error, not a sentencepiece traceback."""
+    err = cli_error(capsys, ["eval", "mmvp-vlm", "--model", str(tiny_siglip),
+                             "--data", str(bench)])
+    assert err.startswith(f"error: {tiny_siglip} has no tokenizer files (tokenizer.json, ")
+    assert "copy the base model's tokenizer files into it" in err
+
+
+def test_compare_errors_name_its_own_flag(capsys, tiny_clip, tmp_path):
+    err = cli_error(capsys, ["eval", "compare", str(tiny_clip), str(tiny_clip),
+                             "--output", str(tmp_path / "o")])
+    assert "pass --mmvp DIR (MMVP-VLM)" in err and "--data" not in err
+    err = cli_error(capsys, ["eval", "compare", str(tiny_clip), str(tiny_clip),
+                             "--mmvp", str(tmp_path / "nope"), "--output", str(tmp_path / "o")])
+    assert err.endswith("does not exist; pass --mmvp DIR") and "--data" not in err
+    err = cli_error(capsys, ["eval", "mmvp-vlm", "--model", str(tiny_clip),
+                             "--data", str(tmp_path / "nope")])
+    assert err.endswith("does not exist; pass --data DIR")

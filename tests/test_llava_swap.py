@@ -235,7 +235,7 @@ def test_siglip_384_patch_14_into_an_original_checkpoint_storing_its_tower(parts
         swap.swap_checkpoint(ckpt, new, out)
     swapped, encoder = load_file(out / "model.safetensors"), _encoder_state(new)
     for key in stored:
-        assert torch.equal(swapped[key], encoder[swap._tower_key(key[len(TOWER):])]), key
+        assert torch.equal(swapped[key], encoder[swap.tower_key(key[len(TOWER):])]), key
 
 
 def test_original_checkpoint_naming_another_tower_than_it_stores(parts, tmp_path, capsys):

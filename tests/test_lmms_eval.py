@@ -115,7 +115,8 @@ def check_consistent(run, tasks: list[str]) -> None:
                              ("recall", "pope_recall"), ("f1", "pope_f1_score")):
             assert _close(exact[ours], reported[task][theirs]), (task, ours)
         truths = [s["pope_accuracy"]["ground_truth"] for s in run.samples[task]]
-        assert _close(100 * truths.count("yes") / len(truths), reported[task]["pope_yes_ratio"])
+        assert _close(100 * truths.count("yes") / len(truths),
+                      reported[task]["ground_truth_yes_ratio"])
 
 
 def test_llava_hf_with_load_time_swap_chat_mode(setup, tmp_path, capsys):

@@ -156,3 +156,21 @@ def test_lmms_eval_pope_yes_ratio_is_reported_as_the_ground_truths(tmp_path):
     text = lmms_markdown([scores])
     assert "model yes-ratio 25.0" in text
     assert set(re.findall(r"(\S+) yes-ratio", text)) == {"model"}  # never unqualified
+
+
+def test_report_refuses_a_folder_of_several_models(tmp_path, capsys):
+    """base/ and enhanced/ under one folder: an error naming both, never one mixed row; the
+    folders it names give one row each."""
+    results = tmp_path / "results"
+    base, enhanced = write_logs(results / "base"), write_logs(results / "enhanced")
+    err = cli_error(capsys, ["eval", "report", str(results), "--output", str(tmp_path / "o")])
+    assert err == (f"error: {results} holds lmms-eval runs of 2 models "
+                   "(base/checkpoints__llava, enhanced/checkpoints__llava); pass one RESULTS_DIR "
+                   "per model (one row each): genhancer eval lmms-report "
+                   f"{base / 'checkpoints__llava'} {enhanced / 'checkpoints__llava'}")
+    assert not (tmp_path / "o").exists()
+    main(["eval", "lmms-report", str(base / "checkpoints__llava"),
+          str(enhanced / "checkpoints__llava"), "--name", "base", "--name", "enhanced",
+          "--output", str(tmp_path / "o")])
+    rows = [r for r in capsys.readouterr().out.splitlines() if r.startswith("| ")]
+    assert [r.split(" | ")[0] for r in rows[1:]] == ["| base", "| enhanced", "| delta"]

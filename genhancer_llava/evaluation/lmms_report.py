@@ -1,8 +1,9 @@
 """Paper-faithful scores from lmms-eval runs (mmvp, cv_bench, pope), for one or more models.
 
 Reads what `lmms-eval ... --output_path OUT --log_samples` writes
-(`OUT/<model>/<date>_results.json` and `<date>_samples_<task>.jsonl`; every results file found
-under a RESULTS_DIR belongs to that model, newer runs win per task) and reports:
+(`OUT/<model>/<date>_results.json` and `<date>_samples_<task>.jsonl`; a RESULTS_DIR holds one
+model's runs, newer runs win per task; a folder holding several models' runs is an error, never
+a row mixing them) and reports:
 
 - MMVP: pair accuracy (a pair counts when both questions are right; what the papers quote),
   beside per-question accuracy;
@@ -32,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import GenhancerError
-from .report import _mpl
+from .report import _mpl, grouped_bars
 
 __all__ = ["LmmsRun", "load_lmms_run", "score_run", "lenient_letter", "lenient_yes_no",
            "cambrian_scores", "pope_scores", "LMMS_RENAMED", "lmms_markdown", "write_lmms_report",
@@ -65,6 +66,7 @@ def load_lmms_run(results_dir: str | Path, name: str | None = None) -> LmmsRun:
     if not found:
         raise GenhancerError(f"{root} holds no lmms-eval *_results.json; run lmms-eval with "
                              f"--output_path {root} --log_samples")
+    _one_model(root, found)
     run = LmmsRun(name=name or root.name)
     for path in sorted(found, key=lambda p: p.name):  # date-prefixed: older first, newer win
         try:
@@ -80,6 +82,18 @@ def load_lmms_run(results_dir: str | Path, name: str | None = None) -> LmmsRun:
                 run.samples[task] = [json.loads(line) for line in
                                      samples.read_text().splitlines() if line.strip()]
     return run
+
+
+def _one_model(root: Path, found: list[Path]) -> None:
+    """Newer results win per task, which is only right within one model's runs: lmms-eval
+    writes each model's files into a folder of its own (named after its --model_args)."""
+    folders = sorted({str(p.parent.relative_to(root)) for p in found})
+    if len(folders) > 1:
+        dirs = " ".join(str(root / f) for f in folders)
+        raise GenhancerError(
+            f"{root} holds lmms-eval runs of {len(folders)} models ({', '.join(folders)}); pass "
+            f"one RESULTS_DIR per model (one row each): genhancer eval lmms-report {dirs}"
+        )
 
 
 # --- parsing -------------------------------------------------------------------------------
@@ -297,19 +311,14 @@ def lmms_markdown(all_scores: Sequence[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def plot_lmms(all_scores: Sequence[dict[str, Any]], path: Path) -> Path:
+def plot_lmms(all_scores: Sequence[dict[str, Any]], path: Path, source: str = "") -> Path:
+    """Headline metrics side by side; a metric a run has no samples for is drawn "n/a"."""
     plt = _mpl()
-    fig, ax = plt.subplots(figsize=(8.0, 4.0))
-    width = 0.8 / max(1, len(all_scores))
-    for i, s in enumerate(all_scores):
-        xs = [j + (i - (len(all_scores) - 1) / 2) * width for j in range(len(HEADLINES))]
-        ax.bar(xs, [f(s) or 0.0 for _, f in HEADLINES], width=width, label=s["model"])
-    ax.set_xticks(range(len(HEADLINES)))
-    ax.set_xticklabels([h for h, _ in HEADLINES], rotation=20, ha="right")
-    ax.set_ylim(0, 100)
-    ax.set_ylabel("%")
-    ax.set_title("LLaVA: MMVP, CV-Bench, POPE (paper metrics)")
-    ax.legend(fontsize=8)
+    fig, ax = plt.subplots(figsize=(8.0, 4.4))
+    series = [(s["model"], [f(s) for _, f in HEADLINES]) for s in all_scores]
+    title = "LLaVA: MMVP, CV-Bench, POPE (paper metrics, lenient parse)"
+    grouped_bars(ax, [h for h, _ in HEADLINES], series,
+                 f"{title}\ndata: {source}" if source else title, "%")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -329,5 +338,6 @@ def write_lmms_report(results_dirs: Sequence[str | Path], out: str | Path,
              "figure": out / "report.png"}
     files["markdown"].write_text(lmms_markdown(all_scores))
     files["json"].write_text(json.dumps(all_scores, indent=2))
-    plot_lmms(all_scores, files["figure"])
+    source = "lmms-eval logs in " + ", ".join(str(d) for d in results_dirs)
+    plot_lmms(all_scores, files["figure"], source)
     return all_scores, files

@@ -47,17 +47,19 @@ def evaluate(
     batch_size: int = 64,
     device: str | None = None,
     dtype: str = "float32",
+    mmvp_flag: str = "--data",
 ) -> tuple[list[MMVPResult], list[ZeroShotResult]]:
     """Score each model (loaded once) on the given data. All inputs are read before any model
-    loads, so a bad folder fails in a second, not after the first model ran."""
+    loads, so a bad folder fails in a second, not after the first model ran. `mmvp_flag` is the
+    calling command's flag for the MMVP-VLM folder (named in errors)."""
     if not models:
         raise GenhancerError("pass at least one --model DIR")
     if mmvp_data is None and classification is None and retrieval is None:
-        raise GenhancerError("nothing to score: pass --data (MMVP-VLM), --classification "
-                             "and/or --retrieval")
+        raise GenhancerError(f"nothing to score: pass {mmvp_flag} DIR (MMVP-VLM), "
+                             "--classification DIR and/or --retrieval JSON")
     for path in models:
         read_family(path)
-    bench = load_benchmark(mmvp_data) if mmvp_data is not None else None
+    bench = load_benchmark(mmvp_data, mmvp_flag) if mmvp_data is not None else None
     cls = load_classification(classification, templates) if classification is not None else None
     ret = load_retrieval(retrieval) if retrieval is not None else None
     mmvp, zeroshot = [], []
@@ -95,7 +97,7 @@ def compare(
         raise GenhancerError(f"base is a '{base_family}' model and enhanced a "
                              f"'{enhanced_family}' one; compare an encoder with its own base")
     mmvp, zeroshot = evaluate([base, enhanced], mmvp_data, classification, retrieval, templates,
-                              names, batch_size, device, dtype)
+                              names, batch_size, device, dtype, mmvp_flag="--mmvp")
     output = Path(output)
     files = write_comparison(mmvp or None, zeroshot or None, output)
     if mmvp:

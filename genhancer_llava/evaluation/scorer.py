@@ -63,6 +63,10 @@ class Scorer(Protocol):
         """(M, N) logits as the model's forward computes them from normalised embeddings."""
 
 
+# any one of these marks a folder that has a tokenizer (fast, sentencepiece or BPE)
+TOKENIZER_FILES = ("tokenizer.json", "spiece.model", "tokenizer.model", "vocab.json")
+
+
 def read_family(path: str | Path) -> str:
     """The folder's model family ("clip" or "siglip"); a one-line error for anything else."""
     path = Path(path)
@@ -141,17 +145,24 @@ class HFScorer:
         self.dtype = scoring_dtype(dtype, self.device)
         spec = FAMILIES[self.family]
         model_class = spec.cls("full_model")
+        if not any((self.path / f).is_file() for f in TOKENIZER_FILES):
+            raise GenhancerError(
+                f"{self.path} has no tokenizer files ({', '.join(TOKENIZER_FILES)}); scoring "
+                "encodes texts: copy the base model's tokenizer files into it (`genhancer "
+                "export` copies them when the base has them)"
+            )
         try:
             with quiet_transformers():
                 self.model = model_class.from_pretrained(self.path, dtype=self.dtype).to(
                     self.device).eval()
                 self.image_processor = transformers.AutoImageProcessor.from_pretrained(self.path)
                 self.tokenizer = transformers.AutoTokenizer.from_pretrained(self.path)
-        except OSError as err:
+        except (OSError, ValueError) as err:  # sentencepiece: ValueError on a missing model
+            first = (str(err).splitlines() or [type(err).__name__])[0]
             raise GenhancerError(
                 f"{self.path} could not be loaded as a {spec.full_model} with its processor and "
-                f"tokenizer files ({str(err).splitlines()[0]})"
-            ) from err
+                f"tokenizer files ({first})"
+            ) from None
         text_config = self.model.config.text_config
         self.max_length = min(int(self.tokenizer.model_max_length),
                               int(text_config.max_position_embeddings))

@@ -1,4 +1,6 @@
-"""`--model genhancer_llava`: LLaVA checkpoints (llava-hf or original format) in lmms-eval.
+"""`--model genhancer_llava`: LLaVA checkpoints in lmms-eval: llava-hf LLaVA-1.5, LLaVA-NeXT and
+LLaVA-OneVision, original-format LLaVA-1.5 and LLaVA-NeXT (the family is read from the
+checkpoint's config.json, `genhancer_llava.mllm.checkpoints`).
 
     lmms-eval --model genhancer_llava \\
         --model_args pretrained=CKPT[,vision_tower=DIR][,dtype=bfloat16][,device_map=auto] \\
@@ -9,7 +11,8 @@ Model args: `pretrained` (checkpoint folder), `vision_tower` (encoder folder or
 (also lmms-eval's `--device`; default this process's GPU, else CPU), `dtype` ('auto': bf16 on
 GPU, fp32 on CPU), `device_map` (default: the device), `conv_template` (original format;
 default `vicuna_v1`), `attn_implementation` (llava-hf). Chat mode (default) and simple mode
-(`--force_simple`) build the same LLaVA-1.5 prompt: the images first, then the text.
+(`--force_simple`) build the same prompt (the checkpoint's chat template or conversation
+template): the images first, then the text; anyres tiling is the checkpoint's processor's.
 Generation kwargs are cleaned before HF generate (`until` applied to the text afterwards).
 One request at a time (`--batch_size 1`); data parallel over processes with
 `accelerate launch -m lmms_eval ...` (one GPU per process).
@@ -67,7 +70,8 @@ class GenhancerLlava(lmms):
         self.chat_template = None  # lmms-eval logs it; prompts come from the runner
         self._rank = int(os.environ.get("RANK", 0))
         self._world_size = int(os.environ.get("WORLD_SIZE", 1))
-        logger.info(f"genhancer_llava: {self.runner.format} checkpoint {pretrained} on "
+        family = self.runner.family.name if self.runner.family else "?"
+        logger.info(f"genhancer_llava: {self.runner.format} checkpoint {pretrained} ({family}) on "
                     f"{self.runner.input_device} ({self.runner.dtype})"
                     + (f", vision tower swapped to {vision_tower}" if vision_tower else ""))
         if vision_tower:  # lmms-eval silences Python warnings: say it through its logger

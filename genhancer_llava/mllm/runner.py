@@ -1,21 +1,23 @@
 """Load a LLaVA checkpoint and answer (images, question) prompts; what the lmms-eval model uses.
 
-Checkpoint formats (told apart by config.json, `swap.checkpoint_format`):
+Checkpoint formats and families (told apart by config.json, `checkpoints.checkpoint_family`):
 
-- llava-hf (`LlavaForConditionalGeneration` + its processor), here: the processor's chat template
-  builds the prompt (LLaVA-1.5's Vicuna format when the processor has none);
+- llava-hf, here: LLaVA-1.5, LLaVA-NeXT and LLaVA-OneVision, each loaded with its transformers
+  class from the family table and its own processor, whose image processing (anyres tiles for
+  NeXT and OneVision) and chat template build the inputs (LLaVA-1.5's Vicuna format when the
+  processor has no template);
 - any other format is a plug-in: a `LlavaRunner` subclass registered under the entry point group
   `genhancer_llava.llava_formats`, named after the format. This distribution registers
-  `original = llava_patches.runner:OriginalRunner` (haotian-liu/LLaVA checkpoints, loaded with
-  LLaVA's own classes).
+  `original = llava_patches.runner:OriginalRunner` (haotian-liu/LLaVA checkpoints, LLaVA-1.5 and
+  LLaVA-NeXT llava-v1.6-*, loaded with LLaVA's own classes).
 
 Why an entry point and not an import: loading an original-format checkpoint needs the original
 LLaVA code, and everything that touches it lives in `llava_patches`, which imports this package.
 Importing `llava_patches` from here (even lazily) would make the two packages import each other.
 Looking the runner up by group name keeps imports flowing one way (`llava_patches` ->
 `genhancer_llava`), keeps the lmms-eval model (`genhancer_llava.lmms`, which needs nothing from
-LLaVA for llava-hf checkpoints) in the library, and lets another package add a format (say
-LLaVA-NeXT's) with one entry point instead of an edit here.
+LLaVA for llava-hf checkpoints) in the library, and lets another package add a format with one
+entry point instead of an edit here.
 
 `vision_tower=DIR` swaps an encoder in at load time, with the same checks as `genhancer swap`.
 The same code runs on CPU (fp32) and GPU (bf16 by default); nothing names "cuda" except the
@@ -36,7 +38,8 @@ from PIL import Image
 
 from ..errors import GenhancerError
 from ..utils import default_device, default_dtype
-from .swap import checkpoint_format, resolve_encoder, swap_llava_hf_tower
+from .checkpoints import LlavaFamily, checkpoint_family
+from .swap import resolve_encoder, swap_llava_hf_tower
 
 __all__ = ["FORMAT_GROUP", "GenerationSettings", "HFRunner", "LlavaRunner", "apply_until",
            "clean_gen_kwargs", "load_llava", "resolve_device", "resolve_dtype", "rgb_images",
@@ -141,10 +144,12 @@ class LlavaRunner(ABC):
 
     Subclasses are constructed as `cls(path, vision_tower, device, dtype, device_map=...,
     conv_template=..., attn_implementation=...)` and ignore the options their format has no use
-    for; `format` names the checkpoint format (`swap.checkpoint_format`).
+    for; `format` names the checkpoint format (`checkpoints.LlavaFamily.format`), and `family`
+    is the checkpoint's family (set by `load_llava`).
     """
 
     format: str = ""
+    family: LlavaFamily | None = None
 
     def __init__(self, model, device: str, dtype: torch.dtype) -> None:
         self.model = model.eval()
@@ -167,7 +172,7 @@ class LlavaRunner(ABC):
 
 
 class HFRunner(LlavaRunner):
-    """A llava-hf checkpoint (`LlavaForConditionalGeneration` + its processor).
+    """A llava-hf checkpoint of any family in the table (its transformers class + processor).
 
     Args:
         path: the checkpoint folder.
@@ -184,15 +189,16 @@ class HFRunner(LlavaRunner):
     def __init__(self, path: Path, vision_tower: str | None, device: str, dtype: torch.dtype,
                  device_map: str | dict | None = None, conv_template: str | None = None,
                  attn_implementation: str | None = None) -> None:
-        from transformers import AutoProcessor, LlavaForConditionalGeneration
+        from transformers import AutoProcessor
 
+        family, _ = checkpoint_family(path)
         kwargs = {"dtype": dtype, "device_map": device_map or device}
         if attn_implementation:
             kwargs["attn_implementation"] = attn_implementation
-        model = LlavaForConditionalGeneration.from_pretrained(path, **kwargs)
+        model = family.transformers_class().from_pretrained(path, **kwargs)
         if vision_tower:
             folder, _ = resolve_encoder(vision_tower)
-            swap_llava_hf_tower(model, folder, f"llava-hf checkpoint {path}")
+            swap_llava_hf_tower(model, folder, f"{family.name} checkpoint {path}", family)
         super().__init__(model, device, dtype)
         self.processor = AutoProcessor.from_pretrained(path)
         self.tokenizer = self.processor.tokenizer
@@ -209,7 +215,7 @@ class HFRunner(LlavaRunner):
         images = rgb_images(images)
         inputs = self.processor(images=images or None, text=self.prompt(len(images), text),
                                 return_tensors="pt").to(self.input_device)
-        if "pixel_values" in inputs:
+        if "pixel_values" in inputs:  # (images, 3, H, W), or (images, tiles, 3, H, W) for anyres
             inputs["pixel_values"] = inputs["pixel_values"].to(self.dtype)
         pad = self.tokenizer.pad_token_id
         pad = self.tokenizer.eos_token_id if pad is None else pad
@@ -224,7 +230,7 @@ def load_llava(pretrained: str | Path, vision_tower: str | None = None,
                device: str | None = None, dtype: str | torch.dtype | None = "auto",
                device_map: str | dict | None = None, conv_template: str = "vicuna_v1",
                attn_implementation: str | None = None) -> LlavaRunner:
-    """Load a llava-hf or original-format checkpoint (its format read from config.json).
+    """Load a LLaVA checkpoint of a known family (read from config.json).
 
     Args:
         pretrained: the checkpoint folder.
@@ -236,10 +242,13 @@ def load_llava(pretrained: str | Path, vision_tower: str | None = None,
         attn_implementation: e.g. 'sdpa' or 'flash_attention_2' (llava-hf only).
     """
     path = Path(pretrained)
-    cls = runner_class(checkpoint_format(path))
+    family, _ = checkpoint_family(path)
+    cls = runner_class(family.format)
     device = resolve_device(device)
-    return cls(path, vision_tower, device, resolve_dtype(dtype, device), device_map=device_map,
-               conv_template=conv_template, attn_implementation=attn_implementation)
+    runner = cls(path, vision_tower, device, resolve_dtype(dtype, device), device_map=device_map,
+                 conv_template=conv_template, attn_implementation=attn_implementation)
+    runner.family = family
+    return runner
 
 
 def runner_class(fmt: str) -> type[LlavaRunner]:

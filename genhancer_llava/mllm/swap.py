@@ -1,15 +1,23 @@
 """Swap an enhanced encoder into an existing LLaVA checkpoint (no retraining).
 
-Two checkpoint formats, told apart by config.json:
+The checkpoint's family comes from its config.json (`checkpoints.py`: LLaVA-1.5, LLaVA-NeXT and
+LLaVA-OneVision in llava-hf format, LLaVA-1.5 and LLaVA-NeXT `llava-v1.6-*` in the original
+format). For every family the encoder's family, width, patch size, image size (so the token grid)
+and depth are checked against the checkpoint's tower first, and only the tower's weights change:
 
-- llava-hf (`LlavaForConditionalGeneration`, `model_type: llava` with a `vision_config`): the
-  encoder's vision weights are loaded strictly into `model.model.vision_tower` after checking
-  family, width, patch size, image size and depth against the checkpoint's tower; the model and
-  the checkpoint's processor are saved to the output folder.
+- llava-hf: the checkpoint folder is copied as is, and in the weight files that hold tower
+  tensors (`model.vision_tower.*`, or `vision_tower.*` in older uploads) exactly those tensors
+  are replaced by the encoder's, in the stored dtype; every other tensor and file stays
+  byte-identical, so the vision feature layer, select strategy, anyres tiling and processor are
+  the checkpoint's own. No model is instantiated (a 7B checkpoint swaps shard by shard).
+  LLaVA-OneVision's tower is SO400M without its last layer: the encoder's first N layers are
+  copied (N = the tower's depth) and the record says so; SigLIP's pooling head is never part of
+  a LLaVA tower.
 - original LLaVA (haotian-liu/LLaVA, `mm_vision_tower` in config.json): `mm_vision_tower` is
   rewritten to the genhancer name of the encoder (`genhancer:/abs/folder` or a registry name);
-  tower weights stored in the checkpoint (`model.vision_tower.vision_tower.*`) are replaced where
-  present. Loading it needs the hook (`llava_patches.apply()`).
+  tower weights stored in the checkpoint (`model.vision_tower.vision_tower.*`, e.g. in
+  llava-v1.6-* whose tower was fine-tuned) are replaced where present. Loading it needs the hook
+  (`llava_patches.apply()`).
 
 Both write `genhancer.json` with a `swap` record. The input checkpoint is only read. The
 projector was trained on the old encoder's features: a swap is the cheap, weaker option; the
@@ -36,6 +44,12 @@ from ..errors import GenhancerError
 from ..models.encoders import folder_family
 from ..models.families import FAMILIES, family_of_model_type, get_family
 from ..utils import atomic_dir, quiet_transformers
+from .checkpoints import (
+    LlavaFamily,
+    checkpoint_family,
+    feature_selection,
+    read_checkpoint_config,
+)
 from .registry import PREFIX, is_genhancer_name, resolve_tower
 
 __all__ = [
@@ -43,11 +57,16 @@ __all__ = [
     "checkpoint_format",
     "check_fits",
     "encoder_geometry",
+    "fitting_presets",
+    "geometry_of",
     "load_encoder_tower",
     "original_tower_name",
     "resolve_encoder",
+    "stored_tower_state",
     "swap_checkpoint",
     "swap_llava_hf_tower",
+    "tower_key",
+    "tower_state",
     "warn_projector_once",
     "ORIGINAL_TOWER_PREFIX",
     "PROJECTOR_NOTE",
@@ -107,32 +126,9 @@ def warn_projector_once() -> None:
 # --- inputs --------------------------------------------------------------------------------
 
 
-def _read_config(ckpt: Path) -> dict[str, Any]:
-    if not ckpt.is_dir():
-        raise GenhancerError(f"LLaVA checkpoint {ckpt} does not exist (expected a folder)")
-    config = ckpt / "config.json"
-    if not config.is_file():
-        raise GenhancerError(f"{ckpt} has no config.json; it is not a LLaVA checkpoint folder")
-    try:
-        return json.loads(config.read_text())
-    except json.JSONDecodeError as exc:
-        raise GenhancerError(f"{config} is not valid JSON ({exc})") from exc
-
-
 def checkpoint_format(ckpt: str | Path) -> str:
-    """'llava-hf' or 'original'; a one-line error for anything else."""
-    ckpt = Path(ckpt)
-    config = _read_config(ckpt)
-    if "mm_vision_tower" in config:
-        return "original"
-    if config.get("model_type") == "llava" and "vision_config" in config:
-        return "llava-hf"
-    raise GenhancerError(
-        f"{ckpt} is neither a llava-hf checkpoint (LlavaForConditionalGeneration: model_type "
-        f"'llava' with a vision_config) nor an original-format LLaVA checkpoint "
-        f"(mm_vision_tower in config.json); its config says model_type "
-        f"{config.get('model_type')!r}"
-    )
+    """'llava-hf' or 'original' (the family table's format); a one-line error for anything else."""
+    return checkpoint_family(ckpt)[0].format
 
 
 def resolve_encoder(vision_tower: str | Path) -> tuple[Path, str]:
@@ -179,8 +175,15 @@ def encoder_geometry(folder: str | Path) -> TowerGeometry:
     return _geometry(vision, family, f"the encoder at {folder}")
 
 
-def check_fits(old: TowerGeometry, new: TowerGeometry) -> None:
-    """One-line error naming every field where the encoder does not fit the checkpoint, and why."""
+def check_fits(old: TowerGeometry, new: TowerGeometry, dropped_last_layers: int = 0) -> None:
+    """One-line error naming every field where the encoder does not fit the checkpoint, and why.
+
+    Args:
+        old: the checkpoint's tower.
+        new: the encoder.
+        dropped_last_layers: the checkpoint's tower lacks this many of its encoder's last layers
+            (LLaVA-OneVision: 1), so an encoder that deep fits too (its first layers are used).
+    """
     problems = []
     if old.family != new.family:
         problems.append(
@@ -197,13 +200,43 @@ def check_fits(old: TowerGeometry, new: TowerGeometry) -> None:
         problems.append(
             f"token grid: the checkpoint's tower sees {old.describe_grid()}, what the LLM was "
             f"trained on; the encoder {new.describe_grid()}")
-    if old.num_layers != new.num_layers:
+    depths = sorted({old.num_layers, old.num_layers + dropped_last_layers})
+    if new.num_layers not in depths:
+        fits = " or ".join(str(d) for d in depths)
+        kept = (f"; this family keeps the first {old.num_layers} of the encoder's layers"
+                if dropped_last_layers else "")
         problems.append(f"depth: {old.num_layers} layers in the checkpoint's tower, "
-                        f"{new.num_layers} in the encoder (the selected layer would differ)")
+                        f"{new.num_layers} in the encoder (the selected layer would differ; "
+                        f"encoders of {fits} layers fit{kept})")
     if problems:
+        fits = (f"a {old.family} encoder {old.hidden_size} wide, patch {old.patch_size}, "
+                f"{old.describe_grid()}, {' or '.join(str(d) for d in depths)} layers")
+        presets = fitting_presets(old, dropped_last_layers)
         raise GenhancerError(
             f"{new.source} does not fit the checkpoint ({old.source}): " + "; ".join(problems)
-            + "; enhance the checkpoint's own tower (same preset/resolution) instead")
+            + f"; what fits: {fits}" + (f" (presets {', '.join(presets)})" if presets else "")
+            + "; enhance the checkpoint's own tower instead")
+
+
+def fitting_presets(old: TowerGeometry, dropped_last_layers: int = 0) -> list[str]:
+    """The shipped presets whose enhanced encoder fits a checkpoint's tower (for messages)."""
+    from ..config import available_presets, load_config
+    from ..models.paper_towers import PAPER_TOWERS, preset_tower
+
+    depths = {old.num_layers, old.num_layers + dropped_last_layers}
+    found = []
+    for name in available_presets():
+        tower = preset_tower(name)
+        if tower is None:
+            continue
+        family, shape = PAPER_TOWERS[tower]
+        if (family, shape["hidden_size"], shape["patch_size"]) != (
+                old.family, old.hidden_size, old.patch_size) or \
+                shape["num_hidden_layers"] not in depths:
+            continue
+        if load_config(name).encoder.image_size // old.patch_size == old.grid:
+            found.append(name)
+    return found
 
 
 # --- llava-hf ------------------------------------------------------------------------------
@@ -226,67 +259,146 @@ def _vision_tower_module(model) -> torch.nn.Module:
     return tower
 
 
-def swap_llava_hf_tower(model, encoder_dir: str | Path, source: str = "the checkpoint") -> None:
+def _layer_index(key: str) -> int | None:
+    m = re.match(r"encoder\.layers\.(\d+)\.", key)
+    return int(m.group(1)) if m else None
+
+
+def tower_state(stored: dict[str, tuple[int, ...]], encoder: dict[str, torch.Tensor],
+                source: str) -> tuple[dict[str, torch.Tensor], list[str]]:
+    """The encoder's tensors for each stored tower weight, and what of the encoder goes unused.
+
+    Keys on both sides are compared without a `vision_model.` level. Unused encoder weights may
+    only be SigLIP's pooling head (LLaVA reads hidden states) and layers past the tower's depth
+    (checked against the family by `check_fits` before); anything else, a stored weight the
+    encoder lacks, or a differing shape is a one-line error.
+
+    Args:
+        stored: the checkpoint tower's weight names (normalised) and shapes.
+        encoder: the encoder's vision state dict.
+        source: how to name the checkpoint in messages.
+    """
+    encoder = {tower_key(k): v for k, v in encoder.items()}
+    depth = len({i for k in stored if (i := _layer_index(k)) is not None})
+    missing = sorted(set(stored) - set(encoder))
+    wrong = sorted(k for k in set(stored) & set(encoder)
+                   if tuple(encoder[k].shape) != tuple(stored[k]))
+    extra = set(encoder) - set(stored)
+    unused_layers = sorted({i for k in extra if (i := _layer_index(k)) is not None and i >= depth})
+    allowed = {k for k in extra if k.startswith("head.")
+               or ((i := _layer_index(k)) is not None and i >= depth)}
+    unexpected = sorted(extra - allowed)
+    if missing or wrong or unexpected:
+        detail = "; ".join(f"{what}: {', '.join(keys[:3])}" for what, keys in (
+            ("missing in the encoder", missing), ("other shapes", wrong),
+            ("not in the tower", unexpected)) if keys)
+        raise GenhancerError(f"the encoder's weights do not match {source}'s vision tower "
+                             f"({detail})")
+    unused = [f"encoder.layers.{unused_layers[0]}-{unused_layers[-1]}"] if unused_layers else []
+    if any(k.startswith("head.") for k in extra):
+        unused.append("head (SigLIP pooling head)")
+    return {k: encoder[k] for k in stored}, unused
+
+
+def swap_llava_hf_tower(model, encoder_dir: str | Path, source: str = "the checkpoint",
+                        family: LlavaFamily | None = None) -> list[str]:
     """Load the encoder's vision weights strictly into a loaded llava-hf model's tower.
 
     Args:
-        model: a `LlavaForConditionalGeneration` (any dtype/device).
+        model: a llava-hf model of a known family (any dtype/device).
         encoder_dir: an exported (or any CLIP/SigLIP) encoder folder.
         source: how to name the checkpoint in error messages.
+        family: the checkpoint's family (its dropped last layers); default LLaVA-1.5's rules.
+
+    Returns:
+        What of the encoder the tower does not use (e.g. its last layer, its pooling head).
     """
-    check_fits(llava_hf_geometry(model.config, source), encoder_geometry(encoder_dir))
+    dropped = family.dropped_last_layers if family else 0
+    check_fits(llava_hf_geometry(model.config, source), encoder_geometry(encoder_dir), dropped)
     tower = _vision_tower_module(model)
-    state = load_encoder_tower(encoder_dir).state_dict()
+    current = tower.state_dict()
+    names = {tower_key(k): k for k in current}
+    state, unused = tower_state({n: tuple(current[k].shape) for n, k in names.items()},
+                                load_encoder_tower(encoder_dir).state_dict(), source)
     try:
-        tower.load_state_dict(state, strict=True)
+        tower.load_state_dict({names[n]: v for n, v in state.items()}, strict=True)
     except RuntimeError as exc:
         first = str(exc).splitlines()[0]
         raise GenhancerError(f"the encoder's weights do not load into {source}'s vision tower "
                              f"({first})") from exc
     warn_projector_once()
+    return unused
 
 
-def _load_llava_hf(ckpt: Path):
-    """The checkpoint, strictly: its vision_config must describe the weights it stores (else
-    transformers would re-initialise, or refuse, what does not fit)."""
-    from transformers import LlavaForConditionalGeneration
-
-    hint = ("its config.json vision_config disagrees with the weights stored in it; fix the "
-            "config (or the weights) before swapping")
-    try:
-        with quiet_transformers():
-            model, info = LlavaForConditionalGeneration.from_pretrained(
-                ckpt, dtype="auto", output_loading_info=True)
-    except (RuntimeError, ValueError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise GenhancerError(f"llava-hf checkpoint {ckpt} does not load: {hint} ({first})"
-                             ) from exc
-    bad = [k for kind in ("missing_keys", "unexpected_keys", "mismatched_keys")
-           for k in info.get(kind, []) if "vision_tower" in str(k)]
-    if bad:
-        raise GenhancerError(f"llava-hf checkpoint {ckpt}: {hint} ({len(bad)} vision-tower "
-                             f"weights missing, unexpected or of another shape; first: "
-                             f"{bad[0]})")
-    return model
+def _tower_prefix(key: str, family: LlavaFamily) -> str | None:
+    return next((p for p in family.tower_prefixes if key.startswith(p)), None)
 
 
-def _swap_llava_hf(ckpt: Path, encoder_dir: Path, out: Path) -> dict[str, Any]:
+def _stored_tower(files: list[Path], family: LlavaFamily) -> dict[Path, dict[str, str]]:
+    """weight file -> {stored key: normalised tower key} for the files holding tower weights."""
+    out = {}
+    for f in files:
+        keys = _stored_keys(f)
+        found = {k: tower_key(k[len(p):]) for k in keys if (p := _tower_prefix(k, family))}
+        if found:
+            out[f] = found
+    return out
+
+
+def check_config_matches_stored(config: TowerGeometry, stored: dict[str, tuple[int, ...]],
+                                source: str) -> None:
+    """The checkpoint's vision_config must describe the tower weights it stores: the swap trusts
+    the config for the fit, and a deeper config would otherwise drop encoder layers silently."""
+    depth = len({i for k in stored if (i := _layer_index(k)) is not None})
+    widths = {shape[0] for k, shape in stored.items() if k.endswith("patch_embedding.weight")}
+    found = []
+    if depth != config.num_layers:
+        found.append(f"{config.num_layers} layers in the config, {depth} stored")
+    if widths and widths != {config.hidden_size}:
+        found.append(f"{config.hidden_size} wide in the config, {min(widths)} stored")
+    if found:
+        raise GenhancerError(f"{source}: its config.json vision_config disagrees with the weights "
+                             f"stored in it ({'; '.join(found)}); fix the config (or the weights) "
+                             "before swapping")
+
+
+def _swap_llava_hf(ckpt: Path, encoder_dir: Path, out: Path, family: LlavaFamily,
+                   config: dict[str, Any]) -> dict[str, Any]:
     from transformers import AutoProcessor
 
-    config = transformers.AutoConfig.from_pretrained(ckpt)
-    check_fits(llava_hf_geometry(config, f"llava-hf checkpoint {ckpt}"),
-               encoder_geometry(encoder_dir))
+    source = f"{family.name} checkpoint {ckpt}"
+    hf_config = transformers.AutoConfig.from_pretrained(ckpt)
+    old = llava_hf_geometry(hf_config, source)
+    check_fits(old, encoder_geometry(encoder_dir), family.dropped_last_layers)
     try:
-        processor = AutoProcessor.from_pretrained(ckpt)
+        AutoProcessor.from_pretrained(ckpt)
     except (OSError, ValueError) as exc:
+        reason = str(exc).splitlines()[0]
         raise GenhancerError(f"{ckpt} has no loadable processor (llava-hf checkpoints ship "
-                             f"processor_config.json and tokenizer files): {exc}") from exc
-    model = _load_llava_hf(ckpt)
-    swap_llava_hf_tower(model, encoder_dir, f"llava-hf checkpoint {ckpt}")
-    model.save_pretrained(out)
-    processor.save_pretrained(out)
-    return {"format": "llava-hf", "tower_module": "model.vision_tower",
-            "dtype": str(model.dtype).replace("torch.", "")}
+                             f"processor_config.json and tokenizer files): {reason}") from exc
+    located = _stored_tower(_weight_files(ckpt), family)
+    if not located:
+        raise GenhancerError(f"{source} stores no vision tower weights (no keys under "
+                             f"{' or '.join(family.tower_prefixes)}); nothing to swap")
+    shapes = {}
+    for f, keys in located.items():
+        shapes.update({name: shape for name, shape in _stored_shapes(f, keys).items()})
+    check_config_matches_stored(old, shapes, source)
+    state, unused = tower_state(shapes, load_encoder_tower(encoder_dir).state_dict(), source)
+    shutil.copytree(ckpt, out, dirs_exist_ok=True)
+    dtypes = set()
+    for f, keys in located.items():
+        stored, metadata = _load_weights(f), _metadata(f)
+        for key, name in keys.items():
+            dtypes.add(str(stored[key].dtype).replace("torch.", ""))
+            stored[key] = state[name].to(stored[key].dtype).contiguous()
+        _save_weights(stored, out / f.name, metadata)
+    warn_projector_once()
+    return {"format": "llava-hf", "family": family.name, "tower_module": "model.vision_tower",
+            "replaced_weight_files": sorted(f.name for f in located),
+            "tower_weights": len(state), "tower_layers": old.num_layers,
+            "unused_encoder_weights": unused, "dtype": ",".join(sorted(dtypes)),
+            "tiling": family.tiling, "kept": feature_selection(family, config)}
 
 
 # --- original LLaVA ------------------------------------------------------------------------
@@ -305,32 +417,69 @@ def _load_weights(path: Path) -> dict[str, torch.Tensor]:
     return torch.load(path, map_location="cpu", weights_only=True)
 
 
-def _save_weights(state: dict[str, torch.Tensor], path: Path) -> None:
+def _metadata(path: Path) -> dict[str, str] | None:
+    if path.suffix != ".safetensors":
+        return None
+    from safetensors import safe_open
+
+    with safe_open(path, framework="pt") as f:
+        return f.metadata()
+
+
+def _save_weights(state: dict[str, torch.Tensor], path: Path,
+                  metadata: dict[str, str] | None = None) -> None:
     if path.suffix == ".safetensors":
         from safetensors.torch import save_file
 
-        save_file(state, path, metadata={"format": "pt"})
+        save_file(state, path, metadata=metadata or {"format": "pt"})
     else:
         torch.save(state, path)
 
 
-def _stored_tower_keys(path: Path) -> list[str]:
+def _stored_keys(path: Path) -> list[str]:
     if path.suffix == ".safetensors":
         from safetensors import safe_open
 
         with safe_open(path, framework="pt") as f:
-            return [k for k in f.keys() if k.startswith(ORIGINAL_TOWER_PREFIX)]
-    return [k for k in _load_weights(path) if k.startswith(ORIGINAL_TOWER_PREFIX)]
+            return list(f.keys())
+    return list(_load_weights(path))
 
 
-def _tower_key(key: str) -> str:
+def _stored_shapes(path: Path, keys: dict[str, str]) -> dict[str, tuple[int, ...]]:
+    """{normalised tower key: shape} of the stored keys `keys` (read lazily from safetensors)."""
+    if path.suffix == ".safetensors":
+        from safetensors import safe_open
+
+        with safe_open(path, framework="pt") as f:
+            return {name: tuple(f.get_slice(key).get_shape()) for key, name in keys.items()}
+    state = _load_weights(path)
+    return {name: tuple(state[key].shape) for key, name in keys.items()}
+
+
+def _stored_tower_keys(path: Path) -> list[str]:
+    return [k for k in _stored_keys(path) if k.startswith(ORIGINAL_TOWER_PREFIX)]
+
+
+def stored_tower_state(ckpt: str | Path) -> dict[str, torch.Tensor]:
+    """The tower weights an original-format checkpoint stores (keys without the tower prefix or
+    a `vision_model.` level); empty when it stores none (released LLaVA-1.5 checkpoints)."""
+    state: dict[str, torch.Tensor] = {}
+    for f in _weight_files(Path(ckpt)):
+        if _stored_tower_keys(f):
+            state.update({tower_key(k[len(ORIGINAL_TOWER_PREFIX):]): v
+                          for k, v in _load_weights(f).items()
+                          if k.startswith(ORIGINAL_TOWER_PREFIX)})
+    return state
+
+
+def tower_key(key: str) -> str:
     """A tower weight's name without the `vision_model.` level (transformers 4 had it, 5 not)."""
     return key[len("vision_model."):] if key.startswith("vision_model.") else key
 
 
 def _stored_geometry(state: dict[str, torch.Tensor], source: str) -> TowerGeometry | None:
     """The tower geometry implied by stored tower weights (CLIP or SigLIP, either key layout)."""
-    state = {_tower_key(k): v for k, v in state.items()}
+    state = {tower_key(k): v for k, v in state.items()}
     patch = state.get("embeddings.patch_embedding.weight")
     pos = state.get("embeddings.position_embedding.weight")
     if patch is None or pos is None:
@@ -416,7 +565,7 @@ def check_original_fits(ckpt: Path, config: dict[str, Any], encoder_dir: Path,
 
 
 def swap_original(ckpt: Path, encoder_dir: Path, tower_name: str, out: Path) -> dict[str, Any]:
-    config = _read_config(ckpt)
+    config = read_checkpoint_config(ckpt)
     files = _weight_files(ckpt)
     with_tower = [f for f in files if _stored_tower_keys(f)]
     stored: dict[str, torch.Tensor] = {}
@@ -424,10 +573,10 @@ def swap_original(ckpt: Path, encoder_dir: Path, tower_name: str, out: Path) -> 
         stored.update({k[len(ORIGINAL_TOWER_PREFIX):]: v for k, v in _load_weights(f).items()
                        if k.startswith(ORIGINAL_TOWER_PREFIX)})
     check_original_fits(ckpt, config, encoder_dir, stored)
-    new_state = {_tower_key(k): v for k, v in load_encoder_tower(encoder_dir).state_dict().items()
+    new_state = {tower_key(k): v for k, v in load_encoder_tower(encoder_dir).state_dict().items()
                  } if stored else {}
     if stored:
-        stored = {_tower_key(k): v for k, v in stored.items()}
+        stored = {tower_key(k): v for k, v in stored.items()}
         if set(stored) != set(new_state) or any(stored[k].shape != new_state[k].shape
                                                 for k in stored):
             missing = sorted(set(stored) ^ set(new_state))[:3]
@@ -441,7 +590,7 @@ def swap_original(ckpt: Path, encoder_dir: Path, tower_name: str, out: Path) -> 
         for key in state:
             if key.startswith(ORIGINAL_TOWER_PREFIX):
                 old = state[key]
-                new = new_state[_tower_key(key[len(ORIGINAL_TOWER_PREFIX):])]
+                new = new_state[tower_key(key[len(ORIGINAL_TOWER_PREFIX):])]
                 state[key] = new.to(old.dtype).contiguous()
         _save_weights(state, out / f.name)
     old_name = original_tower_name(config)
@@ -461,7 +610,8 @@ def swap_checkpoint(ckpt: str | Path, vision_tower: str | Path, output: str | Pa
     """Write OUTPUT: the LLaVA checkpoint CKPT with the encoder as its vision tower.
 
     Args:
-        ckpt: a llava-hf or original-format LLaVA checkpoint folder (only read).
+        ckpt: a LLaVA checkpoint folder of a family in `checkpoints.CHECKPOINT_FAMILIES`
+            (only read).
         vision_tower: an encoder folder (what `genhancer export` writes) or a
             `genhancer[:NAME|:PATH]` name; original-format checkpoints store this name.
         output: the folder to write; it must not exist.
@@ -471,13 +621,14 @@ def swap_checkpoint(ckpt: str | Path, vision_tower: str | Path, output: str | Pa
         raise GenhancerError(f"output {out} already exists; choose a new folder")
     if out.resolve() == ckpt.resolve():
         raise GenhancerError("the output folder must differ from the checkpoint")
-    kind = checkpoint_format(ckpt)
+    family, config = checkpoint_family(ckpt)
     encoder_dir, tower_name = resolve_encoder(vision_tower)
     with atomic_dir(out, ".tmp-swap") as tmp:
-        if kind == "llava-hf":
-            record = _swap_llava_hf(ckpt, encoder_dir, tmp)
+        if family.format == "llava-hf":
+            record = _swap_llava_hf(ckpt, encoder_dir, tmp, family, config)
         else:
             record = swap_original(ckpt, encoder_dir, tower_name, tmp)
+            record.update(family=family.name, kept=feature_selection(family, config))
         geometry = asdict(encoder_geometry(encoder_dir))
         geometry.pop("source")
         provenance = _encoder_provenance(encoder_dir)

@@ -21,9 +21,11 @@ from torch import nn
 
 from ..config import TargetConfig
 from ..errors import GenhancerError
+from ..paths import required_path
 
 __all__ = [
     "pack", "unpack", "PixelTarget", "FluxAutoencoderTarget", "VQTarget", "build_target",
+    "check_target",
     "image_ids",
 ]
 
@@ -84,8 +86,20 @@ class FluxAutoencoderTarget(nn.Module):
     @torch.no_grad()
     def encode(self, images: torch.Tensor) -> torch.Tensor:
         # images: (B, 3, H, W) in [-1, 1] -> (B, H/16 * W/16, 64) for FLUX
+        return self.tokens_from_posterior(self.posterior_parameters(images))
+
+    @torch.no_grad()
+    def posterior_parameters(self, images: torch.Tensor) -> torch.Tensor:
+        """The posterior's (mean | logvar): (B, 2 * C, H/8, W/8); what a cache stores."""
         dtype = next(self.vae.parameters()).dtype
-        posterior = self.vae.encode(images.to(dtype)).latent_dist
+        return self.vae.encode(images.to(dtype)).latent_dist.parameters
+
+    @torch.no_grad()
+    def tokens_from_posterior(self, parameters: torch.Tensor) -> torch.Tensor:
+        """Sample (or take the mode of) the posterior, shift, scale and pack into tokens."""
+        from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
+
+        posterior = DiagonalGaussianDistribution(parameters)
         z = posterior.sample() if self.sample else posterior.mode()
         return pack((z.float() - self.shift) * self.scale, self.p)
 
@@ -123,16 +137,28 @@ def _read_model_config(path: Path, what: str, setting: str, hint: str) -> dict:
     if not path.is_dir():
         raise GenhancerError(f"{what} folder '{path}' does not exist; set {setting}{hint}")
     if not (path / "config.json").is_file():
-        raise GenhancerError(f"{path} has no config.json; it is not a diffusers model folder")
+        raise GenhancerError(f"{setting}={path} has no config.json; it is not a diffusers model "
+                             f"folder; set {setting}{hint}")
     return json.loads((path / "config.json").read_text())
 
 
-def _load_checked(cfg: TargetConfig, dtype: torch.dtype | None, class_name: str, what: str,
-                  size_key: str, size_setting: str, hint: str) -> nn.Module:
-    """A diffusers model from target.path, after checking its class, factor and one size."""
-    import diffusers
+# what each target kind loads: (diffusers class, what, size key, config setting, how to set it)
+_TARGET_FOLDERS = {
+    "vq": ("VQModel", "VQ-GAN", "num_vq_embeddings", "codebook_size",
+           " to a local VQModel folder (`genhancer make-tiny-vq DIR` writes a tiny one)"),
+    "flux_vae": ("AutoencoderKL", "autoencoder", "latent_channels", "latent_channels",
+                 " to a local AutoencoderKL folder (the FLUX.1 'vae' sub-folder) or use "
+                 "target.kind=pixels"),
+}
 
-    path = Path(cfg.path or "")
+
+def check_target(cfg: TargetConfig) -> Path | None:
+    """target.path's folder checked against the config (class, factor, one size), without
+    loading weights; None for targets that need no folder (pixels)."""
+    if cfg.kind not in _TARGET_FOLDERS:
+        return None
+    class_name, what, size_key, size_setting, hint = _TARGET_FOLDERS[cfg.kind]
+    path = required_path(cfg.path, "target.path", f"set target.path{hint}")
     config = _read_model_config(path, what, "target.path", hint)
     if config.get("_class_name") not in (None, class_name):
         raise GenhancerError(
@@ -148,19 +174,16 @@ def _load_checked(cfg: TargetConfig, dtype: torch.dtype | None, class_name: str,
             f"config says {wanted} and {cfg.downsample}; set target.{size_setting}={size} "
             f"target.downsample={downsample}"
         )
-    return getattr(diffusers, class_name).from_pretrained(path, torch_dtype=dtype)
+    return path
 
 
-def _load_vq(cfg: TargetConfig, dtype: torch.dtype | None) -> nn.Module:
-    return _load_checked(cfg, dtype, "VQModel", "VQ-GAN", "num_vq_embeddings", "codebook_size",
-                         " to a local VQModel folder")
+def _load_checked(cfg: TargetConfig, dtype: torch.dtype | None) -> nn.Module:
+    """The diffusers model at target.path, after `check_target`."""
+    import diffusers
 
-
-def _load_autoencoder(cfg: TargetConfig, dtype: torch.dtype | None) -> nn.Module:
-    return _load_checked(
-        cfg, dtype, "AutoencoderKL", "autoencoder", "latent_channels", "latent_channels",
-        " to a local AutoencoderKL folder (the FLUX.1 'vae' sub-folder) or use target.kind=pixels",
-    )
+    path = check_target(cfg)
+    return getattr(diffusers, _TARGET_FOLDERS[cfg.kind][0]).from_pretrained(path,
+                                                                           torch_dtype=dtype)
 
 
 def build_target(
@@ -177,5 +200,5 @@ def build_target(
     if cfg.kind == "pixels":
         return PixelTarget(cfg.pack).to(device)
     if cfg.kind == "vq":
-        return VQTarget(_load_vq(cfg, dtype)).to(device)
-    return FluxAutoencoderTarget(_load_autoencoder(cfg, dtype), cfg).to(device)
+        return VQTarget(_load_checked(cfg, dtype)).to(device)
+    return FluxAutoencoderTarget(_load_checked(cfg, dtype), cfg).to(device)

@@ -14,21 +14,17 @@ import sys
 from importlib import resources
 from pathlib import Path
 
-import torch
-
 from ..config import Config
-from ..data import expand_shards
-from ..errors import GenhancerError, Stopped
-from ..export import export_encoder
-from ..models.encoders import check_resolution, read_vision_config
-from ..models.targets import build_target
+from ..errors import GenhancerError, StageFailed, Stopped
 from ..stages import stages
 from ..utils import free_port
+from .accelerate_run import ERROR_FILE_ENV, read_error
+from .preflight import preflight
 from .processes import DEFAULT_GRACE_S, GRACE_ENV, run_launcher
 from .run_dir import RunDir
 from .run_lock import hold_run
 
-__all__ = ["accelerate_config", "check_inputs", "prepare_run_dir", "launch_stage", "enhance"]
+__all__ = ["accelerate_config", "prepare_run_dir", "launch_stage", "enhance"]
 
 # Shipped as package data (pyproject), so an installed wheel launches without the checkout.
 LAUNCH_CONFIGS = Path(str(resources.files(__package__) / "launch_configs"))
@@ -50,26 +46,11 @@ def accelerate_config(zero: int, path: str | Path | None = None) -> Path:
     return config
 
 
-def check_inputs(cfg: Config) -> None:
-    """Fail before any process starts when a path or shape is wrong (one-line errors)."""
-    if not cfg.encoder.path:
-        raise GenhancerError(
-            "encoder.path is empty; pass encoder.path=/path/to/local/clip-or-siglip-folder"
-        )
-    # family mismatch (a SigLIP folder with a CLIP preset, or the reverse) and resolution
-    vision, _, _ = read_vision_config(cfg.encoder.path, cfg.encoder.family)
-    check_resolution(cfg.encoder.path, cfg.encoder.image_size, vision)
-    if cfg.target.kind == "flux_vae" and not Path(cfg.target.path or "").is_dir():
-        raise GenhancerError(
-            f"autoencoder folder '{cfg.target.path}' does not exist; set target.path to the "
-            "FLUX autoencoder folder, or target.kind=pixels"
-        )
-    if cfg.target.kind == "vq":
-        build_target(cfg.target)  # folder, codebook size and factor checked here, in one line
-    if cfg.data.kind == "folder" and not Path(cfg.data.path or "").is_dir():
-        raise GenhancerError(f"data folder '{cfg.data.path}' does not exist; set data.path")
-    if cfg.data.kind == "shards":
-        expand_shards(cfg.data.path)  # every shard must exist before any process starts
+# the export (torch, transformers, peft) loads only once the stages ran: a bad input fails fast
+def export_encoder(*args, **kwargs):
+    from ..export import export_encoder as export
+
+    return export(*args, **kwargs)
 
 
 def prepare_run_dir(cfg: Config, overwrite: bool, resume: bool) -> RunDir:
@@ -98,7 +79,7 @@ def launch_stage(
 ) -> None:
     """`accelerate launch` one stage; raises when it fails."""
     cmd = [
-        sys.executable, "-m", "accelerate.commands.launch",
+        sys.executable, "-m", "genhancer_llava.train.accelerate_run",  # `accelerate launch`
         "--config_file", str(accel_config),
         "--num_processes", str(num_processes),
         "--main_process_port", str(free_port()),
@@ -109,6 +90,8 @@ def launch_stage(
         cmd += ["--resume", resume]
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     env.setdefault("MASTER_ADDR", "127.0.0.1")
+    import torch
+
     if not torch.cuda.is_available():
         env.setdefault("DS_ACCELERATOR", "cpu")  # the launcher imports DeepSpeed too
     # the agent's wait between passing SIGTERM on and SIGKILL: time for the last checkpoint
@@ -116,10 +99,16 @@ def launch_stage(
                    str(int(float(env.get(GRACE_ENV, DEFAULT_GRACE_S)))))
     record = run.stage(stage) / "stopped.json"  # written by rank 0 when it stops on a signal
     record.unlink(missing_ok=True)
+    error_file = run.stage(stage) / "error.txt"  # a worker's one-line error, for our last line
+    error_file.parent.mkdir(parents=True, exist_ok=True)
+    error_file.unlink(missing_ok=True)
+    env[ERROR_FILE_ENV] = str(error_file)
     code, received = run_launcher(cmd, env)
+    error = read_error(error_file)
     _raise_if_stopped(stage, record, received, code)
     if code != 0:
-        raise GenhancerError(f"{stage} failed (exit code {code}); its error is printed above")
+        raise StageFailed(error or f"{stage} failed (exit code {code}); its traceback is "
+                          "printed above", code)
 
 
 def _raise_if_stopped(stage: str, record: Path, received: int | None, code: int) -> None:
@@ -155,10 +144,8 @@ def enhance(
         resume: "latest" or a checkpoint: continue an interrupted run (finished stages are kept).
         accel_config: an accelerate config file instead of the shipped ones.
     """
-    if num_processes < 1:
-        raise GenhancerError(f"--num_processes {num_processes} is invalid; use 1 or more")
     config_file = accelerate_config(zero, accel_config)
-    check_inputs(cfg)
+    preflight(cfg, num_processes, resume)  # before any process starts or any file is written
     # one writer per run folder: held through every launch and the export
     with hold_run(cfg.run.output_dir, "genhancer enhance"):
         run = prepare_run_dir(cfg, overwrite, resume is not None)

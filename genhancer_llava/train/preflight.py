@@ -1,0 +1,109 @@
+"""Everything `genhancer enhance` can check before a process starts or a file is written.
+
+A mistake found here costs no launch (tens of seconds of imports and process-group set-up) and
+leaves no run folder behind, so the corrected command needs no `--overwrite`. What only a
+running stage can find (a non-finite loss, a full disk) is reported by the stage itself.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from ..config import Config
+from ..data import FOLDER_HINT, IMAGE_EXTENSIONS
+from ..errors import GenhancerError
+from ..models.encoders import ENCODER_PATH_HINT, check_resolution, read_vision_config
+from ..models.families import get_family
+from ..models.targets import check_target
+from ..paths import required_dir, required_path
+from ..shards import expand_shards
+from ..stages import stages
+from .run_dir import RunDir
+
+__all__ = ["preflight", "check_encoder", "check_data", "check_resume"]
+
+
+def check_encoder(cfg: Config) -> int:
+    """encoder.path is set and holds a tower of the config's family, resolution and global
+    width; returns the global token's width."""
+    path = required_path(cfg.encoder.path, "encoder.path", ENCODER_PATH_HINT)
+    vision, _, found = read_vision_config(path, cfg.encoder.family)
+    check_resolution(path, cfg.encoder.image_size, vision)
+    family = get_family(found)
+    with torch.device("meta"):  # the training wrapper itself, on shapes only: no weights read
+        encoder = family.cls("encoder")(family.cls("encoder_model")(vision))
+    if cfg.encoder.global_dim is not None and cfg.encoder.global_dim != encoder.global_dim:
+        raise GenhancerError(
+            f"encoder.global_dim={cfg.encoder.global_dim} but the {found} encoder at {path} has a "
+            f"{encoder.global_dim}-d global token; the folder is not this preset's backbone "
+            f"(or set encoder.global_dim={encoder.global_dim})"
+        )
+    return encoder.global_dim
+
+
+def check_data(cfg: Config) -> None:
+    """data.path is set and holds images (folder), every shard (shards), or a cache made
+    for this config (cached)."""
+    if cfg.data.kind == "shards":
+        expand_shards(cfg.data.path)
+    elif cfg.data.kind == "cached":
+        from ..cache import CachedSource, check_cache
+
+        check_cache(cfg)  # made for this encoder, target and image size
+        CachedSource(cfg.data.path)  # and every shard is there
+    elif cfg.data.kind == "folder":
+        root = required_dir(cfg.data.path, "data.path", FOLDER_HINT)
+        if not any(p.suffix.lower() in IMAGE_EXTENSIONS for p in root.rglob("*")):
+            raise GenhancerError(
+                f"no images ({', '.join(IMAGE_EXTENSIONS)}) under data.path={root}; "
+                "point data.path at a folder of images"
+            )
+
+
+def check_resume(cfg: Config, num_processes: int, resume: str | None) -> None:
+    """The checkpoint a resume would continue was written by as many processes as now."""
+    if not resume:
+        return
+    run = RunDir(Path(cfg.run.output_dir))
+    pending = [s.name for s in stages(cfg) if run.summary(s.name) is None]
+    if resume == "latest":
+        if not pending:
+            return
+        folders = sorted(p for p in run.checkpoints(pending[0]).glob("step-*")
+                         if p.is_dir() and (p / "progress.json").is_file())
+        if not folders:
+            return  # nothing written yet: the stage starts from step 0
+        folder = folders[-1]
+    else:
+        folder = Path(resume)
+        if not (folder / "progress.json").is_file():
+            raise GenhancerError(f"--resume {resume} is not a checkpoint folder (no progress.json);"
+                                 " pass a step-N folder or --resume latest")
+    try:
+        written_by = len(json.loads((folder / "progress.json").read_text())["batches_per_rank"])
+    except (OSError, ValueError, KeyError):
+        return  # a damaged record: the stage skips that checkpoint and says so
+    if written_by != num_processes:
+        raise GenhancerError(
+            f"{folder} was written by {written_by} processes; resume it with --num_processes "
+            f"{written_by} (now {num_processes})"
+        )
+
+
+def preflight(cfg: Config, num_processes: int = 1, resume: str | None = None) -> None:
+    """Every check that needs no launch, in one place: one-line errors, nothing written.
+
+    Args:
+        cfg: the run config.
+        num_processes: processes per stage launch.
+        resume: the `--resume` value, if any.
+    """
+    if num_processes < 1:
+        raise GenhancerError(f"--num_processes {num_processes} is invalid; use 1 or more")
+    check_encoder(cfg)
+    check_target(cfg.target)
+    check_data(cfg)
+    check_resume(cfg, num_processes, resume)

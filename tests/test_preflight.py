@@ -1,0 +1,121 @@
+"""What a new user meets when a path or setting is wrong: `genhancer enhance` in a real process
+refuses before anything launches, in one last line that names the key, and leaves no run folder
+behind; a worker's error that only a running stage can find is the CLI's last line, with no
+torch-elastic traceback after it."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from genhancer_llava.config import load_config
+from genhancer_llava.errors import ConfigError, GenhancerError
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def enhance(cwd: Path, *args: str, **env: str) -> subprocess.CompletedProcess:
+    """`genhancer enhance ARGS` as a user runs it, from `cwd`."""
+    return subprocess.run([sys.executable, "-m", "genhancer_llava.cli", "enhance", *args],
+                          cwd=cwd, env=dict(os.environ, PYTHONUNBUFFERED="1", **env),
+                          capture_output=True, text=True, timeout=900)
+
+
+def last_line(proc: subprocess.CompletedProcess) -> str:
+    lines = proc.stderr.strip().splitlines()
+    return lines[-1] if lines else ""
+
+
+def test_empty_path_is_not_set_not_the_current_folder(tmp_path):
+    from genhancer_llava.paths import required_dir, required_path
+
+    for empty in ("", "  ", None):
+        with pytest.raises(ConfigError, match=r"^data\.path is not set; pass data\.path=DIR"):
+            required_path(empty, "data.path", "pass data.path=DIR")
+    assert required_path("x/y", "data.path", "") == Path("x/y")
+    with pytest.raises(GenhancerError, match="is not a folder"):
+        required_dir(tmp_path / "missing", "data.path", "pass data.path=DIR")
+
+
+def test_folder_data_without_data_path_refused_before_launch(tiny_clip, tmp_path):
+    """Images lie in the working folder; an unset data.path must not train on them."""
+    for i in range(4):
+        Image.new("RGB", (40, 40), (60 * i, 0, 0)).save(tmp_path / f"stray-{i}.png")
+    out = tmp_path / "run"
+    proc = enhance(tmp_path, "--preset", "tiny", "--output", str(out), "data.kind=folder",
+                   f"encoder.path={tiny_clip}")
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert last_line(proc).startswith("error: data.path is not set; pass data.path=DIR"), \
+        proc.stderr[-3000:]
+    assert not out.exists()  # nothing launched, nothing written
+
+
+def test_flow_target_without_target_path_refused_before_launch(tiny_clip, tmp_path):
+    out = tmp_path / "run"
+    tic = time.perf_counter()
+    proc = enhance(tmp_path, "--preset", "tiny", "--output", str(out), "target.kind=flux_vae",
+                   f"encoder.path={tiny_clip}")
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert last_line(proc).startswith("error: target.path is not set; set target.path to a "
+                                      "local AutoencoderKL folder"), proc.stderr[-3000:]
+    assert "genhancer_llava.train" not in proc.stdout + proc.stderr
+    assert not out.exists()
+    assert time.perf_counter() - tic < 60  # no launch (a launch alone takes ~20 s here)
+
+
+def test_global_dim_mismatch_refused_before_launch_and_no_overwrite_needed(tiny_clip, tmp_path):
+    out = tmp_path / "run"
+    proc = enhance(tmp_path, "--preset", "tiny", "--output", str(out),
+                   f"encoder.path={tiny_clip}", "encoder.global_dim=99")
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert last_line(proc).startswith("error: encoder.global_dim=99 but the clip encoder at "), \
+        proc.stderr[-3000:]
+    assert "32-d global token" in last_line(proc)
+    assert not (out / "config.yaml").exists() and not out.exists()
+
+
+@pytest.mark.slow
+def test_num_processes_mismatch_on_resume_refused_before_launch(tiny_clip, tmp_path):
+    """A checkpoint written by 2 processes, resumed with 1: the error names the right flag."""
+    out = tmp_path / "run"
+    proc = enhance(tmp_path, "--preset", "tiny", "--output", str(out),
+                   f"encoder.path={tiny_clip}", "--num_processes", "0")
+    assert proc.returncode == 2 and "--num_processes 0 is invalid" in last_line(proc)
+    # the record a 2-process checkpoint leaves (progress.json); preflight reads nothing else
+    out.mkdir()
+    load_config("tiny", overrides=[f"encoder.path={tiny_clip}"]).save(out / "config.yaml")
+    step = out / "stage1" / "checkpoints" / "step-00000002"
+    step.mkdir(parents=True)
+    (step / "progress.json").write_text(json.dumps(
+        {"step": 2, "batches_per_rank": [2, 2], "images": 16, "skipped": 0, "losses": [],
+         "files": {}}))
+    proc = enhance(tmp_path, "--preset", "tiny", "--output", str(out),
+                   f"encoder.path={tiny_clip}", "--resume", "latest")
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert last_line(proc) == (f"error: {step} was written by 2 processes; resume it with "
+                               "--num_processes 2 (now 1)"), proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr
+
+
+@pytest.mark.slow
+def test_worker_error_is_the_last_line(tiny_clip, tmp_path):
+    """A non-finite loss found by the running stage (2 processes through accelerate launch and
+    DeepSpeed): the worker's one line is the CLI's last, its exit status the CLI's."""
+    out = tmp_path / "run"
+    proc = enhance(tmp_path, "--preset", "tiny", "--output", str(out),
+                   f"encoder.path={tiny_clip}", "--num_processes", "2",
+                   GENHANCER_FAULT="nan-loss:2")
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert last_line(proc).startswith("error: [stage1] the loss became non-finite at step 2; "
+                                      "lower the lr"), proc.stderr[-3000:]
+    for noise in ("Traceback", "ChildFailedError", "printed above", "exitcode"):
+        assert noise not in proc.stderr, proc.stderr[-3000:]
+    assert proc.stderr.count("the loss became non-finite") == 1  # said once, not per rank
+    assert not (out / "stage1" / "error.txt").exists()  # read and removed by the CLI
