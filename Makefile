@@ -12,7 +12,7 @@ export PIP_DISABLE_PIP_VERSION_CHECK := 1
 # which only disables lmms-eval's optional --wandb_args reporting.
 PROTOBUF := protobuf==7.36.2
 
-.PHONY: demo test lint format clean-venv
+.PHONY: demo test lint format clean-venv paper-shapes
 
 # The original LLaVA code (llava-torch) pins transformers 4.36 / torch 2.0: it is installed
 # without its dependencies (llava_patches shims it onto ours); the [llava] extra adds the one
@@ -31,6 +31,11 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(PY) -m ruff check genhancer_llava llava_patches tests benchmarks
 	$(PY) -m pytest -q
+
+# Every paper preset at its true size on the CPU (batch 1, one preset per process): one line
+# each with tokens, parameters, seconds and peak memory. Needs about 14 GB free; ~30-60 min.
+paper-shapes: $(STAMP)
+	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-2} $(PY) benchmarks/paper_shapes.py
 
 format: $(STAMP)
 	$(PY) -m ruff format genhancer_llava llava_patches tests
