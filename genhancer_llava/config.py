@@ -270,7 +270,7 @@ class StageConfig:
 @dataclass
 class DataConfig:
     # folder: images under path (recursive); shards: webdataset tars (brace pattern or a .txt
-    # list of paths); synthetic: generated shapes
+    # list of paths); synthetic: generated shapes; cached: a folder `genhancer cache` wrote
     kind: str = "folder"
     path: str = ""
     num_images: int = 256  # synthetic only
@@ -280,8 +280,8 @@ class DataConfig:
     log_keys: bool = False  # write the keys each rank trained on to <stage>/keys-rank<r>.txt
 
     def __post_init__(self) -> None:
-        _check(self.kind in ("folder", "shards", "synthetic"), "data.kind", self.kind,
-               "choose folder, shards or synthetic")
+        _check(self.kind in ("folder", "shards", "synthetic", "cached"), "data.kind", self.kind,
+               "choose folder, shards, synthetic or cached")
         _check(self.shuffle_buffer >= 0, "data.shuffle_buffer", self.shuffle_buffer,
                "must be >= 0")
         self.crop_scale = tuple(float(s) for s in self.crop_scale)
@@ -323,6 +323,8 @@ class RunConfig:
     preview_every: int = 0  # reconstruction preview PNG every N steps (0: only at the end)
     preview_images: int = 4
     preview_sample_steps: int = 28  # Euler (flow) or MaskGIT (masked) steps of the preview
+    compile_denoiser: bool = False  # torch.compile the denoiser in place (same checkpoint keys)
+    activation_checkpointing: bool = False  # flow DiT: recompute blocks in backward, less memory
 
     def __post_init__(self) -> None:
         _check(self.mixed_precision in ("auto", "bf16", "fp16", "no"), "run.mixed_precision",
@@ -367,6 +369,8 @@ class Config:
                f"denoiser.kind={self.denoiser.kind} reconstructs {' or '.join(allowed)} targets")
         if self.denoiser.kind == "flow":
             _positive("projector.pooled_dim", self.projector.pooled_dim)
+        _check(not self.run.activation_checkpointing or self.denoiser.kind == "flow",
+               "run.activation_checkpointing", True, "only the flow DiT supports it")
 
     def to_dict(self) -> dict[str, Any]:
         return _to_plain(dataclasses.asdict(self))

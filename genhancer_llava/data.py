@@ -14,6 +14,9 @@ beside `.txt`/`.json`), or generated pictures. Every source becomes one `ImageSt
 - **Faults.** A corrupt, truncated, zero-byte or non-image member yields None; `collate` drops it
   and counts it. Training never crashes on one image.
 
+`data.kind=cached` reads pre-computed targets (`genhancer_llava.cache`) through the same
+sharding, resume and fault handling.
+
 Each image is cropped ONCE (RandomResizedCrop(size, scale=(0.9, 1.0), bicubic), as the paper's
 code) and normalised twice: with the encoder's mean/std, and to [-1, 1] for the target.
 """
@@ -38,6 +41,7 @@ from torchvision.transforms import functional as TF
 from .config import DataConfig
 from .errors import GenhancerError
 from .paths import required_path
+from .shards import expand_shards
 
 __all__ = [
     "IMAGE_EXTENSIONS",
@@ -58,8 +62,6 @@ __all__ = [
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
 # what data.path holds, per data.kind (in "not set" errors)
 FOLDER_HINT = "pass data.path=DIR, a folder of images (searched recursively)"
-SHARDS_HINT = ("pass data.path='/data/cc3m/{00000..00331}.tar' (webdataset shards) or a .txt "
-               "file listing shard paths")
 SHARD_IMAGE_KEYS = ("jpg", "jpeg", "png", "webp", "bmp")
 DECODE_ERRORS = (
     OSError, UnidentifiedImageError, ValueError, SyntaxError, Image.DecompressionBombError
@@ -89,6 +91,10 @@ class PairTransform:
         self.std = torch.tensor(std).view(3, 1, 1)
 
     def __call__(self, image: Image.Image, seed: int | None = None):
+        return self.views(self.crop(image, seed))
+
+    def crop(self, image: Image.Image, seed: int | None = None) -> torch.Tensor:
+        """The crop as (3, size, size) uint8: what a cache stores, losslessly."""
         image = image.convert("RGB")
         # torchvision's own crop sampler, on a private RNG seeded per item when a seed is given
         with torch.random.fork_rng(devices=[]):
@@ -97,7 +103,11 @@ class PairTransform:
             i, j, h, w = transforms.RandomResizedCrop.get_params(image, self.scale, self.ratio)
         crop = TF.resized_crop(image, i, j, h, w, [self.size, self.size],
                                InterpolationMode.BICUBIC)
-        pixels = TF.to_tensor(crop).clamp(0, 1)  # (3, H, W) in [0, 1]
+        return TF.pil_to_tensor(crop)
+
+    def views(self, crop: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """uint8 crop(s) (..., 3, H, W) -> (encoder view, target view in [-1, 1])."""
+        pixels = crop.to(torch.float32).div(255)  # as TF.to_tensor: in [0, 1]
         return (pixels - self.mean) / self.std, pixels * 2.0 - 1.0
 
 
@@ -167,29 +177,6 @@ class SyntheticSource:
     def epoch(self, epoch: int, slot: int, slots: int, seed: int) -> Iterator[Item]:
         for index in _epoch_order(self.num_images, seed, epoch)[slot::slots]:
             yield self.item(index)
-
-
-def expand_shards(spec: str) -> list[Path]:
-    """A brace pattern (`/data/{00000..00099}.tar`), a `.txt` list file, or one tar path."""
-    from braceexpand import braceexpand
-
-    path = required_path(spec, "data.path", SHARDS_HINT)
-    if path.suffix == ".txt" and path.is_file():
-        base = path.parent
-        names = [ln.strip() for ln in path.read_text().splitlines()]
-        shards = [(base / n) if not Path(n).is_absolute() else Path(n)
-                  for n in names if n and not n.startswith("#")]
-    else:
-        shards = [Path(p) for p in braceexpand(spec)]
-    if not shards:
-        raise GenhancerError(f"data.path='{spec}' names no shards")
-    missing = [str(p) for p in shards if not p.is_file()]
-    if missing:
-        raise GenhancerError(
-            f"{len(missing)} of {len(shards)} shards are missing (first: {missing[0]}); "
-            "fix data.path or the list file"
-        )
-    return shards
 
 
 def _decode_member(data: bytes) -> Image.Image:
@@ -347,6 +334,10 @@ def synthetic_image(index: int, size: int, seed: int = 0) -> Image.Image:
 
 
 def build_source(cfg: DataConfig, image_size: int, seed: int = 0):
+    if cfg.kind == "cached":
+        from .cache import CachedSource
+
+        return CachedSource(cfg.path, cfg.shuffle_buffer)
     if cfg.kind == "synthetic":
         # drawn at twice the size so the crop + bicubic resize behaves as on photographs
         return SyntheticSource(cfg.num_images, image_size * 2, seed)
@@ -360,6 +351,12 @@ def build_stream(
     seed: int = 0, rank: int = 0, world_size: int = 1, batch_size: int = 1,
     start_batches: int = 0,
 ) -> ImageStream:
+    if cfg.kind == "cached":  # pre-computed targets (genhancer cache)
+        from .cache import CachedStream
+
+        return CachedStream(build_source(cfg, image_size, seed), PairTransform(
+            image_size, mean, std, cfg.crop_scale), rank=rank, world_size=world_size,
+            batch_size=batch_size, seed=seed, start_batches=start_batches)
     return ImageStream(
         build_source(cfg, image_size, seed), PairTransform(image_size, mean, std, cfg.crop_scale),
         rank=rank, world_size=world_size, batch_size=batch_size, seed=seed,
@@ -370,6 +367,11 @@ def build_stream(
 def collate(items: list) -> dict:
     """Stack the readable items; `skipped` counts the unreadable ones in this batch."""
     good = [item for item in items if item is not None]
+    if good and isinstance(good[0], dict):  # cached records: every tensor stacked by name
+        batch = {"skipped": len(items) - len(good), "keys": [g["key"] for g in good]}
+        batch.update({name: torch.stack([g[name] for g in good])
+                      for name in good[0] if name != "key"})
+        return batch
     batch: dict = {"skipped": len(items) - len(good), "keys": [g[2] for g in good]}
     if good:
         batch["pixel_values"] = torch.stack([g[0] for g in good])

@@ -102,6 +102,11 @@ def export_encoder(
         )
     output = Path(output) if output else run.encoder_dir
     if output.exists() and any(output.iterdir()) and not overwrite:
+        if (output / "genhancer.json").is_file():  # `genhancer enhance` exports at its end
+            raise GenhancerError(
+                f"{output} already holds an export of this run (genhancer enhance exports when "
+                "it finishes); pass --overwrite to export it again, or --output DIR for a copy"
+            )
         raise GenhancerError(f"{output} already exists; pass --overwrite to replace it")
 
     base = Path(cfg.encoder.path)

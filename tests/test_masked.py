@@ -17,6 +17,7 @@ from genhancer_llava.models.denoisers.masked import (
 from genhancer_llava.models.enhancer import apply_stage_policy, build_enhancer
 from genhancer_llava.models.targets import build_target
 from genhancer_llava.models.tiny import make_tiny_vq
+from genhancer_llava.train.preview import grid_size
 
 from .test_models import PAPER_BACKBONES, _meta_encoder, _mlp_params
 from .test_pipeline import run_python_bash
@@ -184,4 +185,24 @@ def test_enhance_clip_sh_tiny_masked_runs_both_stages_and_exports(tiny_clip, tin
         summary = json.loads((out / stage / "final" / "summary.json").read_text())
         assert summary["loss"] == "mask_loss" and summary["distributed"]["zero_stage"] == 2
         with Image.open(out / stage / "previews" / "final.png") as grid:
-            assert grid.size == (2 * 32, 2 * 32)  # MaskGIT reconstructions decoded by the VQ
+            assert grid.size == grid_size(2, 32, rows=3)  # MaskGIT samples decoded by the VQ
+
+
+def test_make_tiny_vq_command_fits_the_tiny_masked_presets(tmp_path, capsys):
+    """`genhancer make-tiny-vq DIR` (as make-tiny-clip / make-tiny-siglip) makes the folder the
+    tiny masked presets need as target.path, with their defaults."""
+    from genhancer_llava.cli.main import main
+    from genhancer_llava.models.targets import check_target
+
+    folder = tmp_path / "vq"
+    main(["make-tiny-vq", str(folder)])
+    assert str(folder) in capsys.readouterr().out
+    for preset in ("tiny-masked", "tiny-siglip-masked"):
+        cfg = load_config(preset, overrides=[f"target.path={folder}"])
+        assert check_target(cfg.target) == folder
+        ids = build_target(cfg.target).encode(torch.rand(2, 3, 32, 32) * 2 - 1)
+        assert ids.shape == (2, 64) and int(ids.max()) < cfg.target.codebook_size
+    with pytest.raises(SystemExit) as exit_info:
+        main(["make-tiny-vq", str(tmp_path / "bad"), "--downsample", "3"])
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err.strip() == "error: --downsample 3 must be a power of two"

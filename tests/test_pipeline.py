@@ -11,12 +11,14 @@ from PIL import Image
 from safetensors.torch import load_file
 from transformers import CLIPModel, CLIPVisionModel
 
+from genhancer_llava.cli.main import main
 from genhancer_llava.export import export_encoder
 from genhancer_llava.models.encoders import load_encoder
 from genhancer_llava.train.launch import prepare_run_dir
+from genhancer_llava.train.preview import grid_size
 from genhancer_llava.train.run_dir import RunDir
 
-from .conftest import REPO, run_python
+from .conftest import REPO, cli_error, run_python
 
 
 @pytest.fixture(scope="module")
@@ -58,9 +60,9 @@ def test_stages_leave_their_state_and_summaries(finished_run):
     progress = json.loads((run.checkpoints("stage1") / kept[-1] / "progress.json").read_text())
     assert progress["step"] == 4 and progress["batches_per_rank"] == [4]
     assert [step for step, _ in progress["losses"]] == [1, 2, 3, 4]
-    # a reconstruction preview at the end of each stage: 2 images, inputs over reconstructions
+    # a labelled preview at the end of each stage: 2 images, inputs over 2 reconstruction rows
     with Image.open(run.stage("stage1") / "previews" / "final.png") as grid:
-        assert grid.size == (2 * 32, 2 * 32)
+        assert grid.size == grid_size(2, 32, rows=3)
     assert any(run.logs("stage1").rglob("events.out.tfevents.*"))
 
 
@@ -110,9 +112,24 @@ def test_export_does_not_overwrite_unless_asked(finished_run):
 
     run, _ = finished_run
     before = (run.encoder_dir / "genhancer.json").read_text()
-    with pytest.raises(GenhancerError, match="already exists; pass --overwrite"):
+    with pytest.raises(GenhancerError, match="already holds an export of this run"):
         export_encoder(run.root)
     assert (run.encoder_dir / "genhancer.json").read_text() == before
+
+
+def test_export_after_enhance_says_so_and_overwrite_exports_again(finished_run, capsys):
+    """The README's `genhancer export RUN_DIR` on a run the enhance already exported."""
+    run, _ = finished_run
+    err = cli_error(capsys, ["export", str(run.root)])
+    assert err == (f"error: {run.encoder_dir} already holds an export of this run (genhancer "
+                   "enhance exports when it finishes); pass --overwrite to export it again, or "
+                   "--output DIR for a copy")
+    before = json.loads((run.encoder_dir / "genhancer.json").read_text())
+    main(["export", str(run.root), "--overwrite"])
+    assert capsys.readouterr().out.strip() == f"enhanced encoder: {run.encoder_dir}"
+    after = json.loads((run.encoder_dir / "genhancer.json").read_text())
+    assert after["stages"] == before["stages"] and after["base_model"] == before["base_model"]
+    CLIPModel.from_pretrained(run.encoder_dir)  # a complete folder again
 
 
 def test_export_loads_in_a_plain_process_without_this_package(finished_run, tmp_path):
@@ -176,3 +193,25 @@ def test_step_ratio_benchmark_runs_and_prints_a_ratio():
                       "--batch", "2")
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "ours / reference step = " in proc.stdout  # a smoke test: no timing is asserted
+
+
+def test_readme_run_folder_names_what_a_run_writes(finished_run):
+    """The README's run-folder listing, checked against a real run: every path it names exists
+    (its example step, 00000040, stands for any 8-digit step), and tensorboard's event files
+    lie under the log folder it names."""
+    import re
+
+    run, _ = finished_run
+    readme = (REPO / "README.md").read_text()
+    assert not re.search(r"step-N\b", readme)  # the names as written, not a placeholder
+    block = readme.split("### The run folder\n\n```\n", 1)[1].split("```", 1)[0]
+    listed = [line.split()[0] for line in block.splitlines() if line.startswith("OUT/")]
+    assert len(listed) >= 6
+    for path in listed:
+        pattern = re.sub(r"step-\d{8}", "step-" + "[0-9]" * 8, path.removeprefix("OUT/"))
+        assert list(run.root.glob(pattern.rstrip("/"))), f"the README lists {path}; not written"
+    folders = [p.removeprefix("OUT/") for p in listed if p.endswith("/")]
+    events = [str(p.relative_to(run.root).parent).replace("stage2", "stage1") + "/"
+              for p in run.root.rglob("events.out.tfevents.*")]
+    shallowest = min(events, key=len)  # the scalars' folder (hparams go one level down)
+    assert shallowest in folders and all(e.startswith(shallowest) for e in events), events

@@ -15,6 +15,7 @@ from genhancer_llava.config import load_config
 from genhancer_llava.errors import STOPPED_EXIT
 from genhancer_llava.train.checkpoint import latest_checkpoint
 from genhancer_llava.train.launch import accelerate_config, enhance, launch_stage, prepare_run_dir
+from genhancer_llava.train.preview import grid_size
 from genhancer_llava.train.run_dir import RunDir
 
 from .conftest import run_python
@@ -203,12 +204,12 @@ def test_previews_every_n_steps_and_on_demand(tiny_clip, tmp_path):
     assert _train(run.root).returncode == 0
     for name in ("step-00000002.png", "final.png"):
         with Image.open(run.stage("stage1") / "previews" / name) as grid:
-            assert grid.size == (3 * 32, 2 * 32)  # 3 inputs over 3 reconstructions
+            assert grid.size == grid_size(3, 32, rows=3)  # inputs over 2 reconstruction rows
     proc = run_python("-m", "genhancer_llava.cli.main", "preview", str(run.root), "--images", "5",
                       "--output", str(tmp_path / "p.png"))
     assert proc.returncode == 0, proc.stderr[-2000:]
     with Image.open(tmp_path / "p.png") as grid:
-        assert grid.size == (5 * 32, 2 * 32)
+        assert grid.size == grid_size(5, 32, rows=3)
 
 
 def test_missing_shard_is_a_one_line_error_before_launch(capsys, tiny_clip, tmp_path):

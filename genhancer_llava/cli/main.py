@@ -1,20 +1,28 @@
 """`genhancer`: the command line.
 
-    genhancer enhance --preset NAME [--output DIR] [--num_processes N] [--zero 2|3] [k=v ...]
+    genhancer enhance --preset NAME|--config FILE [--output DIR] [--num_processes N]
+                      [--zero 2|3] [--accelerate_config FILE] [--overwrite]
+                      [--resume latest|CHECKPOINT] [k=v ...]
     genhancer export RUN_DIR [--output DIR] [--overwrite]
-    genhancer preview RUN_DIR|FINAL_DIR [--output PNG]
-    genhancer presets | genhancer config --preset NAME [k=v ...]
-    genhancer make-tiny-clip DIR | genhancer make-tiny-siglip DIR
+    genhancer preview RUN_DIR|FINAL_DIR [--output PNG] [--images N] [--steps N]
+    genhancer cache --preset NAME --output DIR [--crops K] [k=v ...]
+    genhancer presets | genhancer config --preset NAME|--config FILE [k=v ...]
+    genhancer make-tiny-clip DIR | genhancer make-tiny-siglip DIR | genhancer make-tiny-vq DIR
     genhancer convert-open-clip CHECKPOINT OUTPUT [--arch NAME] [--force_quick_gelu]
-    genhancer demo [--output DIR]
+    genhancer demo [--output DIR] [--overwrite]
     genhancer eval mmvp-vlm --model DIR [--model DIR ...] --data DIR [--output DIR]
     genhancer eval zeroshot --model DIR [...] [--classification DIR] [--retrieval JSON]
+                            [--templates FILE] [--output DIR]
     genhancer eval compare BASE ENHANCED [--mmvp DIR] [--classification DIR] [--retrieval JSON]
+                           [--output DIR]
     genhancer eval make-benchmark OUT [--pairs_per_pattern 15] [--with_zeroshot]
     genhancer eval lmms-report RESULTS_DIR [RESULTS_DIR ...] [--name NAME ...] [--output DIR]
     genhancer swap --llava CKPT --vision-tower DIR --output OUT
+    (every eval command also takes --batch_size N and --device DEV)
 
-Mistakes in the input print one line, `error: ...`, and exit with status 2.
+Mistakes in the input print one line, `error: ...`, and exit with status 2; a training stage
+that fails prints its worker's one-line error last and exits with the worker's status; a run
+stopped by SIGTERM/SIGINT exits with 75 after saying how to resume.
 """
 
 from __future__ import annotations
@@ -51,9 +59,9 @@ def _config_from(args: argparse.Namespace):
 
 
 def cmd_enhance(args: argparse.Namespace) -> None:
+    cfg = _config_from(args)  # a bad config fails before the launcher's imports
     from ..train.launch import enhance
 
-    cfg = _config_from(args)
     encoder_dir = enhance(
         cfg, args.num_processes, args.zero, args.overwrite, args.resume, args.accelerate_config
     )
@@ -75,6 +83,22 @@ def cmd_preview(args: argparse.Namespace) -> None:
     from ..train.preview import preview_run
 
     print(f"preview: {preview_run(args.path, args.output, args.images, args.steps)}")
+
+
+def cmd_cache(args: argparse.Namespace) -> None:
+    from ..models.targets import check_target
+    from ..train.preflight import check_data, check_encoder
+
+    cfg = _config_from(args)
+    if cfg.data.kind != "cached":  # (a cache as input is refused by write_cache)
+        check_encoder(cfg)  # the folders and shards, before any model loads
+        check_target(cfg.target)
+        check_data(cfg)
+    from ..cache import write_cache
+
+    out = write_cache(cfg, args.cache_dir, args.crops, args.batch_size,
+                      args.per_shard, args.device, args.overwrite)
+    print(f"cache: {out} (train with data.kind=cached data.path={out})")
 
 
 def cmd_presets(args: argparse.Namespace) -> None:
@@ -99,6 +123,14 @@ def cmd_make_tiny_siglip(args: argparse.Namespace) -> None:
     folder = make_tiny_siglip(args.folder, image_size=args.image_size, patch_size=args.patch_size,
                               hidden_size=args.hidden_size, vision_only=args.vision_only)
     print(f"tiny SigLIP written to {folder}")
+
+
+def cmd_make_tiny_vq(args: argparse.Namespace) -> None:
+    from ..models.tiny import make_tiny_vq
+
+    folder = make_tiny_vq(args.folder, codebook_size=args.codebook_size,
+                          downsample=args.downsample, latent_channels=args.latent_channels)
+    print(f"tiny VQModel written to {folder} (target.path for the *-masked tiny presets)")
 
 
 def cmd_convert_open_clip(args: argparse.Namespace) -> None:
@@ -150,6 +182,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, help="sampler steps (default run.preview_sample_steps)")
     p.set_defaults(func=cmd_preview)
 
+    p = sub.add_parser("cache", help="encode a dataset once: targets and frozen-encoder tokens "
+                                     "for data.kind=cached")
+    _add_config_args(p)
+    p.add_argument("--output", dest="cache_dir", required=True, help="the cache folder to write")
+    p.add_argument("--crops", type=int, default=1,
+                   help="crops per image; epoch e trains on crop e %% K")
+    p.add_argument("--batch_size", type=int, default=16)
+    p.add_argument("--per_shard", type=int, default=1000,
+                   help="records per shard (folder and synthetic sources)")
+    p.add_argument("--device", help="default: this process's GPU, else CPU")
+    p.add_argument("--overwrite", action="store_true")
+    p.set_defaults(func=cmd_cache)
+
     p = sub.add_parser("presets", help="list the shipped presets")
     p.set_defaults(func=cmd_presets)
 
@@ -172,6 +217,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--hidden_size", type=int, default=64)
     p.add_argument("--vision_only", action="store_true", help="a SiglipVisionModel folder")
     p.set_defaults(func=cmd_make_tiny_siglip)
+
+    p = sub.add_parser("make-tiny-vq",
+                       help="write a tiny random VQModel folder (tiny-masked presets' target)")
+    p.add_argument("folder")
+    p.add_argument("--codebook_size", type=int, default=32)
+    p.add_argument("--downsample", type=int, default=4, help="spatial factor, a power of two")
+    p.add_argument("--latent_channels", type=int, default=4)
+    p.set_defaults(func=cmd_make_tiny_vq)
 
     p = sub.add_parser("convert-open-clip",
                        help="convert a local open_clip checkpoint into an HF CLIPModel folder")

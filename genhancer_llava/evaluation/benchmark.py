@@ -23,7 +23,7 @@ from pathlib import Path
 from PIL import Image, ImageDraw, ImageFont
 
 from ..errors import GenhancerError
-from .mmvp import IMAGE_DIR_NAMES, PATTERNS
+from .mmvp import FIXTURE_MARKER, IMAGE_DIR_NAMES, PATTERNS
 
 __all__ = ["make_mmvp_benchmark", "make_zeroshot_fixture", "COLOURS"]
 
@@ -231,6 +231,9 @@ def make_mmvp_benchmark(
         writer = csv.writer(f)
         writer.writerow(["Question ID", "Type", "Statement"])
         writer.writerows(rows)
+    (out / FIXTURE_MARKER).write_text(json.dumps(  # read back: reports and charts say so
+        {"generator": "genhancer eval make-benchmark", "seed": seed,
+         "pairs_per_pattern": pairs_per_pattern, "what": "generated fixture, not MMVP-VLM"}))
     (out / "README.md").write_text(
         "# Generated MMVP-VLM-format benchmark\n\nA format fixture drawn by "
         f"`genhancer eval make-benchmark` (seed {seed}, {pairs_per_pattern} pairs per "

@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import GenhancerError
-from .report import _mpl
+from .report import _mpl, grouped_bars
 
 __all__ = ["LmmsRun", "load_lmms_run", "score_run", "lenient_letter", "lenient_yes_no",
            "cambrian_scores", "pope_scores", "LMMS_RENAMED", "lmms_markdown", "write_lmms_report",
@@ -311,19 +311,14 @@ def lmms_markdown(all_scores: Sequence[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def plot_lmms(all_scores: Sequence[dict[str, Any]], path: Path) -> Path:
+def plot_lmms(all_scores: Sequence[dict[str, Any]], path: Path, source: str = "") -> Path:
+    """Headline metrics side by side; a metric a run has no samples for is drawn "n/a"."""
     plt = _mpl()
-    fig, ax = plt.subplots(figsize=(8.0, 4.0))
-    width = 0.8 / max(1, len(all_scores))
-    for i, s in enumerate(all_scores):
-        xs = [j + (i - (len(all_scores) - 1) / 2) * width for j in range(len(HEADLINES))]
-        ax.bar(xs, [f(s) or 0.0 for _, f in HEADLINES], width=width, label=s["model"])
-    ax.set_xticks(range(len(HEADLINES)))
-    ax.set_xticklabels([h for h, _ in HEADLINES], rotation=20, ha="right")
-    ax.set_ylim(0, 100)
-    ax.set_ylabel("%")
-    ax.set_title("LLaVA: MMVP, CV-Bench, POPE (paper metrics)")
-    ax.legend(fontsize=8)
+    fig, ax = plt.subplots(figsize=(8.0, 4.4))
+    series = [(s["model"], [f(s) for _, f in HEADLINES]) for s in all_scores]
+    title = "LLaVA: MMVP, CV-Bench, POPE (paper metrics, lenient parse)"
+    grouped_bars(ax, [h for h, _ in HEADLINES], series,
+                 f"{title}\ndata: {source}" if source else title, "%")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -343,5 +338,6 @@ def write_lmms_report(results_dirs: Sequence[str | Path], out: str | Path,
              "figure": out / "report.png"}
     files["markdown"].write_text(lmms_markdown(all_scores))
     files["json"].write_text(json.dumps(all_scores, indent=2))
-    plot_lmms(all_scores, files["figure"])
+    source = "lmms-eval logs in " + ", ".join(str(d) for d in results_dirs)
+    plot_lmms(all_scores, files["figure"], source)
     return all_scores, files

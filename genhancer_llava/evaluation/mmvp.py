@@ -35,6 +35,9 @@ import torch
 from ..errors import GenhancerError
 from .scorer import Scorer
 
+# written by `make_mmvp_benchmark` into a generated folder: the data is a fixture
+FIXTURE_MARKER = "genhancer_fixture.json"
+
 __all__ = [
     "PATTERNS",
     "SHORT_NAMES",
@@ -110,6 +113,13 @@ class MMVPBenchmark:
         return list(dict.fromkeys(img for pair in self.pairs for img in pair.images))
 
     @property
+    def source(self) -> str:
+        """What the data is, for reports and chart titles."""
+        if (self.root / FIXTURE_MARKER).is_file():
+            return f"generated fixture, not MMVP-VLM ({self.root.name})"
+        return f"MMVP-VLM at {self.root}"
+
+    @property
     def items(self) -> list[MMVPItem]:
         return [item for pair in self.pairs for item in (pair.first, pair.second)]
 
@@ -123,6 +133,7 @@ class MMVPResult:
     correct: dict[str, int]  # pattern -> correct pairs
     total: dict[str, int]  # pattern -> pairs
     predictions: list[dict[str, Any]] = field(default_factory=list, repr=False)
+    source: str = ""  # what the data was (MMVPBenchmark.source)
 
     @property
     def average(self) -> float:
@@ -130,8 +141,8 @@ class MMVPResult:
 
     def to_dict(self, with_predictions: bool = False) -> dict[str, Any]:
         out = {"model": self.model, "path": self.path, "family": self.family,
-               "average": self.average, "scores": self.scores, "correct": self.correct,
-               "pairs": self.total}
+               "source": self.source, "average": self.average, "scores": self.scores,
+               "correct": self.correct, "pairs": self.total}
         if with_predictions:
             out["predictions"] = self.predictions
         return out
@@ -312,4 +323,5 @@ def run_mmvp(benchmark: MMVPBenchmark, scorer: Scorer, path: str = "") -> MMVPRe
     for record in records:
         record["model"] = scorer.name
     scores = {k: 100.0 * correct[k] / total[k] for k in total}
-    return MMVPResult(scorer.name, path, scorer.family, scores, correct, total, records)
+    return MMVPResult(scorer.name, path, scorer.family, scores, correct, total, records,
+                      source=benchmark.source)

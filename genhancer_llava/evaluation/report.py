@@ -16,6 +16,8 @@ from .mmvp import SHORT_NAMES, MMVPResult
 from .zeroshot import ZeroShotResult
 
 __all__ = [
+    "grouped_bars",
+    "data_source",
     "mmvp_markdown",
     "write_mmvp",
     "plot_mmvp",
@@ -64,18 +66,46 @@ def _mpl():
     return plt
 
 
-def _bars(ax, results: Sequence[MMVPResult], patterns: list[str]) -> None:
-    width = 0.8 / max(1, len(results))
-    for i, r in enumerate(results):
-        xs = [j + (i - (len(results) - 1) / 2) * width for j in range(len(patterns) + 1)]
-        values = [r.scores[p] for p in patterns] + [r.average]
-        ax.bar(xs, values, width=width, label=f"{r.model} ({r.average:.1f})")
-    ax.set_xticks(range(len(patterns) + 1))
-    ax.set_xticklabels([_short(p) for p in patterns] + ["Average"], rotation=30, ha="right")
-    ax.set_ylim(0, 100)
-    ax.set_ylabel("pairs correct (%)")
-    ax.set_title("MMVP-VLM per pattern")
+def grouped_bars(ax, categories: Sequence[str], series: Sequence[tuple[str, Sequence]],
+                 title: str, ylabel: str) -> None:
+    """Side-by-side bars, one group per category, one bar per series (label, values).
+
+    Every bar carries its value, so a measured 0 reads "0"; a value of None (not measured) gets
+    no bar and an "n/a" where the bar would be: the two never look alike.
+    """
+    width = 0.8 / max(1, len(series))
+    for i, (label, values) in enumerate(series):
+        xs = [j + (i - (len(series) - 1) / 2) * width for j in range(len(categories))]
+        measured = [(x, v) for x, v in zip(xs, values, strict=True) if v is not None]
+        ax.bar([x for x, _ in measured], [v for _, v in measured], width=width, label=label,
+               color=f"C{i}")
+        for x, value in zip(xs, values, strict=True):
+            if value is None:
+                ax.text(x, 1.5, "n/a", ha="center", va="bottom", fontsize=8, color="dimgray",
+                        fontweight="bold")
+                continue
+            if value == 0:  # a bar of height 0 is invisible: a stub in the series' colour
+                ax.hlines(0.8, x - width * 0.4, x + width * 0.4, colors=f"C{i}", linewidth=3)
+            ax.text(x, value + 1.5, f"{value:.0f}", ha="center", va="bottom", fontsize=7)
+    ax.set_xticks(range(len(categories)))
+    ax.set_xticklabels(categories, rotation=30, ha="right")
+    ax.set_ylim(0, 105)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=10)
     ax.legend(fontsize=8)
+
+
+def data_source(results: Sequence[MMVPResult]) -> str:
+    """The data the results came from, for titles (a generated fixture says so)."""
+    sources = list(dict.fromkeys(r.source for r in results if r.source))
+    return "; ".join(sources) or "unknown"
+
+
+def _bars(ax, results: Sequence[MMVPResult], patterns: list[str]) -> None:
+    series = [(f"{r.model} ({r.average:.1f})", [r.scores.get(p) for p in patterns] + [r.average])
+              for r in results]
+    grouped_bars(ax, [_short(p) for p in patterns] + ["Average"], series,
+                 f"MMVP-VLM per pattern\ndata: {data_source(results)}", "pairs correct (%)")
 
 
 def plot_mmvp(results: Sequence[MMVPResult], path: str | Path) -> Path:
@@ -99,7 +129,7 @@ def write_mmvp(results: Sequence[MMVPResult], out: str | Path, stem: str = "mmvp
     files = {k: out / f"{stem}{suffix}" for k, suffix in (
         ("markdown", ".md"), ("json", ".json"), ("csv", ".csv"),
         ("predictions", "_predictions.jsonl"), ("figure", ".png"))}
-    files["markdown"].write_text(mmvp_markdown(results))
+    files["markdown"].write_text(f"Data: {data_source(results)}\n\n" + mmvp_markdown(results))
     files["json"].write_text(json.dumps([r.to_dict() for r in results], indent=2))
     patterns = _patterns(results)
     with open(files["csv"], "w", newline="") as f:
@@ -184,7 +214,7 @@ def write_comparison(mmvp: Sequence[MMVPResult] | None,
     parts = ["# Base vs enhanced encoder\n"]
     if mmvp:
         parts += ["## MMVP-VLM (pairs correct, %; delta in points)\n",
-                  mmvp_markdown(mmvp, delta=True)]
+                  f"Data: {data_source(mmvp)}\n", mmvp_markdown(mmvp, delta=True)]
     if zeroshot:
         parts += ["## Zero-shot preservation (%; delta in points)\n",
                   zeroshot_markdown(zeroshot, delta=True)]

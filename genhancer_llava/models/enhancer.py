@@ -16,7 +16,7 @@ from ..errors import GenhancerError
 from ..paths import required_path
 from ..stages import STAGE_POLICIES, StagePolicy
 from .denoisers import FlowDenoiser, MaskedDenoiser, build_denoiser
-from .encoders import ENCODER_PATH_HINT, Encoder, load_encoder
+from .encoders import ENCODER_PATH_HINT, Encoder, load_encoder, pick_local
 from .projector import Projector
 
 __all__ = [
@@ -25,6 +25,7 @@ __all__ = [
     "apply_stage_policy",
     "add_lora",
     "trainable_parameter_table",
+    "apply_speed_options",
 ]
 
 
@@ -53,9 +54,32 @@ class Enhancer(nn.Module):
             enc = self.encoder(pixel_values)
         return self.projector(enc.global_token, enc.local_tokens)  # (B, P), (B, T, D)
 
-    def forward(self, pixel_values: torch.Tensor, target: torch.Tensor) -> dict[str, torch.Tensor]:
-        # pixel_values: (B, 3, H, W) encoder view; target: (B, N, C) clean target tokens
-        pooled, context = self.condition(pixel_values)
+    def cached_condition(self, global_token: torch.Tensor,
+                         patch_tokens: torch.Tensor | None = None):
+        """The projector on the frozen encoder's pre-computed outputs (genhancer cache)."""
+        if self.encoder_trainable():
+            raise GenhancerError("pre-computed encoder tokens need a frozen encoder (stage 1); "
+                                 "a stage that trains the encoder reads the cached pixels")
+        dtype = next(self.projector.parameters()).dtype
+        local = None
+        if self.encoder.num_local_tokens:
+            if patch_tokens is None:
+                raise GenhancerError("encoder.local_token_ratio > 0 but the cache holds no patch "
+                                     "tokens; re-run genhancer cache with this config")
+            # the same random pick as the encoder's forward makes on the fly
+            local = pick_local(patch_tokens, self.encoder.num_local_tokens,
+                               self.encoder.training).to(dtype)
+        return self.projector(global_token.to(dtype), local)
+
+    def forward(self, pixel_values: torch.Tensor | None = None,
+                target: torch.Tensor | None = None, global_token: torch.Tensor | None = None,
+                patch_tokens: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        # pixel_values: (B, 3, H, W) encoder view; target: (B, N, C) clean target tokens;
+        # or, instead of pixels, the frozen encoder's cached global (B, d) / patch tokens
+        if global_token is not None:
+            pooled, context = self.cached_condition(global_token, patch_tokens)
+        else:
+            pooled, context = self.condition(pixel_values)
         return self.denoiser(target, pooled, context)
 
 
@@ -164,3 +188,20 @@ def trainable_parameter_table(enhancer: Enhancer) -> dict[str, dict[str, int]]:
         else:
             add(part, param)
     return table
+
+
+def apply_speed_options(enhancer: Enhancer, compile_denoiser: bool = False,
+                        activation_checkpointing: bool = False) -> None:
+    """Optional speed / memory trade-offs on the denoiser, in place.
+
+    Args:
+        compile_denoiser: `torch.compile` the denoiser's network (nn.Module.compile: parameters
+            and state-dict keys stay as they are, so checkpoints and exports are unchanged).
+        activation_checkpointing: the DiT recomputes each block's activations in backward
+            (diffusers' gradient checkpointing): bigger per-device batches for ~1/3 more compute.
+    """
+    if activation_checkpointing:
+        enhancer.denoiser.transformer.enable_gradient_checkpointing()
+    if compile_denoiser:  # flow: the DiT only (t and noise drawn eagerly); masked: all of it
+        network = getattr(enhancer.denoiser, "transformer", None) or enhancer.denoiser
+        network.compile()

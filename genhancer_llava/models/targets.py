@@ -86,8 +86,20 @@ class FluxAutoencoderTarget(nn.Module):
     @torch.no_grad()
     def encode(self, images: torch.Tensor) -> torch.Tensor:
         # images: (B, 3, H, W) in [-1, 1] -> (B, H/16 * W/16, 64) for FLUX
+        return self.tokens_from_posterior(self.posterior_parameters(images))
+
+    @torch.no_grad()
+    def posterior_parameters(self, images: torch.Tensor) -> torch.Tensor:
+        """The posterior's (mean | logvar): (B, 2 * C, H/8, W/8); what a cache stores."""
         dtype = next(self.vae.parameters()).dtype
-        posterior = self.vae.encode(images.to(dtype)).latent_dist
+        return self.vae.encode(images.to(dtype)).latent_dist.parameters
+
+    @torch.no_grad()
+    def tokens_from_posterior(self, parameters: torch.Tensor) -> torch.Tensor:
+        """Sample (or take the mode of) the posterior, shift, scale and pack into tokens."""
+        from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
+
+        posterior = DiagonalGaussianDistribution(parameters)
         z = posterior.sample() if self.sample else posterior.mode()
         return pack((z.float() - self.shift) * self.scale, self.p)
 

@@ -25,6 +25,8 @@ from transformers import (
     SiglipModel,
 )
 
+from ..errors import GenhancerError
+
 __all__ = [
     "make_tiny_clip", "make_tiny_siglip", "make_tiny_vq", "byte_level_clip_tokenizer",
 ]
@@ -152,8 +154,8 @@ def make_tiny_vq(
     from diffusers import VQModel
 
     levels = int(math.log2(downsample)) + 1
-    if 2 ** (levels - 1) != downsample:
-        raise ValueError(f"downsample={downsample} must be a power of two")
+    if downsample < 1 or 2 ** (levels - 1) != downsample:
+        raise GenhancerError(f"--downsample {downsample} must be a power of two")
     torch.manual_seed(seed)
     VQModel(
         in_channels=3, out_channels=3, latent_channels=latent_channels,

@@ -5,10 +5,7 @@ Run one stage of a run folder written by `genhancer enhance`:
         -m genhancer_llava.train --run_dir OUT --stage stage1
 """
 
-import os
 import warnings
-
-import torch
 
 # peft calls a transformers property that transformers 5 renamed; harmless, and once per stage.
 warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated")
@@ -17,8 +14,7 @@ warnings.filterwarnings(
     "ignore", message=r"`torch\.distributed\.(reduce_scatter_tensor|all_gather_into_tensor)`"
 )
 
-if not torch.cuda.is_available():
-    # DeepSpeed picks its accelerator at import; on a CPU-only machine say so before it looks.
-    os.environ.setdefault("DS_ACCELERATOR", "cpu")
+# DS_ACCELERATOR is set by `deepspeed_env` (imported before accelerate): importing this package
+# (e.g. the launcher, the CLI's checks) does not import torch.
 
 __all__: list[str] = []

@@ -15,6 +15,10 @@ with one line; the previous checkpoint stays.
 
 from __future__ import annotations
 
+from . import deepspeed_env  # noqa: F401  (sets DS_ACCELERATOR before accelerate loads)
+
+# isort: split
+
 import errno
 import fcntl
 import json

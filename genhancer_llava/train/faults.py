@@ -16,7 +16,7 @@ from __future__ import annotations
 import os
 import signal
 
-__all__ = ["fault_at", "kill_self", "signal_self"]
+__all__ = ["fault_at", "planned_faults", "kill_self", "signal_self"]
 
 
 def fault_at(point: str, step: int) -> bool:
@@ -28,6 +28,15 @@ def fault_at(point: str, step: int) -> bool:
     if rank is not None and rank != os.environ.get("RANK", "0"):
         return False
     return name == point and at.isdigit() and int(at) == step
+
+
+def planned_faults() -> dict[str, int]:
+    """{point: step} of this process's fault, read once (the training loop compares ints)."""
+    spec = os.environ.get("GENHANCER_FAULT", "")
+    name, _, at = spec.partition(":")
+    if not spec or not at.isdigit() or not fault_at(name, int(at)):
+        return {}
+    return {name: int(at)}
 
 
 def kill_self() -> None:

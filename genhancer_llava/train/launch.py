@@ -14,11 +14,8 @@ import sys
 from importlib import resources
 from pathlib import Path
 
-import torch
-
 from ..config import Config
 from ..errors import GenhancerError, StageFailed, Stopped
-from ..export import export_encoder
 from ..stages import stages
 from ..utils import free_port
 from .accelerate_run import ERROR_FILE_ENV, read_error
@@ -47,6 +44,13 @@ def accelerate_config(zero: int, path: str | Path | None = None) -> Path:
             f"ships zero2.yaml and zero3.yaml in {LAUNCH_CONFIGS})"
         )
     return config
+
+
+# the export (torch, transformers, peft) loads only once the stages ran: a bad input fails fast
+def export_encoder(*args, **kwargs):
+    from ..export import export_encoder as export
+
+    return export(*args, **kwargs)
 
 
 def prepare_run_dir(cfg: Config, overwrite: bool, resume: bool) -> RunDir:
@@ -86,6 +90,8 @@ def launch_stage(
         cmd += ["--resume", resume]
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     env.setdefault("MASTER_ADDR", "127.0.0.1")
+    import torch
+
     if not torch.cuda.is_available():
         env.setdefault("DS_ACCELERATOR", "cpu")  # the launcher imports DeepSpeed too
     # the agent's wait between passing SIGTERM on and SIGKILL: time for the last checkpoint

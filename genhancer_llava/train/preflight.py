@@ -13,12 +13,13 @@ from pathlib import Path
 import torch
 
 from ..config import Config
-from ..data import FOLDER_HINT, IMAGE_EXTENSIONS, expand_shards
+from ..data import FOLDER_HINT, IMAGE_EXTENSIONS
 from ..errors import GenhancerError
 from ..models.encoders import ENCODER_PATH_HINT, check_resolution, read_vision_config
 from ..models.families import get_family
 from ..models.targets import check_target
 from ..paths import required_dir, required_path
+from ..shards import expand_shards
 from ..stages import stages
 from .run_dir import RunDir
 
@@ -44,9 +45,15 @@ def check_encoder(cfg: Config) -> int:
 
 
 def check_data(cfg: Config) -> None:
-    """data.path is set and holds images (folder) or every shard (shards)."""
+    """data.path is set and holds images (folder), every shard (shards), or a cache made
+    for this config (cached)."""
     if cfg.data.kind == "shards":
         expand_shards(cfg.data.path)
+    elif cfg.data.kind == "cached":
+        from ..cache import CachedSource, check_cache
+
+        check_cache(cfg)  # made for this encoder, target and image size
+        CachedSource(cfg.data.path)  # and every shard is there
     elif cfg.data.kind == "folder":
         root = required_dir(cfg.data.path, "data.path", FOLDER_HINT)
         if not any(p.suffix.lower() in IMAGE_EXTENSIONS for p in root.rglob("*")):

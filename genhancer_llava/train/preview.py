@@ -1,21 +1,37 @@
 """Reconstruction previews: what the denoiser rebuilds from the encoder's global token alone.
 
-A grid PNG: the top row holds the (cropped) inputs, the bottom row the reconstructions sampled
-with the Euler sampler on FLUX's shifted schedule and decoded by the target producer.
+A labelled grid PNG, one column per image, three rows:
+  1. input: the (cropped) images;
+  2. reconstruction from its own global token: the denoiser sampled (Euler on FLUX's shifted
+     schedule, or MaskGIT decoding) and decoded by the target producer;
+  3. reconstruction from the next image's global token: the same noise, the condition taken
+     from the next column's image (shifted by one within the batch). Rows 2 and 3 differing is
+     what shows the denoiser reads the condition; alike, it ignores it.
+Small images are enlarged (nearest neighbour) to at least `MIN_TILE` pixels a side.
 """
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageDraw, ImageFont
 
+from ..cache import record_errors
 from ..data import PairTransform, build_source
 from ..models.enhancer import Enhancer
 
-__all__ = ["preview_batch", "reconstruct", "save_grid", "preview_run"]
+__all__ = ["preview_batch", "reconstruct", "preview_grid", "render_grid", "save_grid",
+           "grid_size", "preview_run", "ROW_LABELS", "MIN_TILE", "LABEL_WIDTH"]
+
+MIN_TILE = 128  # pixels a side, at least, per image in the grid
+LABEL_WIDTH = 150  # the row-label column
+TITLE_HEIGHT = 24
+ROW_GAP = 4
+ROW_LABELS = ("input", "reconstruction from its own global token",
+              "reconstruction from the next image's global token (same noise)")
 
 
 def preview_batch(cfg, enhancer: Enhancer, count: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -26,11 +42,13 @@ def preview_batch(cfg, enhancer: Enhancer, count: int) -> tuple[torch.Tensor, to
     source = build_source(cfg.data, cfg.encoder.image_size, cfg.run.seed)
     transform = PairTransform(cfg.encoder.image_size, enhancer.encoder.image_mean,
                               enhancer.encoder.image_std, cfg.data.crop_scale)
+    cached = cfg.data.kind == "cached"
     views = []
     for item in source.epoch(0, 0, 1, cfg.run.seed):
-        try:
-            views.append(transform(item.load(), seed=0))
-        except (OSError, ValueError, SyntaxError):
+        try:  # a cache holds the crops: its first one
+            views.append(transform.views(item.load()["pixels"][0]) if cached
+                         else transform(item.load(), seed=0))
+        except (OSError, ValueError, SyntaxError, KeyError, *record_errors()):
             continue
         if len(views) == count:
             break
@@ -55,14 +73,97 @@ def reconstruct(
     return images.float().cpu()
 
 
-def save_grid(inputs: torch.Tensor, outputs: torch.Tensor, path: str | Path) -> Path:
-    """Inputs on top, reconstructions below; both (N, 3, H, W) in [-1, 1]."""
-    rows = [torch.cat(list(batch), dim=2) for batch in (inputs, outputs)]  # (3, H, N*W)
-    grid = torch.cat(rows, dim=1)  # (3, 2H, N*W)
-    array = ((grid.clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 0).numpy()
+def _to_image(batch: torch.Tensor, tile: int) -> Image.Image:
+    """(N, 3, H, W) in [-1, 1] -> one row image, each image enlarged to tile x tile."""
+    row = torch.cat(list(batch.float().cpu()), dim=2)  # (3, H, N*W)
+    array = ((row.clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 0).numpy()
+    image = Image.fromarray(np.ascontiguousarray(array))
+    n = batch.shape[0]
+    return image.resize((tile * n, tile), Image.Resampling.NEAREST)
+
+
+def _wrap(draw: ImageDraw.ImageDraw, text: str, font, width: int) -> list[str]:
+    lines, line = [], ""
+    for word in text.split():
+        trial = f"{line} {word}".strip()
+        if line and draw.textlength(trial, font=font) > width:
+            lines.append(line)
+            line = word
+        else:
+            line = trial
+    return lines + [line] if line else lines
+
+
+def _tile(image_size: int, min_tile: int = MIN_TILE) -> int:
+    return image_size * max(1, math.ceil(min_tile / image_size))  # a whole enlargement factor
+
+
+def grid_size(images: int, image_size: int, rows: int = 3, title: bool = True,
+              min_tile: int = MIN_TILE) -> tuple[int, int]:
+    """(width, height) of the grid `render_grid` draws for `images` columns of `rows` rows."""
+    tile = _tile(image_size, min_tile)
+    return (LABEL_WIDTH + images * tile,
+            (TITLE_HEIGHT if title else 0) + rows * tile + (rows - 1) * ROW_GAP)
+
+
+def render_grid(rows: list[tuple[str, torch.Tensor]], title: str | None = None,
+                min_tile: int = MIN_TILE) -> Image.Image:
+    """Labelled rows of images: each (label, (N, 3, H, W) in [-1, 1]); returns the picture.
+
+    Images are enlarged by a whole factor (nearest neighbour, pixels stay visible) to at least
+    `min_tile` a side; the label of each row is written to its left, a title above.
+    """
+    n, size = rows[0][1].shape[0], rows[0][1].shape[-1]
+    tile = _tile(size, min_tile)
+    font = ImageFont.load_default(size=13)
+    title_h, gap = (TITLE_HEIGHT if title else 0), ROW_GAP
+    canvas = Image.new("RGB", grid_size(n, size, len(rows), bool(title), min_tile), "white")
+    draw = ImageDraw.Draw(canvas)
+    if title:
+        draw.text((6, 5), title, fill="black", font=font)
+    for i, (label, batch) in enumerate(rows):
+        top = title_h + i * (tile + gap)
+        canvas.paste(_to_image(batch, tile), (LABEL_WIDTH, top))
+        lines = _wrap(draw, label, font, LABEL_WIDTH - 12)
+        y = top + (tile - 16 * len(lines)) // 2
+        for line in lines:
+            draw.text((6, y), line, fill="black", font=font)
+            y += 16
+    return canvas
+
+
+def preview_grid(enhancer: Enhancer, target, pixel_values: torch.Tensor,
+                 target_pixels: torch.Tensor, steps: int, seed: int = 0,
+                 path: str | Path | None = None, title: str | None = None) -> Image.Image:
+    """The labelled preview of one batch (see the module docstring); written to `path` if given.
+
+    Args:
+        enhancer: the model (its encoder, projector and denoiser are used; nothing is trained).
+        target: the frozen target producer that decodes the denoiser's samples.
+        pixel_values: (N, 3, H, W) encoder views.
+        target_pixels: (N, 3, H, W) the same crops in [-1, 1] (the "input" row).
+        steps: sampler steps.
+        seed: the sampling noise (the same for both reconstruction rows).
+        path: PNG to write.
+        title: a line above the grid (e.g. the stage and step).
+
+    Collective under ZeRO-3 (every rank must call it); only the caller's rank writes.
+    """
+    rows = [(ROW_LABELS[0], target_pixels),
+            (ROW_LABELS[1], reconstruct(enhancer, target, pixel_values, steps, seed))]
+    if pixel_values.shape[0] > 1:  # with one image there is no other condition to show
+        other = reconstruct(enhancer, target, pixel_values.roll(-1, dims=0), steps, seed)
+        rows.append((ROW_LABELS[2], other))
+    image = render_grid(rows, title)
+    if path is not None:
+        save_grid(image, path)
+    return image
+
+
+def save_grid(image: Image.Image, path: str | Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(np.ascontiguousarray(array)).save(path)
+    image.save(path)
     return path
 
 
@@ -106,6 +207,8 @@ def preview_run(path: str | Path, output: str | Path | None = None, images: int 
                                                            final / "adapter")
     target = build_target(cfg.target)
     encoder_views, target_views = preview_batch(cfg, enhancer, images or cfg.run.preview_images)
-    recon = reconstruct(enhancer, target, encoder_views, steps or cfg.run.preview_sample_steps,
-                        seed=cfg.run.seed)
-    return save_grid(target_views, recon, output or final / "preview.png")
+    path = Path(output or final / "preview.png")
+    preview_grid(enhancer, target, encoder_views, target_views,
+                 steps or cfg.run.preview_sample_steps, seed=cfg.run.seed, path=path,
+                 title=f"{final.parent.name} (final)")
+    return path

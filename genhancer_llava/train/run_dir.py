@@ -1,8 +1,8 @@
 """The layout of a run's output folder, and the weights each stage leaves for the next.
 
     OUT/config.yaml                  the resolved config every stage process reads
-    OUT/<stage>/checkpoints/step-N   accelerate states (periodic)
-    OUT/<stage>/logs/                tensorboard
+    OUT/<stage>/checkpoints/step-00000040   accelerate states (periodic; 8-digit step)
+    OUT/<stage>/logs/genhancer/      tensorboard
     OUT/<stage>/final/               projector.safetensors, denoiser.safetensors,
                                      adapter/ (peft LoRA, stages that train the encoder),
                                      summary.json
@@ -17,15 +17,15 @@ import json
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-
-import torch
-from safetensors.torch import load_file, save_file
-from torch import nn
+from typing import TYPE_CHECKING, Any
 
 from ..config import Config, load_config
 from ..errors import GenhancerError
 from ..stages import STAGE_NAMES
+
+if TYPE_CHECKING:  # torch loads when tensors are read or written, not to lay out a folder
+    import torch
+    from torch import nn
 
 __all__ = ["RunDir", "save_tensors", "load_module"]
 
@@ -86,12 +86,16 @@ class RunDir:
 
 def save_tensors(state: dict[str, torch.Tensor], path: Path) -> None:
     """A state dict (e.g. one gathered under ZeRO-3) as safetensors."""
+    from safetensors.torch import save_file
+
     save_file({k: v.detach().contiguous().cpu() for k, v in state.items()}, str(path))
 
 
 def load_module(module: nn.Module, path: Path) -> None:
     if not path.is_file():
         raise GenhancerError(f"{path} is missing; the previous stage did not finish")
+    from safetensors.torch import load_file
+
     state = load_file(str(path))
     try:
         module.load_state_dict(state, strict=True)

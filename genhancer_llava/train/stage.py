@@ -11,6 +11,10 @@ config, the single source of truth.
 
 from __future__ import annotations
 
+from . import deepspeed_env  # noqa: F401  (sets DS_ACCELERATOR before accelerate loads)
+
+# isort: split
+
 import argparse
 import json
 import os
@@ -26,11 +30,13 @@ from accelerate.utils import InitProcessGroupKwargs, set_seed
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
+from ..cache import check_cache, model_inputs
 from ..config import Config
 from ..data import build_stream, collate
 from ..errors import STOPPED_EXIT, GenhancerError, Stopped
 from ..models.enhancer import (
     Enhancer,
+    apply_speed_options,
     apply_stage_policy,
     build_enhancer,
     trainable_parameter_table,
@@ -40,9 +46,10 @@ from ..stages import STAGE_NAMES, STAGE_POLICIES, get_stage
 from ..utils import atomic_dir, default_dtype
 from .accelerate_run import report_error
 from .checkpoint import Progress, load_checkpoint, read_progress, save_checkpoint
-from .faults import fault_at, kill_self, signal_self
+from .faults import kill_self, planned_faults, signal_self
 from .meter import WindowMeter
-from .preview import preview_batch, reconstruct, save_grid
+from .optim import build_optimizer
+from .preview import preview_batch, preview_grid, save_grid
 from .processes import StopRequest, guard_worker
 from .run_dir import RunDir, load_module, save_tensors
 from .run_lock import TRAIN_LOCK, RunLock
@@ -100,11 +107,14 @@ def build_model(cfg: Config, run: RunDir, stage: str) -> tuple[Enhancer, str]:
         load_module(enhancer.projector, final / "projector.safetensors")
         load_module(enhancer.denoiser, final / "denoiser.safetensors")
     apply_stage_policy(enhancer, spec.policy, cfg.lora)
+    apply_speed_options(enhancer, cfg.run.compile_denoiser, cfg.run.activation_checkpointing)
     return enhancer, spec.policy
 
 
 def build_dataloader(cfg: Config, enhancer: Enhancer, accelerator: Accelerator,
                      start_batches: int) -> DataLoader:
+    if cfg.data.kind == "cached":
+        check_cache(cfg)  # made for this run's encoder, target and image size
     stream = build_stream(
         cfg.data, cfg.encoder.image_size, enhancer.encoder.image_mean,
         enhancer.encoder.image_std, seed=cfg.run.seed, rank=accelerator.process_index,
@@ -119,17 +129,6 @@ def build_dataloader(cfg: Config, enhancer: Enhancer, accelerator: Accelerator,
         # its own generator: creating the loader must not advance the training RNG
         generator=torch.Generator().manual_seed(cfg.run.seed),
     )
-
-
-def build_optimizer(cfg: Config, enhancer: Enhancer, lr: float):
-    params = [p for p in enhancer.parameters() if p.requires_grad]
-    # torch's AdamW, not DeepSpeed's: identical maths, and nothing to compile on first use.
-    optimizer = torch.optim.AdamW(
-        params, lr=lr, betas=cfg.optim.betas, eps=cfg.optim.eps,
-        weight_decay=cfg.optim.weight_decay,
-    )
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)  # constant, no warmup
-    return optimizer, scheduler
 
 
 # ---- the stage's final state ---------------------------------------------------------------
@@ -186,17 +185,18 @@ def _every(step: int, period: int) -> bool:
 
 
 def _all_finite(accelerator: Accelerator, loss: torch.Tensor) -> bool:
-    """The same answer on every rank, so that all stop together."""
-    bad = torch.tensor(0.0 if torch.isfinite(loss) else 1.0, device=accelerator.device)
-    return accelerator.reduce(bad, "sum").item() == 0
+    """The same answer on every rank, so that all stop together (one host sync)."""
+    bad = (~torch.isfinite(loss.detach())).float().reshape(1)
+    if accelerator.num_processes > 1:
+        bad = accelerator.reduce(bad, "sum")
+    return bad.item() == 0
 
 
 def _agreed_stop(accelerator: Accelerator, stop: StopRequest) -> str | None:
     """The stop signal's name if any rank got one, on every rank alike (one tiny all-reduce)."""
-    got = torch.tensor([float(stop.signal == signal.SIGTERM), float(stop.signal == signal.SIGINT)],
-                       device=accelerator.device)
-    if accelerator.num_processes > 1:
-        got = accelerator.reduce(got, "sum")
+    got = [float(stop.signal == signal.SIGTERM), float(stop.signal == signal.SIGINT)]
+    if accelerator.num_processes > 1:  # one process: nothing to agree on, no device sync
+        got = accelerator.reduce(torch.tensor(got, device=accelerator.device), "sum").tolist()
     if got[0] > 0:
         return "SIGTERM"
     return "SIGINT" if got[1] > 0 else None
@@ -228,7 +228,7 @@ class StageTrainer:
         self.batches_seen = self.progress.batches_per_rank[self.rank]
         self.dataloader = build_dataloader(cfg, enhancer, accelerator, self.batches_seen)
         self.previews = preview_batch(cfg, enhancer, cfg.run.preview_images)
-        optimizer, scheduler = build_optimizer(cfg, enhancer, self.lr)
+        optimizer, scheduler = build_optimizer(cfg, enhancer, self.lr, accelerator.device)
         self.model, self.optimizer, self.scheduler = accelerator.prepare(
             enhancer, optimizer, scheduler
         )
@@ -245,20 +245,31 @@ class StageTrainer:
         if self.keys_path and checkpoint is None:
             self.keys_path.unlink(missing_ok=True)
         self.pending_keys: list[str] = []
+        self.step_losses: list[torch.Tensor] = []  # this optimiser step's micro-batch losses
+        self.faults = planned_faults()  # read once, out of the loop
         self.images = self.skipped = 0  # this rank's, since the last checkpoint
         self.tic = time.perf_counter()
         self.meter = WindowMeter()  # this rank's images and training time since the last log
 
-    def micro_step(self, batch: dict[str, Any]) -> float:
-        """Forward + backward of one micro-batch; the optimiser steps when accumulation ends."""
+    def micro_step(self, batch: dict[str, Any]) -> torch.Tensor:
+        """Forward + backward of one micro-batch; the optimiser steps when accumulation ends.
+
+        Returns the loss, detached and still on the device: the host waits for it only once
+        per optimiser step (the finiteness check, before the step's last backward, which under
+        DeepSpeed also applies the update) and at log time.
+        """
         accelerator, model = self.accelerator, self.model
-        tokens = self.target.encode(batch["target_pixels"].to(accelerator.device))
+        # the target tokens come first (a sampled posterior draws from the RNG as on the fly)
+        inputs = model_inputs(self.target, batch, accelerator.device,
+                              cached_condition=not STAGE_POLICIES[self.policy].encoder_lora)
         with accelerator.accumulate(model):
-            losses = model(batch["pixel_values"].to(accelerator.device), tokens)
+            losses = model(**inputs)
             loss = sum(losses.values())  # one named loss per denoiser: flow_loss / mask_loss
-            if fault_at("nan-loss", self.progress.step + 1):
+            if self.faults.get("nan-loss") == self.progress.step + 1:
                 loss = loss * float("nan")
-            if not _all_finite(accelerator, loss):
+            self.step_losses.append(loss.detach())
+            if accelerator.sync_gradients and not _all_finite(
+                    accelerator, torch.stack(self.step_losses).sum()):
                 raise GenhancerError(
                     f"[{self.stage}] the loss became non-finite at step {self.progress.step + 1};"
                     f" lower the lr (now {self.lr}) or check the data; checkpoints so far are kept"
@@ -269,15 +280,14 @@ class StageTrainer:
             self.optimizer.step()
             self.scheduler.step()
             self.optimizer.zero_grad()
-        return loss.detach().float().item()
+        return loss.detach()
 
     def fit(self) -> None:
         cfg, progress = self.cfg, self.progress
         bar = tqdm(total=self.steps, initial=progress.step, desc=self.stage, unit="step",
                    disable=not self.accelerator.is_local_main_process,
                    mininterval=1.0 if sys.stderr.isatty() else 30.0)  # quieter in batch logs
-        micro_losses: list[float] = []  # this optimiser step's micro-batches
-        window: list[float] = []  # optimiser-step losses since the last log line
+        window: list[torch.Tensor] = []  # optimiser-step losses since the last log line
         batches = iter(self.dataloader)
         self.model.train()
         self.stop_request.armed = True  # from here a stop signal means: this step, save, exit
@@ -289,23 +299,21 @@ class StageTrainer:
                 if "pixel_values" not in batch:
                     continue  # every image of this batch was unreadable
                 self.pending_keys.extend(batch["keys"])
-                micro_losses.append(self.micro_step(batch))
+                self.micro_step(batch)
                 self.images += batch["pixel_values"].shape[0]
                 self.meter.add(batch["pixel_values"].shape[0])
                 if not self.accelerator.sync_gradients:
                     continue
                 progress.step += 1
                 step = progress.step
-                window.append(sum(micro_losses) / len(micro_losses))
-                micro_losses.clear()
+                window.append(torch.stack(self.step_losses).float().mean())  # on the device
+                self.step_losses.clear()
                 if not progress.losses or step % cfg.run.log_every == 0 or step == self.steps:
                     bar.set_postfix(self.log(step, window))
                     window = []
                 bar.update(1)
-                if fault_at("kill-after-step", step):
-                    kill_self()
-                if fault_at("sigterm-after-step", step):
-                    signal_self(signal.SIGTERM)
+                if self.faults:
+                    self.inject_faults(step)
                 if step < self.steps and _every(step, cfg.run.preview_every):
                     self.preview(f"step-{step:08d}.png")
                 saved = step < self.steps and _every(step, cfg.run.save_every)
@@ -319,11 +327,20 @@ class StageTrainer:
         finally:
             bar.close()  # before any error message, so that the message is the last line
 
-    def log(self, step: int, window: list[float]) -> dict[str, str]:
+    def inject_faults(self, step: int) -> None:
+        """Test faults (GENHANCER_FAULT) right after an optimiser step."""
+        if self.faults.get("kill-after-step") == step:
+            kill_self()
+        if self.faults.get("sigterm-after-step") == step:
+            signal_self(signal.SIGTERM)
+
+    def log(self, step: int, window: list[torch.Tensor]) -> dict[str, str]:
         """Mean loss over the steps since the last log line and over all ranks; images per
-        second over the same window, all ranks, checkpoint and preview time left out."""
-        local = torch.tensor([sum(window) / len(window), self.meter.images / self.meter.seconds()],
-                             device=self.accelerator.device)
+        second over the same window, all ranks, checkpoint and preview time left out. The one
+        place the losses come to the host."""
+        device = self.accelerator.device
+        rate = torch.tensor(self.meter.images / self.meter.seconds(), device=device)
+        local = torch.stack([torch.stack(window).mean().to(rate.device), rate])
         mean, rate = (self.accelerator.reduce(local, "sum") / self.world).tolist()
         rate *= self.world  # the sum of the ranks' rates
         self.meter.take()
@@ -338,11 +355,12 @@ class StageTrainer:
 
     def _preview(self, name: str) -> None:
         encoder_views, target_views = self.previews
-        images = reconstruct(self.accelerator.unwrap_model(self.model), self.target,
-                             encoder_views, self.cfg.run.preview_sample_steps,
-                             seed=self.cfg.run.seed)
+        image = preview_grid(self.accelerator.unwrap_model(self.model), self.target,
+                             encoder_views, target_views, self.cfg.run.preview_sample_steps,
+                             seed=self.cfg.run.seed,
+                             title=f"{self.stage}, step {self.progress.step} of {self.steps}")
         if self.accelerator.is_main_process:
-            save_grid(target_views, images, self.run.stage(self.stage) / "previews" / name)
+            save_grid(image, self.run.stage(self.stage) / "previews" / name)
 
     def _collect(self) -> None:
         """Fold every rank's counters since the last call into `progress`."""
