@@ -124,3 +124,30 @@ def test_cache_cli_errors_are_one_line(capsys, tiny_clip, tmp_path):
                              f"encoder.path={tiny_clip}", "data.kind=cached",
                              f"data.path={tmp_path}"])
     assert "already a cache" in err
+
+
+@pytest.mark.parametrize("workers,start", [(0, 3), (2, 3)])
+def test_cached_stream_resumes_exactly(tiny_config, tmp_path, workers, start):
+    from torch.utils.data import DataLoader
+
+    from genhancer_llava.data import build_stream, collate
+
+    # 32 synthetic images in 8 shards of 4 records, 2 crops: order, crops and resume as shards
+    cache = write_cache(tiny_config(), tmp_path / "cache", crops=2, per_shard=4,
+                        log=lambda _: None)
+    cfg = tiny_config("data.kind=cached", f"data.path={cache}", "data.shuffle_buffer=3",
+                      f"data.num_workers={workers}").data
+    mean, std = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
+
+    def batches(start_batches, n):
+        stream = build_stream(cfg, 32, mean, std, seed=0, batch_size=3,
+                              start_batches=start_batches)
+        it = iter(DataLoader(stream, batch_size=3, num_workers=workers, collate_fn=collate))
+        return [next(it) for _ in range(n)]
+
+    straight = batches(0, 14)  # 42 > 32 images: into the second epoch (crop 1)
+    resumed = batches(start, 14 - start)
+    for a, b in zip(straight[start:], resumed, strict=True):
+        assert a["keys"] == b["keys"]
+        assert torch.equal(a["pixel_values"], b["pixel_values"])
+        assert torch.equal(a["global"], b["global"])

@@ -86,12 +86,13 @@ def cmd_preview(args: argparse.Namespace) -> None:
 
 
 def cmd_cache(args: argparse.Namespace) -> None:
-    from ..models.targets import check_target
+    cfg = _config_from(args)
     from ..train.preflight import check_data, check_encoder
 
-    cfg = _config_from(args)
     if cfg.data.kind != "cached":  # (a cache as input is refused by write_cache)
         check_encoder(cfg)  # the folders and shards, before any model loads
+        from ..models.targets import check_target
+
         check_target(cfg.target)
         check_data(cfg)
     from ..cache import write_cache

@@ -31,7 +31,13 @@ from transformers import CLIPVisionModelWithProjection, PretrainedConfig, Siglip
 from ..errors import GenhancerError
 from ..utils import quiet_transformers
 from .families import FAMILIES, get_family
-from .folders import check_resolution, folder_family, read_clip_vision_config, read_vision_config
+from .folders import (
+    ENCODER_PATH_HINT,
+    check_resolution,
+    folder_family,
+    read_clip_vision_config,
+    read_vision_config,
+)
 
 __all__ = [
     "FAMILIES",
@@ -49,9 +55,6 @@ __all__ = [
 ]
 
 # how to set encoder.path (in "not set" errors)
-ENCODER_PATH_HINT = ("pass encoder.path=DIR, a local CLIP or SigLIP folder (`genhancer "
-                     "make-tiny-clip DIR` writes a tiny one)")
-
 @dataclass
 class EncoderOutput:
     global_token: torch.Tensor  # (B, d_global)

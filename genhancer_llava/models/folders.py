@@ -17,7 +17,11 @@ from .families import family_of_model_type, get_family, known_model_types
 if TYPE_CHECKING:
     from transformers import PretrainedConfig
 
-__all__ = ["folder_family", "read_vision_config", "read_clip_vision_config", "check_resolution"]
+ENCODER_PATH_HINT = ("pass encoder.path=DIR, a local CLIP or SigLIP folder (`genhancer "
+                     "make-tiny-clip DIR` writes a tiny one)")
+
+__all__ = ["ENCODER_PATH_HINT", "folder_family", "read_vision_config", "read_clip_vision_config",
+           "check_resolution"]
 
 
 def folder_family(path: str | Path) -> tuple[str, str]:

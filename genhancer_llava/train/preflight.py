@@ -10,14 +10,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import torch
-
 from ..config import Config
-from ..data import FOLDER_HINT, IMAGE_EXTENSIONS
 from ..errors import GenhancerError
-from ..models.encoders import ENCODER_PATH_HINT, check_resolution, read_vision_config
 from ..models.families import get_family
-from ..models.targets import check_target
+from ..models.folders import ENCODER_PATH_HINT, check_resolution, read_vision_config
 from ..paths import required_dir, required_path
 from ..shards import expand_shards
 from ..stages import stages
@@ -32,6 +28,8 @@ def check_encoder(cfg: Config) -> int:
     path = required_path(cfg.encoder.path, "encoder.path", ENCODER_PATH_HINT)
     vision, _, found = read_vision_config(path, cfg.encoder.family)
     check_resolution(path, cfg.encoder.image_size, vision)
+    import torch  # only now: a missing or mistyped folder fails before torch loads
+
     family = get_family(found)
     with torch.device("meta"):  # the training wrapper itself, on shapes only: no weights read
         encoder = family.cls("encoder")(family.cls("encoder_model")(vision))
@@ -55,6 +53,8 @@ def check_data(cfg: Config) -> None:
         check_cache(cfg)  # made for this encoder, target and image size
         CachedSource(cfg.data.path)  # and every shard is there
     elif cfg.data.kind == "folder":
+        from ..data import FOLDER_HINT, IMAGE_EXTENSIONS
+
         root = required_dir(cfg.data.path, "data.path", FOLDER_HINT)
         if not any(p.suffix.lower() in IMAGE_EXTENSIONS for p in root.rglob("*")):
             raise GenhancerError(
@@ -104,6 +104,8 @@ def preflight(cfg: Config, num_processes: int = 1, resume: str | None = None) ->
     if num_processes < 1:
         raise GenhancerError(f"--num_processes {num_processes} is invalid; use 1 or more")
     check_encoder(cfg)
+    from ..models.targets import check_target  # torch: after the encoder folder was found
+
     check_target(cfg.target)
     check_data(cfg)
     check_resume(cfg, num_processes, resume)
