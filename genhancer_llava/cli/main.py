@@ -239,7 +239,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true")
     p.set_defaults(func=cmd_convert_open_clip)
 
-    p = sub.add_parser("demo", help="the built-in demo (tiny CLIP, CPU, a few minutes)")
+    p = sub.add_parser("demo", help="the built-in demo (tiny CLIP, CPU; minutes, see README)")
     p.add_argument("--output", default="runs/demo")
     p.add_argument("--overwrite", action="store_true")
     p.set_defaults(func=cmd_demo)
