@@ -16,8 +16,8 @@ from genhancer_llava.models.timesteps import interpolate, velocity_target
 from genhancer_llava.toy.probe import fit_probe
 from genhancer_llava.toy.world import (
     ATTRIBUTES,
-    COLOURS,
     CELL,
+    COLOURS,
     draw_scene,
     pair_differing,
     render,

@@ -1,4 +1,4 @@
-"""`genhancer toy ...`: the toy world (a small CLIP pretrained on generated scenes, and the study)."""
+"""`genhancer toy ...`: the toy world (a small CLIP pretrained on scenes, and the study)."""
 
 from __future__ import annotations
 

@@ -27,6 +27,7 @@ import shutil
 import statistics
 import subprocess
 import sys
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
@@ -37,6 +38,7 @@ from ..errors import GenhancerError
 from .benchmark import PATTERN_OF, write_images, write_mmvp, write_zeroshot
 from .clip_pretrain import PretrainConfig, pretrain_clip
 from .probe import probe_encoder
+from .report import write_report
 from .world import COARSE, FINE
 
 __all__ = ["SETTINGS", "StudyConfig", "run_study", "score_encoder"]
@@ -183,25 +185,23 @@ def run_study(cfg: StudyConfig) -> Path:
                                "base": score_encoder(base, data, cfg), "runs": {}}
     print(f"study: base {json.dumps(results['base'])}", flush=True)
     jobs = [(s, seed) for s in cfg.settings for seed in cfg.seeds]
+    report_dir = out / "report"
+    lock = threading.Lock()
 
-    def work(job):
+    def work(job) -> None:
         setting, seed = job
-        run_dir = out / "runs" / f"{setting}-seed{seed}"
-        info = _enhance_one(cfg, base, data, setting, seed, run_dir)
-        print(f"study: {setting} seed {seed} enhanced in {info['seconds']} s", flush=True)
-        return job, info
+        info = _enhance_one(cfg, base, data, setting, seed, out / "runs" / f"{setting}-seed{seed}")
+        info["scores"] = score_encoder(Path(info["encoder"]), data, cfg)
+        print(f"study: {setting} seed {seed} ({info['seconds']:.0f} s): "
+              f"{json.dumps(info['scores'])}", flush=True)
+        with lock:  # the report grows run by run: an interrupted study keeps what it has
+            results["runs"].setdefault(setting, {})[str(seed)] = info
+            results["table"] = _aggregate(results)
+            results["wall_seconds"] = round(time.perf_counter() - tic, 1)
+            write_report(results, report_dir)
 
     with ThreadPoolExecutor(max_workers=max(1, cfg.jobs)) as pool:
-        finished = list(pool.map(work, jobs))
-    for (setting, seed), info in finished:
-        info["scores"] = score_encoder(Path(info["encoder"]), data, cfg)
-        results["runs"].setdefault(setting, {})[str(seed)] = info
-        print(f"study: {setting} seed {seed}: {json.dumps(info['scores'])}", flush=True)
-    results["table"] = _aggregate(results)
-    results["wall_seconds"] = round(time.perf_counter() - tic, 1)
-    report_dir = out / "report"
-    from .report import write_report
-
-    write_report(results, report_dir)
+        for future in [pool.submit(work, job) for job in jobs]:
+            future.result()
     print(f"study: done in {results['wall_seconds']:.0f} s; report {report_dir / 'report.md'}")
     return report_dir
