@@ -158,3 +158,16 @@ def test_quick_study_runs_enhance_and_writes_the_report(tmp_path):
 
     tok = AutoTokenizer.from_pretrained(out / "base-clip")
     assert len(tok("a photo of red triangle pointing up")["input_ids"]) == 9
+
+
+def test_logit_normal_mean_shifts_mass_to_high_t():
+    from genhancer_llava.config import load_config
+    from genhancer_llava.models.timesteps import logit_normal_quantile, sample_timesteps
+
+    g = torch.Generator().manual_seed(0)
+    t = sample_timesteps(20000, "logit_normal", 1.0, generator=g, mean=1.5)
+    assert abs(t.median().item() - logit_normal_quantile(0.5, 1.0, mean=1.5)) < 0.01
+    assert abs(logit_normal_quantile(0.5, 1.0, mean=1.5) - 1 / (1 + np.exp(-1.5))) < 1e-9
+    assert (t > 0.75).float().mean() > 0.5  # s=1, m=0 puts about 14% there
+    cfg = load_config("toy")
+    assert cfg.denoiser.logit_normal_mean == 1.5 and cfg.stage2.mode == "lora-only"
