@@ -46,9 +46,9 @@ def add_toy_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch_size", type=int, default=256)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--num_images", type=int, default=40_000)
-    p.add_argument("--fine_p", type=float, default=0.1,
+    p.add_argument("--fine_p", type=float, default=0.3,
                    help="probability that a caption names one fine attribute")
-    p.add_argument("--position_init_std", type=float, default=0.02)
+    p.add_argument("--position_init_std", type=float, default=0.3)
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_pretrain_clip)
 
@@ -57,7 +57,7 @@ def add_toy_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--base", help="a toy CLIP folder (default: pretrain one into OUTPUT)")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--settings", nargs="+", help="global local end-to-end uniform strong")
-    p.add_argument("--fine_p", type=float, default=0.1, help="caption fine-word rate (base)")
+    p.add_argument("--fine_p", type=float, default=0.3, help="caption fine-word rate (base)")
     p.add_argument("--jobs", type=int, default=1, help="enhancement runs at once")
     p.add_argument("--quick", action="store_true", help="tiny sizes: a smoke run in minutes")
     p.add_argument("overrides", nargs="*", help="key.sub=value overrides for every run")
