@@ -91,11 +91,13 @@ def make_tiny_siglip(folder: Path, seed: int = 0) -> Path:
     return folder
 
 
-def make_llava_data(folder: Path, n: int = 8, seed: int = 0) -> tuple[Path, Path]:
+def make_llava_data(folder: Path, n: int = 8, seed: int = 0,
+                    text_only: bool = True) -> tuple[Path, Path]:
     """Conversation data in LLaVA's JSON format and its image folder.
 
-    Every fourth record is text-only (no "image" key), as in LLaVA-1.5's mix665k: LLaVA's
-    dataset then feeds a zero image of the processor's `crop_size`.
+    With `text_only`, every fourth record has no image, as in LLaVA-1.5's instruction data
+    (mix665k): LLaVA's dataset then feeds a zero image of the processor's `crop_size`. Pretrain
+    data (LCS-558K, the `plain` template) is image-caption only: pass text_only=False.
     """
     rng = random.Random(seed)
     images = folder / "images"
@@ -103,7 +105,7 @@ def make_llava_data(folder: Path, n: int = 8, seed: int = 0) -> tuple[Path, Path
     records = []
     answers = _sentences(n, seed + 1)
     for i in range(n):
-        if i % 4 == 3:
+        if text_only and i % 4 == 3:
             records.append({"id": f"{i:03d}", "conversations": [
                 {"from": "human", "value": "What colour is the sky?"},
                 {"from": "gpt", "value": answers[i]},

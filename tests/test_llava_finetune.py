@@ -42,7 +42,8 @@ def run_script(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
 @pytest.fixture(scope="module")
 def inputs(tmp_path_factory):
     root = tmp_path_factory.mktemp("llava-e2e")
-    data, images = make_llava_data(root / "data", n=8)
+    data, images = make_llava_data(root / "data", n=8)  # instruction data: some text-only
+    pretrain_data, pretrain_images = make_llava_data(root / "pretrain", n=8, text_only=False)
     return {
         "root": root,
         "llm": make_tiny_llama(root / "llm"),
@@ -50,6 +51,8 @@ def inputs(tmp_path_factory):
         "enc_b": make_exported_encoder(root / "enc-b", seed=2),
         "data": data,
         "images": images,
+        "pretrain": ("--pretrain_data", str(pretrain_data), "--pretrain_images",
+                     str(pretrain_images)),
     }
 
 
@@ -58,7 +61,8 @@ def trained(inputs):
     out = inputs["root"] / "run-a"
     result = run_script("--vision_tower", f"genhancer:{inputs['enc_a']}", "--preset", "tiny",
                         "--llm", str(inputs["llm"]), "--data", str(inputs["data"]),
-                        "--images", str(inputs["images"]), "--output", str(out))
+                        "--images", str(inputs["images"]), *inputs["pretrain"],
+                        "--output", str(out))
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
     return out, result
 
@@ -163,7 +167,8 @@ def test_siglip_tower_retrains_on_data_with_text_only_samples(inputs):
     out = inputs["root"] / "run-siglip"
     result = run_script("--vision_tower", f"genhancer:{siglip}", "--preset", "tiny",
                         "--llm", str(inputs["llm"]), "--data", str(inputs["data"]),
-                        "--images", str(inputs["images"]), "--output", str(out))
+                        "--images", str(inputs["images"]), *inputs["pretrain"],
+                        "--output", str(out))
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
     for stage in ("llava-pretrain", "llava-finetune"):
         state = json.loads((out / stage / "trainer_state.json").read_text())
