@@ -1,4 +1,5 @@
 # Two commands on a fresh machine: `make demo` and `make test`. Both create .venv when missing.
+# `make study` runs the toy-scale study (tens of minutes on 2 cores).
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
@@ -12,7 +13,7 @@ export PIP_DISABLE_PIP_VERSION_CHECK := 1
 # which only disables lmms-eval's optional --wandb_args reporting.
 PROTOBUF := protobuf==7.36.2
 
-.PHONY: demo test lint format clean-venv
+.PHONY: demo study test lint format clean-venv paper-shapes
 
 # The original LLaVA code (llava-torch) pins transformers 4.36 / torch 2.0: it is installed
 # without its dependencies (llava_patches shims it onto ours); the [llava] extra adds the one
@@ -28,9 +29,18 @@ $(STAMP): pyproject.toml constraints.txt
 demo: $(STAMP)
 	$(VENV)/bin/genhancer demo --output runs/demo --overwrite
 
+# The toy-scale study (README, "Does it enhance?"): 5 settings x 3 seeds through `enhance`.
+study: $(STAMP)
+	OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 $(VENV)/bin/genhancer toy study --output runs/study --jobs 2
+
 test: $(STAMP)
 	$(PY) -m ruff check genhancer_llava llava_patches tests benchmarks
 	$(PY) -m pytest -q
+
+# Every paper preset at its true size on the CPU (batch 1, one preset per process): one line
+# each with tokens, parameters, seconds and peak memory. Needs about 14 GB free; ~30-60 min.
+paper-shapes: $(STAMP)
+	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-2} $(PY) benchmarks/paper_shapes.py
 
 format: $(STAMP)
 	$(PY) -m ruff format genhancer_llava llava_patches tests

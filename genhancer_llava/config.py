@@ -153,6 +153,7 @@ class _DenoiserCommon:
     num_attention_heads: int = 24
     timestep_sampling: str = "logit_normal"  # logit_normal: sigmoid(s * N(0, 1)); uniform
     logit_normal_scale: float = 1.0  # s
+    logit_normal_mean: float = 0.0  # m in sigmoid(m + s * N(0, 1)); > 0 puts more mass at high t
 
     def __post_init__(self) -> None:
         _check(self.num_layers >= 0, "denoiser.num_layers", self.num_layers, "must be >= 0")

@@ -1,6 +1,6 @@
 """Tiny llava-hf LLaVA-NeXT and LLaVA-OneVision checkpoints on the published configs.
 
-Each checkpoint takes its published config (tests/published_configs/, sources in `_source`):
+Each checkpoint takes its published config (tests/fixtures/configs/, sources in `_source`):
 the anyres fields (image_grid_pinpoints, vision_aspect_ratio), the vision feature layer and
 select strategy, and the vision tower's family, image size, patch size (so the token grid:
 24 x 24 at 336 px, 27 x 27 at 384 px) and depth (24; 26 for OneVision) as published. Only
@@ -21,7 +21,8 @@ from genhancer_llava.models.tiny import make_tiny_clip, make_tiny_siglip
 
 from .llava_tiny import VICUNA_TEMPLATE, make_sp_tokenizer
 
-CONFIGS = Path(__file__).parent / "published_configs"
+# one folder for every published config the tests use (files named after the hub id)
+CONFIGS = Path(__file__).parent / "fixtures" / "configs"
 NEXT = "llava-v1.6-vicuna-7b-hf"
 ONEVISION = "llava-onevision-qwen2-0.5b-ov-hf"
 # Tiny widths (what make_tiny_clip / make_tiny_siglip give a 32-wide tower).
@@ -39,7 +40,7 @@ QWEN_TEMPLATE = (
 
 def published_config(name: str) -> dict[str, Any]:
     """The published config (without `_source`)."""
-    config = json.loads((CONFIGS / f"{name}.json").read_text())
+    config = json.loads((CONFIGS / f"llava-hf-{name}.json").read_text())
     config.pop("_source")
     return config
 

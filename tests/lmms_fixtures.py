@@ -142,3 +142,18 @@ def write_all(hf_home: Path) -> Path:
     write_cv_bench(hf_home)
     write_pope(hf_home)
     return hf_home
+
+
+def offline_env(root: Path) -> dict[str, str]:
+    """The environment of an offline `python -m lmms_eval` run on these fixtures: datasets under
+    ROOT/hf_home, this checkout's entry points (ROOT/meta) and sources on PYTHONPATH, no hub."""
+    from .conftest import REPO, write_entry_point_metadata
+
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("HF_DATASETS_CACHE", "LMMS_EVAL_PLUGINS", "CUDA_VISIBLE_DEVICES")}
+    pythonpath = [str(REPO), str(write_entry_point_metadata(root / "meta")),
+                  env.get("PYTHONPATH", "")]
+    env.update(PYTHONPATH=os.pathsep.join(p for p in pythonpath if p),
+               HF_HOME=str(write_all(root / "hf_home")), HF_HUB_OFFLINE="1",
+               HF_DATASETS_OFFLINE="1", TOKENIZERS_PARALLELISM="false", PYTHONUNBUFFERED="1")
+    return env

@@ -35,3 +35,19 @@ def test_mmvp_chart_and_table_name_a_generated_fixture(tmp_path):
     (tmp_path / "bench").rename(real)
     (real / "genhancer_fixture.json").unlink()
     assert load_benchmark(real).source == f"MMVP-VLM at {real}"
+
+
+def test_zeroshot_source_names_a_generated_fixture(tmp_path):
+    from genhancer_llava.evaluation import make_zeroshot_fixture
+    from genhancer_llava.evaluation.report import write_comparison
+    from genhancer_llava.evaluation.zeroshot import ZeroShotResult, zeroshot_source
+
+    cls, ret = make_zeroshot_fixture(tmp_path / "zs", images_per_class=1, image_size=16)
+    source = zeroshot_source(cls, ret)
+    assert source == "classification: generated fixture; retrieval: generated fixture"
+    assert zeroshot_source(tmp_path, None) == f"classification: {tmp_path}"
+    results = [ZeroShotResult(m, "", {"classification/top1": 50.0}, source=source)
+               for m in ("base", "enhanced")]
+    files = write_comparison(None, results, tmp_path / "out")
+    assert f"Data: {source}\n" in files["markdown"].read_text()
+    assert files["figure"].read_bytes()[:4] == b"\x89PNG"

@@ -1,6 +1,6 @@
 """`genhancer swap` and the runner on LLaVA-NeXT and LLaVA-OneVision checkpoints.
 
-llava-hf checkpoints on the published configs (tests/published_configs/, widths tiny, see
+llava-hf checkpoints on the published configs (tests/fixtures/configs/, widths tiny, see
 llava_families_tiny.py), the full published tower sizes on the meta device, and an
 original-format LLaVA-NeXT (llava-v1.6-*) checkpoint through the hook.
 """

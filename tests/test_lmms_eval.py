@@ -16,7 +16,6 @@ equals what the per-sample logs give when recomputed (`genhancer eval lmms-repor
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -29,14 +28,14 @@ pytest.importorskip("llava", reason="llava-torch is installed by `make` (pip --n
 from genhancer_llava.evaluation.lmms_report import load_lmms_run, score_run  # noqa: E402
 from genhancer_llava.mllm.runner import apply_until, clean_gen_kwargs  # noqa: E402
 
-from .conftest import REPO, write_entry_point_metadata  # noqa: E402
+from .conftest import REPO  # noqa: E402
 from .llava_tiny import (  # noqa: E402
     make_exported_encoder,
     make_tiny_llama,
     make_tiny_llava_hf,
     make_tiny_llava_original,
 )
-from .lmms_fixtures import ROWS, write_all  # noqa: E402
+from .lmms_fixtures import ROWS, offline_env  # noqa: E402
 
 ALL_TASKS = ["mmvp", "cv_bench", "cv_bench_2d", "cv_bench_3d", "pope", "pope_adv", "pope_pop",
              "pope_random"]
@@ -60,13 +59,7 @@ def setup(tmp_path_factory):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         swapped = swap_checkpoint(orig, enc, root / "llava-orig-genhancer")
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("HF_DATASETS_CACHE", "LMMS_EVAL_PLUGINS", "CUDA_VISIBLE_DEVICES")}
-    pythonpath = [str(REPO), str(write_entry_point_metadata(root / "meta")),
-                  env.get("PYTHONPATH", "")]
-    env.update(PYTHONPATH=os.pathsep.join(p for p in pythonpath if p),
-               HF_HOME=str(write_all(root / "hf_home")), HF_HUB_OFFLINE="1",
-               HF_DATASETS_OFFLINE="1", TOKENIZERS_PARALLELISM="false", PYTHONUNBUFFERED="1")
+    env = offline_env(root)
     return {"root": root, "enc": enc, "hf": make_tiny_llava_hf(root / "llava-hf", llm, old),
             "orig": swapped, "env": env}
 

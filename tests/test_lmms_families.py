@@ -11,7 +11,6 @@ load-time swap, then the report).
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 
@@ -21,7 +20,7 @@ pytest.importorskip("lmms_eval", reason="lmms-eval is the [lmms] extra")
 
 from genhancer_llava.evaluation.lmms_report import load_lmms_run  # noqa: E402
 
-from .conftest import REPO, write_entry_point_metadata  # noqa: E402
+from .conftest import REPO  # noqa: E402
 from .llava_families_tiny import (  # noqa: E402
     NEXT,
     ONEVISION,
@@ -30,7 +29,7 @@ from .llava_families_tiny import (  # noqa: E402
     make_tiny_next,
     make_tiny_onevision,
 )
-from .lmms_fixtures import ROWS, write_all  # noqa: E402
+from .lmms_fixtures import ROWS, offline_env  # noqa: E402
 from .test_lmms_eval import check_consistent, lmms_eval  # noqa: E402
 
 TASKS = "mmvp,cv_bench,pope"
@@ -41,13 +40,7 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     root = tmp_path_factory.mktemp("lmms-families")
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("HF_DATASETS_CACHE", "LMMS_EVAL_PLUGINS", "CUDA_VISIBLE_DEVICES")}
-    pythonpath = [str(REPO), str(write_entry_point_metadata(root / "meta")),
-                  env.get("PYTHONPATH", "")]
-    env.update(PYTHONPATH=os.pathsep.join(p for p in pythonpath if p),
-               HF_HOME=str(write_all(root / "hf_home")), HF_HUB_OFFLINE="1",
-               HF_DATASETS_OFFLINE="1", TOKENIZERS_PARALLELISM="false", PYTHONUNBUFFERED="1")
+    env = offline_env(root)
     return {"root": root, "env": env,
             NEXT: make_tiny_next(root / NEXT), ONEVISION: make_tiny_onevision(root / ONEVISION),
             "enc-" + NEXT: make_next_encoder(root / "clip-336"),

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import subprocess
 import sys
 
@@ -19,7 +18,7 @@ import pytest
 from genhancer_llava.evaluation import lmms_tasks as hooks
 from genhancer_llava.evaluation.lmms_report import lenient_letter, lenient_yes_no
 
-from .conftest import REPO, write_entry_point_metadata
+from .conftest import REPO
 
 TASKS_DIR = REPO / "eval" / "lmms_tasks"
 
@@ -95,18 +94,12 @@ def lmms_run(tmp_path_factory):
     from genhancer_llava.models.tiny import make_tiny_clip
 
     from .llava_tiny import make_tiny_llama, make_tiny_llava_hf
-    from .lmms_fixtures import write_all
+    from .lmms_fixtures import offline_env
 
     root = tmp_path_factory.mktemp("lmms-tasks")
     llava = make_tiny_llava_hf(root / "llava-hf", make_tiny_llama(root / "llm"),
                                make_tiny_clip(root / "clip", seed=3))
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("HF_DATASETS_CACHE", "LMMS_EVAL_PLUGINS", "CUDA_VISIBLE_DEVICES")}
-    pythonpath = [str(REPO), str(write_entry_point_metadata(root / "meta")),
-                  env.get("PYTHONPATH", "")]
-    env.update(PYTHONPATH=os.pathsep.join(p for p in pythonpath if p),
-               HF_HOME=str(write_all(root / "hf_home")), HF_HUB_OFFLINE="1",
-               HF_DATASETS_OFFLINE="1", TOKENIZERS_PARALLELISM="false", PYTHONUNBUFFERED="1")
+    env = offline_env(root)
     out = root / "out"
     cmd = [sys.executable, "-m", "lmms_eval", "--model", "genhancer_llava",
            "--model_args", f"pretrained={llava}", "--include_path", str(TASKS_DIR),

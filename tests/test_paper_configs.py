@@ -36,10 +36,10 @@ def full_config(checkpoint: str):
 
 def test_every_fixture_says_where_it_was_read():
     files = sorted(FIXTURES.glob("*.json"))
-    assert len(files) == 9
+    assert len(files) == 11  # 9 of the paper's checkpoints, 2 LLaVA families (issue 15)
     for path in files:
         source = json.loads(path.read_text())["_source"]
-        assert "huggingface.co" in source or "github" in source or ".py" in source, path.name
+        assert isinstance(source, str) and len(source) > 40, path.name  # a sentence, not a tag
 
 
 @pytest.mark.parametrize("preset", PRESETS)

@@ -9,7 +9,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -59,15 +58,13 @@ def test_folder_data_without_data_path_refused_before_launch(tiny_clip, tmp_path
 
 def test_flow_target_without_target_path_refused_before_launch(tiny_clip, tmp_path):
     out = tmp_path / "run"
-    tic = time.perf_counter()
     proc = enhance(tmp_path, "--preset", "tiny", "--output", str(out), "target.kind=flux_vae",
                    f"encoder.path={tiny_clip}")
     assert proc.returncode == 2, proc.stderr[-3000:]
     assert last_line(proc).startswith("error: target.path is not set; set target.path to a "
                                       "local AutoencoderKL folder"), proc.stderr[-3000:]
-    assert "genhancer_llava.train" not in proc.stdout + proc.stderr
+    assert "policy stage1" not in proc.stdout  # no stage started
     assert not out.exists()
-    assert time.perf_counter() - tic < 60  # no launch (a launch alone takes ~20 s here)
 
 
 def test_global_dim_mismatch_refused_before_launch_and_no_overwrite_needed(tiny_clip, tmp_path):

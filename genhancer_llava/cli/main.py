@@ -37,6 +37,7 @@ import yaml
 from ..config import available_presets, load_config
 from ..errors import STOPPED_EXIT, GenhancerError, Stopped
 from .eval import add_eval_parsers
+from .toy import add_toy_parsers
 
 __all__ = ["main", "build_parser"]
 
@@ -239,7 +240,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true")
     p.set_defaults(func=cmd_convert_open_clip)
 
-    p = sub.add_parser("demo", help="the built-in demo (tiny CLIP, CPU, a few minutes)")
+    p = sub.add_parser("demo", help="the built-in demo (tiny CLIP, CPU; minutes, see README)")
     p.add_argument("--output", default="runs/demo")
     p.add_argument("--overwrite", action="store_true")
     p.set_defaults(func=cmd_demo)
@@ -254,6 +255,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_swap)
 
     add_eval_parsers(sub)
+    add_toy_parsers(sub)
     return parser
 
 

@@ -276,6 +276,9 @@ def make_zeroshot_fixture(
         records.append({"image": name, "captions": [f"{_a(colour)} {shape}",
                                                     f"a picture of {_a(colour)} {shape}"]})
     (ret_dir / "captions.json").write_text(json.dumps(records, indent=1))
+    (out / FIXTURE_MARKER).write_text(json.dumps(  # read back: reports and charts say so
+        {"generator": "genhancer eval make-benchmark --with_zeroshot", "seed": seed,
+         "what": "generated zero-shot fixture"}))
     return cls_dir, ret_dir / "captions.json"
 
 

@@ -216,8 +216,9 @@ def write_comparison(mmvp: Sequence[MMVPResult] | None,
         parts += ["## MMVP-VLM (pairs correct, %; delta in points)\n",
                   f"Data: {data_source(mmvp)}\n", mmvp_markdown(mmvp, delta=True)]
     if zeroshot:
+        source = "; ".join(dict.fromkeys(r.source for r in zeroshot if r.source))
         parts += ["## Zero-shot preservation (%; delta in points)\n",
-                  zeroshot_markdown(zeroshot, delta=True)]
+                  f"Data: {source or 'unknown'}\n", zeroshot_markdown(zeroshot, delta=True)]
     files["markdown"].write_text("\n".join(parts))
     files["json"].write_text(json.dumps(data, indent=2))
 
@@ -231,14 +232,18 @@ def write_comparison(mmvp: Sequence[MMVPResult] | None,
         ax = axes.pop(0)
         deltas = data["zeroshot"]["delta"]
         names = list(deltas)
-        ax.barh(range(len(names)), [deltas[n] for n in names],
-                color=["tab:green" if deltas[n] >= 0 else "tab:red" for n in names])
+        bars = ax.barh(range(len(names)), [deltas[n] for n in names],
+                       color=["tab:green" if deltas[n] >= 0 else "tab:red" for n in names])
+        ax.bar_label(bars, labels=[f"{deltas[n]:+.1f}" for n in names], fontsize=7,
+                     padding=3)  # a 0.0 delta reads "+0.0", not an empty row
         ax.set_yticks(range(len(names)))
         ax.set_yticklabels(names, fontsize=8)
         ax.axvline(0, color="black", linewidth=0.8)
         ax.invert_yaxis()
+        ax.margins(x=0.15)
         ax.set_xlabel("enhanced - base (points)")
-        ax.set_title("Zero-shot deltas")
+        source = "; ".join(dict.fromkeys(r.source for r in zeroshot if r.source))
+        ax.set_title(f"Zero-shot deltas\ndata: {source or 'unknown'}", fontsize=10)
     fig.tight_layout()
     fig.savefig(files["figure"], dpi=120)
     plt.close(fig)

@@ -11,7 +11,13 @@ from ..errors import GenhancerError
 from .mmvp import MMVPResult, load_benchmark, run_mmvp
 from .report import write_comparison, write_mmvp, write_zeroshot
 from .scorer import load_scorer, read_family
-from .zeroshot import ZeroShotResult, load_classification, load_retrieval, run_zeroshot
+from .zeroshot import (
+    ZeroShotResult,
+    load_classification,
+    load_retrieval,
+    run_zeroshot,
+    zeroshot_source,
+)
 
 __all__ = ["labels_for", "evaluate", "compare", "Evaluation"]
 
@@ -69,6 +75,7 @@ def evaluate(
             mmvp.append(run_mmvp(bench, scorer, str(path)))
         if cls is not None or ret is not None:
             zeroshot.append(run_zeroshot(scorer, cls, ret, str(path)))
+            zeroshot[-1].source = zeroshot_source(classification, retrieval)
         del scorer
         gc.collect()
     return mmvp, zeroshot

@@ -37,9 +37,11 @@ from typing import Any
 import torch
 
 from ..errors import GenhancerError
+from .mmvp import FIXTURE_MARKER
 from .scorer import Scorer
 
 __all__ = [
+    "zeroshot_source",
     "ClassificationData",
     "RetrievalData",
     "ZeroShotResult",
@@ -78,10 +80,24 @@ class ZeroShotResult:
     path: str
     metrics: dict[str, float] = field(default_factory=dict)  # percent
     sizes: dict[str, int] = field(default_factory=dict)
+    source: str = ""  # what the data was (`zeroshot_source`)
 
     def to_dict(self) -> dict[str, Any]:
         return {"model": self.model, "path": self.path, "metrics": self.metrics,
-                "sizes": self.sizes}
+                "sizes": self.sizes, "source": self.source}
+
+
+def zeroshot_source(classification: str | Path | None, retrieval: str | Path | None) -> str:
+    """What the zero-shot data is, for reports and chart titles (a generated fixture says so)."""
+    parts = []
+    for kind, given in (("classification", classification), ("retrieval", retrieval)):
+        if given is None:
+            continue
+        path = Path(given)
+        folder = path if path.is_dir() else path.parent
+        fixture = any((f / FIXTURE_MARKER).is_file() for f in (folder, folder.parent))
+        parts.append(f"{kind}: generated fixture" if fixture else f"{kind}: {given}")
+    return "; ".join(parts)
 
 
 def _images_in(folder: Path) -> list[Path]:

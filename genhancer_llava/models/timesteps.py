@@ -21,23 +21,25 @@ def sample_timesteps(
     scale: float = 1.0,
     device: torch.device | str | None = None,
     generator: torch.Generator | None = None,
+    mean: float = 0.0,
 ) -> torch.Tensor:
-    """t in (0, 1): sigmoid(scale * N(0, 1)) ("scaled logit-normal") or uniform.
+    """t in (0, 1): sigmoid(mean + scale * N(0, 1)) ("scaled logit-normal") or uniform.
 
-    A larger scale pushes t towards 0 and 1; the paper uses scale 1.0.
+    A larger scale pushes t towards 0 and 1; the paper uses scale 1.0 and mean 0. A positive
+    mean shifts mass to high t (more noise), where the denoiser must lean on its condition.
     """
     if kind == "logit_normal":
         z = torch.randn(n, device=device, generator=generator)
-        return torch.sigmoid(scale * z)
+        return torch.sigmoid(mean + scale * z)
     if kind == "uniform":
         return torch.rand(n, device=device, generator=generator)
     raise ValueError(f"unknown timestep sampling '{kind}'; choose logit_normal or uniform")
 
 
-def logit_normal_quantile(q: float, scale: float = 1.0) -> float:
-    """The q-quantile of sigmoid(scale * N(0, 1)) (sigmoid is monotonic)."""
+def logit_normal_quantile(q: float, scale: float = 1.0, mean: float = 0.0) -> float:
+    """The q-quantile of sigmoid(mean + scale * N(0, 1)) (sigmoid is monotonic)."""
     z = math.sqrt(2.0) * torch.erfinv(torch.tensor(2.0 * q - 1.0, dtype=torch.float64)).item()
-    return 1.0 / (1.0 + math.exp(-scale * z))
+    return 1.0 / (1.0 + math.exp(-(mean + scale * z)))
 
 
 def interpolate(x: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:

@@ -34,6 +34,7 @@ from ..cache import check_cache, model_inputs
 from ..config import Config
 from ..data import build_stream, collate
 from ..errors import STOPPED_EXIT, GenhancerError, Stopped
+from ..models.diagnostics import shuffle_gap
 from ..models.enhancer import (
     Enhancer,
     apply_speed_options,
@@ -362,6 +363,17 @@ class StageTrainer:
         if self.accelerator.is_main_process:
             save_grid(image, self.run.stage(self.stage) / "previews" / name)
 
+    def shuffle_gap(self) -> dict[str, float]:
+        """Relative rise of the loss with conditions shuffled in a batch (on every rank)."""
+        count = min(64, max(2, self.cfg.optim.per_device_batch_size))
+        views, targets = preview_batch(self.cfg, self.accelerator.unwrap_model(self.model), count)
+        if views.shape[0] < 2:
+            return {}
+        device = self.accelerator.device
+        with self.accelerator.autocast():
+            return shuffle_gap(self.accelerator.unwrap_model(self.model), views.to(device),
+                               self.target.encode(targets.to(device)), seed=self.cfg.run.seed)
+
     def _collect(self) -> None:
         """Fold every rank's counters since the last call into `progress`."""
         accelerator, progress = self.accelerator, self.progress
@@ -415,6 +427,7 @@ class StageTrainer:
         """Final preview, weights, adapter and summary.json."""
         self._collect()
         self.preview("final.png")
+        gap = self.shuffle_gap()
         progress = self.progress
         summary = {
             "stage": self.stage,
@@ -427,6 +440,7 @@ class StageTrainer:
             "images_seen": progress.images,
             "images_skipped": progress.skipped,
             "seconds_this_run": round(time.perf_counter() - self.tic, 2),
+            "shuffle_gap": gap,
             "parameters": self.table,
             "distributed": _distribution(self.accelerator, self.cfg),
         }
@@ -437,6 +451,9 @@ class StageTrainer:
                 f"{progress.losses[0][0]}) -> {summary['loss_last']:.4f} (step {self.steps}); "
                 f"images {progress.images}, skipped (unreadable) {progress.skipped}"
             )
+        if gap:
+            self.accelerator.print(f"[{self.stage}] shuffle gap (loss rise with shuffled "
+                                   f"conditions): {100 * gap['gap']:.1f}%")
         # a signal during the last step or the final save: done, but the CLI must stop here
         self.late_stop = _agreed_stop(self.accelerator, self.stop_request)
         if self.late_stop:

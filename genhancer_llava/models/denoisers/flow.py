@@ -86,7 +86,8 @@ class FlowDenoiser(nn.Module):
         # target: (B, N, C) clean tokens
         b = target.shape[0]
         t = sample_timesteps(
-            b, self.cfg.timestep_sampling, self.cfg.logit_normal_scale, device=target.device
+            b, self.cfg.timestep_sampling, self.cfg.logit_normal_scale, device=target.device,
+            mean=self.cfg.logit_normal_mean,
         )
         noise = torch.randn_like(target)
         x_t = interpolate(target, noise, t)

@@ -119,7 +119,7 @@ class MaskedDenoiser(nn.Module):
         # target: (B, N) token ids; pooled is unused (the condition enters by cross-attention)
         b, n = target.shape
         t = sample_timesteps(b, self.cfg.timestep_sampling, self.cfg.logit_normal_scale,
-                             device=target.device)
+                             device=target.device, mean=self.cfg.logit_normal_mean)
         mask = sample_mask(mask_ratio(t, self.cfg.mask_schedule), n)
         inputs = target.masked_fill(mask, self.mask_id)
         return {"mask_loss": masked_cross_entropy(self.logits(inputs, context), target, mask)}
