@@ -145,12 +145,14 @@ def run_child(args) -> dict:
     else:
         peak = _peak_rss_mb() - base
     flops = step_flops(step, pool[0])
+    matmul = matmul_gflops(args.device, dtype)  # this process, this moment's load
     sec = statistics.median(times)
     out = {
         "side": args.child, "shapes": shapes.name, "stage": args.stages[0],
         "device": args.device, "dtype": args.dtype, "batch": shapes.batch,
         "sec_per_step": sec, "sec_per_step_min": min(times), "images_per_s": shapes.batch / sec,
         "peak_over_import_mb": peak, "flops_per_step": flops, "gflops_per_s": flops / sec / 1e9,
+        "matmul_gflops": matmul,
         "loss_first_last": [losses[0], losses[-1]], "threads": torch.get_num_threads(),
     }
     print(json.dumps(out), flush=True)
@@ -214,6 +216,7 @@ def table(results: list[dict], matmul: float, peak_tflops: float | None) -> str:
                 / min(r["sec_per_step_min"] for r in pick["ours"]))
         ref_m, our_m = med("reference", "peak_over_import_mb"), med("ours", "peak_over_import_mb")
         gflops = med("ours", "gflops_per_s")
+        matmul = med("ours", "matmul_gflops")
         row = (f"| {shapes} | {STAGE_NAMES.get(stage, stage)} | {ref_s:.3f} | {our_s:.3f} | "
                f"{paired:.2f}x ({best:.2f}x) | {med('reference', 'images_per_s'):.1f} | "
                f"{med('ours', 'images_per_s'):.1f} | {ref_m:.0f} | {our_m:.0f} | "
@@ -222,6 +225,46 @@ def table(results: list[dict], matmul: float, peak_tflops: float | None) -> str:
             row += f" {gflops / 1e3 / peak_tflops:.1%} |"
         rows.append(row)
     return "\n".join(rows)
+
+
+def alternate(args) -> None:
+    """Both sides built in one process, their steps alternated (ours, reference, ours, ...):
+    the fairest time ratio on a loaded machine (both see the same load); no memory figures."""
+    import torch
+
+    from .our_side import OurStep
+    from .reference_side import ReferenceStep, import_reference
+    from .shapes import by_name
+
+    torch.set_num_threads(args.threads or torch.get_num_threads())
+    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[args.dtype]
+    ref = import_reference(args.ref_src)
+    print("| shapes | stage | ref s/step median (min) | ours s/step median (min) | speed-up "
+          "median (min) |\n|---|---|---|---|---|")
+    for name in args.shapes:
+        shapes = by_name(name, args.batch)
+        for stage in args.stages:
+            sides = {"ours": OurStep(shapes, stage, args.device, dtype),
+                     "reference": ReferenceStep(ref, shapes, stage, args.device, dtype)}
+            crops = torch.randint(0, 256, (shapes.batch, 3, shapes.image_size,
+                                           shapes.image_size), dtype=torch.uint8)
+            inputs = {"ours": sides["ours"].prepare(crops), "reference": crops.float() / 255}
+            times = {"ours": [], "reference": []}
+            for i in range(args.warmup + args.steps):
+                for side, step in sides.items():
+                    _sync(args.device)
+                    t0 = time.perf_counter()
+                    step(inputs[side])
+                    _sync(args.device)
+                    if i >= args.warmup:
+                        times[side].append(time.perf_counter() - t0)
+            med = {k: statistics.median(v) for k, v in times.items()}
+            low = {k: min(v) for k, v in times.items()}
+            ratio, best = med["reference"] / med["ours"], low["reference"] / low["ours"]
+            print(f"| {name} | {STAGE_NAMES[stage]} | {med['reference']:.3f} "
+                  f"({low['reference']:.3f}) | {med['ours']:.3f} ({low['ours']:.3f}) | "
+                  f"{ratio:.2f}x ({best:.2f}x) |", flush=True)
+            del sides
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -244,6 +287,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--peak-tflops", type=float, default=None,
                         help="the device's peak TFLOP/s at --dtype: adds an MFU column")
     parser.add_argument("--json", help="also write every measurement to this file")
+    parser.add_argument("--alternate", action="store_true",
+                        help="time only: both sides in one process, steps alternated")
     parser.add_argument("--in-process", action="store_true",
                         help="measure in this process (fast smoke runs; memory not comparable)")
     parser.add_argument("--child", choices=["reference", "ours"], help=argparse.SUPPRESS)
@@ -256,6 +301,9 @@ def main(argv: list[str] | None = None) -> None:
     if not args.ours_only and not args.ref_src:
         parser.error("name the extracted GenHancer copy with --ref-src (or GENHANCER_SRC), "
                      "or pass --ours-only")
+    if args.alternate:
+        alternate(args)
+        return
     import torch
 
     torch.set_num_threads(args.threads or torch.get_num_threads())

@@ -45,7 +45,6 @@ def _train(cfg, stages=("stage1", "stage2")):
     return {stage: train_stage(run.load_config(), run, stage) for stage in stages}
 
 
-@pytest.mark.slow
 def test_training_on_the_cache_equals_training_on_the_fly(tiny_clip, flux_vae, tmp_path):
     pattern = make_shards(tmp_path / "shards", 2, 8)  # 16 images: 4 batches of 4 per epoch
     live = _config(tiny_clip, flux_vae, tmp_path / "live", pattern)
