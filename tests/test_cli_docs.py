@@ -11,7 +11,9 @@ from genhancer_llava.cli.main import build_parser
 from .conftest import REPO
 
 EVAL_COMMANDS = "mmvp-vlm|zeroshot|compare|make-benchmark|lmms-report|report"
-COMMAND = re.compile(rf"genhancer ((?:eval (?:{EVAL_COMMANDS}))|[a-z][a-z-]+)([^`\n]*)")
+TOY_COMMANDS = "pretrain-clip|study"
+COMMAND = re.compile(rf"genhancer ((?:eval (?:{EVAL_COMMANDS}))|(?:toy (?:{TOY_COMMANDS}))"
+                     rf"|[a-z][a-z-]+)([^`\n]*)")
 FLAG = re.compile(r"(?<![\w-])(--[a-zA-Z][\w-]*)")
 
 

@@ -10,6 +10,9 @@
     genhancer make-tiny-clip DIR | genhancer make-tiny-siglip DIR | genhancer make-tiny-vq DIR
     genhancer convert-open-clip CHECKPOINT OUTPUT [--arch NAME] [--force_quick_gelu]
     genhancer demo [--output DIR] [--overwrite]
+    genhancer toy pretrain-clip OUTPUT [--steps N] [--num_images N] [--fine_p P] [--seed S]
+    genhancer toy study [--output DIR] [--base DIR] [--seeds S ...] [--settings NAME ...]
+                        [--jobs N] [--quick] [k=v ...]
     genhancer eval mmvp-vlm --model DIR [--model DIR ...] --data DIR [--output DIR]
     genhancer eval zeroshot --model DIR [...] [--classification DIR] [--retrieval JSON]
                             [--templates FILE] [--output DIR]
