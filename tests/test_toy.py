@@ -171,3 +171,19 @@ def test_logit_normal_mean_shifts_mass_to_high_t():
     assert (t > 0.75).float().mean() > 0.5  # s=1, m=0 puts about 14% there
     cfg = load_config("toy")
     assert cfg.denoiser.logit_normal_mean == 1.5 and cfg.stage2.mode == "all"
+
+
+def test_toy_pairs_load_by_their_type_column_and_say_they_are_not_mmvp_vlm(tmp_path):
+    """The toy benchmark has 5 patterns, not MMVP-VLM's 9: its marker keeps the type column
+    (no positional-rule warning) and titles name it as toy pairs."""
+    import warnings
+
+    from genhancer_llava.evaluation.mmvp import load_benchmark
+    from genhancer_llava.toy.benchmark import write_mmvp
+
+    folder = write_mmvp(tmp_path / "toy-mmvp", pairs_per_attribute=2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        bench = load_benchmark(folder)
+    assert len(bench.pairs) == 10 and len({p.pattern for p in bench.pairs}) == 5
+    assert bench.source.startswith("toy-world pairs, not MMVP-VLM")

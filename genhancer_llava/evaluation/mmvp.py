@@ -24,6 +24,7 @@ from the cached embeddings (the reference re-encodes both images for each statem
 from __future__ import annotations
 
 import csv
+import json
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -115,8 +116,9 @@ class MMVPBenchmark:
     @property
     def source(self) -> str:
         """What the data is, for reports and chart titles."""
-        if (self.root / FIXTURE_MARKER).is_file():
-            return f"generated fixture, not MMVP-VLM ({self.root.name})"
+        marker = read_fixture_marker(self.root)
+        if marker is not None:
+            return f"{marker.get('what', 'generated fixture, not MMVP-VLM')} ({self.root.name})"
         return f"MMVP-VLM at {self.root}"
 
     @property
@@ -232,7 +234,17 @@ def load_benchmark(root: str | Path, flag: str = "--data") -> MMVPBenchmark:
         raise GenhancerError(
             f"{len(missing)} MMVP-VLM images missing under {roots[0]}: {listed}{more}"
         )
+    if (read_fixture_marker(root) or {}).get("patterns") == "type":
+        return MMVPBenchmark(root, pairs)  # a generator's own layout: its type column stands
     return MMVPBenchmark(root, assign_patterns(pairs, csv_file))
+
+
+def read_fixture_marker(root: Path) -> dict[str, Any] | None:
+    """The marker a generator leaves in a benchmark it wrote (None for real data). Keys:
+    `what` (for titles) and `patterns: "type"` when its pattern count is not MMVP-VLM's 9, so
+    the reference's positional rule does not apply."""
+    marker = Path(root) / FIXTURE_MARKER
+    return json.loads(marker.read_text()) if marker.is_file() else None
 
 
 def positional_pattern(pair_index: int, num_pairs: int) -> str | None:

@@ -9,10 +9,11 @@
 from __future__ import annotations
 
 import csv
+import json
 import random
 from pathlib import Path
 
-from ..evaluation.mmvp import IMAGE_DIR_NAMES
+from ..evaluation.mmvp import FIXTURE_MARKER, IMAGE_DIR_NAMES
 from .world import ATTRIBUTES, COLOURS, draw_scene, pair_differing, render, statement
 
 __all__ = ["PATTERN_OF", "write_mmvp", "write_zeroshot", "write_images"]
@@ -45,6 +46,9 @@ def write_mmvp(out: str | Path, pairs_per_attribute: int = 100, seed: int = 1) -
         writer = csv.writer(f)
         writer.writerow(["Question ID", "Type", "Statement"])
         writer.writerows(rows)
+    (out / FIXTURE_MARKER).write_text(json.dumps(  # read back: titles say so, no 9-pattern rule
+        {"generator": "genhancer toy", "seed": seed, "pairs_per_attribute": pairs_per_attribute,
+         "what": "toy-world pairs, not MMVP-VLM", "patterns": "type"}))
     return out
 
 
