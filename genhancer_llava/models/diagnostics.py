@@ -23,8 +23,9 @@ __all__ = ["shuffle_gap", "FIXED_T"]
 FIXED_T = (0.25, 0.5, 0.75, 0.95)
 
 
-def _shift(x: torch.Tensor) -> torch.Tensor:
-    return torch.roll(x, shifts=1, dims=0)
+def _shift(x: torch.Tensor | None) -> torch.Tensor | None:
+    """The batch rolled by one; None (a denoiser without a context sequence) stays None."""
+    return None if x is None else torch.roll(x, shifts=1, dims=0)
 
 
 @torch.no_grad()
