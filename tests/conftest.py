@@ -37,6 +37,23 @@ def tiny_siglip(tmp_path_factory) -> Path:
     return make_tiny_siglip(tmp_path_factory.mktemp("siglip") / "tiny-siglip")
 
 
+@pytest.fixture(scope="session")
+def tiny_vae(tmp_path_factory) -> Path:
+    """A tiny random AutoencoderKL in the FLUX layout (16 latent channels, 8x down)."""
+    from diffusers import AutoencoderKL
+
+    folder = tmp_path_factory.mktemp("vae") / "vae"
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        AutoencoderKL(
+            in_channels=3, out_channels=3, latent_channels=16,
+            down_block_types=("DownEncoderBlock2D",) * 4,
+            up_block_types=("UpDecoderBlock2D",) * 4,
+            block_out_channels=(8, 8, 8, 8), layers_per_block=1, norm_num_groups=4,
+        ).save_pretrained(folder)
+    return folder
+
+
 @pytest.fixture
 def tiny_config(tiny_clip, tmp_path):
     def build(*overrides: str):

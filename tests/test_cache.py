@@ -6,7 +6,6 @@ import tarfile
 
 import pytest
 import torch
-from diffusers import AutoencoderKL
 
 from genhancer_llava.cache import CachedSource, write_cache
 from genhancer_llava.config import load_config
@@ -18,24 +17,11 @@ from .conftest import cli_error
 from .test_data import jpg_bytes, make_shards, write_shard
 
 
-@pytest.fixture(scope="module")
-def flux_vae(tmp_path_factory):
-    """A tiny random AutoencoderKL in the FLUX layout (16 latent channels, 8x down)."""
-    folder = tmp_path_factory.mktemp("vae") / "vae"
-    torch.manual_seed(0)
-    AutoencoderKL(
-        in_channels=3, out_channels=3, latent_channels=16,
-        down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
-        block_out_channels=(8, 8, 8, 8), layers_per_block=1, norm_num_groups=4,
-    ).save_pretrained(folder)
-    return folder
-
-
-def _config(tiny_clip, flux_vae, out, data_path, *overrides):
+def _config(tiny_clip, tiny_vae, out, data_path, *overrides):
     # 32 px through an 8x autoencoder and 2x2 packing: 2 x 2 tokens of 64
     return load_config("tiny", overrides=[
         f"encoder.path={tiny_clip}", f"run.output_dir={out}", "target.kind=flux_vae",
-        f"target.path={flux_vae}", "target.downsample=8", "target.pack=2",
+        f"target.path={tiny_vae}", "target.downsample=8", "target.pack=2",
         "data.kind=shards", f"data.path={data_path}", "data.shuffle_buffer=4",
         "stage1.steps=6", "stage2.steps=3", *overrides])
 
@@ -45,14 +31,14 @@ def _train(cfg, stages=("stage1", "stage2")):
     return {stage: train_stage(run.load_config(), run, stage) for stage in stages}
 
 
-def test_training_on_the_cache_equals_training_on_the_fly(tiny_clip, flux_vae, tmp_path):
+def test_training_on_the_cache_equals_training_on_the_fly(tiny_clip, tiny_vae, tmp_path):
     pattern = make_shards(tmp_path / "shards", 2, 8)  # 16 images: 4 batches of 4 per epoch
-    live = _config(tiny_clip, flux_vae, tmp_path / "live", pattern)
+    live = _config(tiny_clip, tiny_vae, tmp_path / "live", pattern)
     cache = write_cache(live, tmp_path / "cache", crops=2, batch_size=5, log=lambda _: None)
     manifest = json.loads((cache / "cache.json").read_text())
     assert manifest["images"] == 16 and manifest["shards"] == ["00000.tar", "00001.tar"]
     assert manifest["stored"] == ["global", "pixels", "posterior"]
-    cached = _config(tiny_clip, flux_vae, tmp_path / "cached", pattern, "data.kind=cached",
+    cached = _config(tiny_clip, tiny_vae, tmp_path / "cached", pattern, "data.kind=cached",
                      f"data.path={cache}")
 
     torch.manual_seed(0)
@@ -80,19 +66,19 @@ def _corrupt_cache_members(shard):
     return len(broken)
 
 
-def test_cache_round_trip_skips_and_counts_corrupt_members(tiny_clip, flux_vae, tmp_path):
+def test_cache_round_trip_skips_and_counts_corrupt_members(tiny_clip, tiny_vae, tmp_path):
     good = [jpg_bytes(i) for i in range(14)]
     members = {}
     for i in range(16):
         members[f"{i:03d}.jpg"] = b"not a jpeg" if i in (4, 11) else good.pop()
     (tmp_path / "shards").mkdir()
     write_shard(tmp_path / "shards" / "00000.tar", members)
-    live = _config(tiny_clip, flux_vae, tmp_path / "run", tmp_path / "shards" / "00000.tar",
+    live = _config(tiny_clip, tiny_vae, tmp_path / "run", tmp_path / "shards" / "00000.tar",
                    "stage1.steps=4", "data.shuffle_buffer=0")
     cache = write_cache(live, tmp_path / "cache", crops=1, log=lambda _: None)
     assert json.loads((cache / "cache.json").read_text())["unreadable"] == 2
     broken = _corrupt_cache_members(cache / "00000.tar")
-    cfg = _config(tiny_clip, flux_vae, tmp_path / "run", "unused", "stage1.steps=4",
+    cfg = _config(tiny_clip, tiny_vae, tmp_path / "run", "unused", "stage1.steps=4",
                   "data.kind=cached", f"data.path={cache}", "data.shuffle_buffer=0")
     summary = _train(cfg, ("stage1",))["stage1"]
     assert summary["steps"] == 4
@@ -101,11 +87,11 @@ def test_cache_round_trip_skips_and_counts_corrupt_members(tiny_clip, flux_vae, 
     assert CachedSource(cache).manifest["crops"] == 1
 
 
-def test_cache_refuses_another_runs_config(tiny_clip, flux_vae, tmp_path):
+def test_cache_refuses_another_runs_config(tiny_clip, tiny_vae, tmp_path):
     pattern = make_shards(tmp_path / "shards", 1, 4)
-    live = _config(tiny_clip, flux_vae, tmp_path / "run", pattern)
+    live = _config(tiny_clip, tiny_vae, tmp_path / "run", pattern)
     cache = write_cache(live, tmp_path / "cache", log=lambda _: None)
-    other = _config(tiny_clip, flux_vae, tmp_path / "run", pattern, "data.kind=cached",
+    other = _config(tiny_clip, tiny_vae, tmp_path / "run", pattern, "data.kind=cached",
                     f"data.path={cache}", "target.kind=pixels", "target.pack=4")
     from genhancer_llava.cache import check_cache
 

@@ -13,6 +13,7 @@ import os
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 import torch
@@ -56,15 +57,20 @@ def inputs(tmp_path_factory):
     }
 
 
-@pytest.fixture(scope="module")
-def trained(inputs):
-    out = inputs["root"] / "run-a"
-    result = run_script("--vision_tower", f"genhancer:{inputs['enc_a']}", "--preset", "tiny",
+def retrain(inputs, tower: Path, out: Path) -> subprocess.CompletedProcess:
+    """Both LLaVA-1.5 stages on the tiny LLM and data with `tower`; asserts success."""
+    result = run_script("--vision_tower", f"genhancer:{tower}", "--preset", "tiny",
                         "--llm", str(inputs["llm"]), "--data", str(inputs["data"]),
                         "--images", str(inputs["images"]), *inputs["pretrain"],
                         "--output", str(out))
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
-    return out, result
+    return result
+
+
+@pytest.fixture(scope="module")
+def trained(inputs):
+    out = inputs["root"] / "run-a"
+    return out, retrain(inputs, inputs["enc_a"], out)
 
 
 def _tower_state(folder):
@@ -165,11 +171,7 @@ def test_siglip_tower_retrains_on_data_with_text_only_samples(inputs):
     assert any("image" not in r for r in records) and any("image" in r for r in records)
     siglip = make_tiny_siglip(inputs["root"] / "siglip-tower")
     out = inputs["root"] / "run-siglip"
-    result = run_script("--vision_tower", f"genhancer:{siglip}", "--preset", "tiny",
-                        "--llm", str(inputs["llm"]), "--data", str(inputs["data"]),
-                        "--images", str(inputs["images"]), *inputs["pretrain"],
-                        "--output", str(out))
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
+    retrain(inputs, siglip, out)
     for stage in ("llava-pretrain", "llava-finetune"):
         state = json.loads((out / stage / "trainer_state.json").read_text())
         assert state["global_step"] == 2

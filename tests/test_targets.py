@@ -33,19 +33,6 @@ def test_pixel_target_round_trips():
     assert torch.allclose(target.decode(tokens, (8, 8)), images)
 
 
-@pytest.fixture(scope="module")
-def tiny_vae(tmp_path_factory):
-    """A tiny random AutoencoderKL with the FLUX layout (16 latent channels, 8x down)."""
-    folder = tmp_path_factory.mktemp("vae") / "vae"
-    torch.manual_seed(0)
-    AutoencoderKL(
-        in_channels=3, out_channels=3, latent_channels=16,
-        down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
-        block_out_channels=(8, 8, 8, 8), layers_per_block=1, norm_num_groups=4,
-    ).save_pretrained(folder)
-    return folder
-
-
 def test_flux_target_scales_shifts_and_packs_latents(tiny_vae):
     cfg = TargetConfig(kind="flux_vae", path=str(tiny_vae), sample_posterior=False)
     target = build_target(cfg)
