@@ -10,7 +10,7 @@ from transformers import (
 from genhancer_llava.config import load_config
 from genhancer_llava.errors import GenhancerError
 from genhancer_llava.models.encoders import load_encoder
-from genhancer_llava.models.enhancer import build_enhancer
+from genhancer_llava.models.enhancer import apply_stage_policy, build_enhancer
 from genhancer_llava.models.paper_towers import PAPER_TOWERS, preset_tower, random_tower
 from genhancer_llava.models.targets import image_ids
 from genhancer_llava.models.timesteps import sample_timesteps
@@ -87,6 +87,65 @@ def test_encoder_global_token_is_projected_pooler_and_text_tower_absent(tiny_cli
         tiny_clip, config=encoder.model.config).eval()
     assert torch.allclose(out.global_token, reference(pixel_values=x).image_embeds, atol=1e-6)
     assert out.global_token.shape == (2, 32) and out.local_tokens is None
+
+
+def _lora_tower_and_hf_global(tiny_config, *overrides):
+    """The tiny CLIP with the paper's LoRA (dropout off, adapters non-zero) in training mode,
+    and a function giving the plain HF forward's global token (every token, every layer)."""
+    cfg = tiny_config("lora.dropout=0.0", *overrides)
+    enhancer = build_enhancer(cfg)
+    apply_stage_policy(enhancer, "lora-only", cfg.lora)
+    encoder = enhancer.encoder.train()
+    with torch.no_grad():  # LoRA B starts at zero: make the adapters matter
+        for name, param in encoder.named_parameters():
+            if "lora_B" in name:
+                param.normal_(std=0.1)
+
+    def hf_global(x):
+        return encoder.model.visual_projection(encoder.model.vision_model(pixel_values=x)
+                                               .pooler_output)
+
+    return encoder, hf_global
+
+
+def _lora_grads(encoder, token):
+    encoder.zero_grad()
+    token.square().sum().backward()
+    grads = {n: p.grad.clone() for n, p in encoder.named_parameters() if p.grad is not None}
+    assert any("lora_A" in n for n in grads) and any("lora_B" in n for n in grads)
+    return grads
+
+
+def test_clip_global_token_runs_last_layer_for_cls_only_and_matches_hf(tiny_config):
+    encoder, hf_global = _lora_tower_and_hf_global(tiny_config)
+    assert encoder.num_local_tokens == 0
+    last_mlp = encoder.model.vision_model.encoder.layers[-1].mlp.fc1
+    rows = []
+    handle = last_mlp.register_forward_hook(lambda m, args, out: rows.append(args[0].shape))
+    x = torch.randn(3, 3, 32, 32)
+    fast = encoder(x).global_token
+    handle.remove()
+    assert rows == [(3, 64)]  # the last layer's MLP saw CLS only: (B, D), no tokens
+    fast_grads = _lora_grads(encoder, fast)
+    full = hf_global(x)
+    torch.testing.assert_close(fast, full, rtol=1e-5, atol=1e-6)
+    full_grads = _lora_grads(encoder, full)
+    assert fast_grads.keys() == full_grads.keys()
+    for name, grad in full_grads.items():  # every LoRA weight and bias, the last layer's too
+        torch.testing.assert_close(fast_grads[name], grad, rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_clip_with_local_tokens_keeps_the_full_forward(tiny_config):
+    encoder, hf_global = _lora_tower_and_hf_global(tiny_config, "encoder.local_token_ratio=0.5")
+    last_mlp = encoder.model.vision_model.encoder.layers[-1].mlp.fc1
+    rows = []
+    handle = last_mlp.register_forward_hook(lambda m, args, out: rows.append(args[0].shape))
+    x = torch.randn(2, 3, 32, 32)
+    out = encoder(x)
+    handle.remove()
+    assert rows == [(2, 1 + 16, 64)]  # every token through the last layer
+    assert out.local_tokens.shape == (2, 8, 64)
+    torch.testing.assert_close(out.global_token, hf_global(x), rtol=1e-5, atol=1e-6)
 
 
 def test_local_token_ratio_appends_patch_tokens(tiny_config):

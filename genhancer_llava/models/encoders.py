@@ -140,13 +140,43 @@ class CLIPEncoder(_TowerEncoder):
 
     def forward(self, pixel_values: torch.Tensor) -> EncoderOutput:
         # pixel_values: (B, 3, H, W), normalised with image_mean / image_std
+        if not self.num_local_tokens:
+            pooled = self._pooled_cls_only(pixel_values)  # (B, d_local)
+            return EncoderOutput(self.model.visual_projection(pooled), None)
         out = self.model.vision_model(pixel_values=pixel_values)
         global_token = self.model.visual_projection(out.pooler_output)  # (B, d_global)
-        local = None
-        if self.num_local_tokens:
-            patches = out.last_hidden_state[:, 1:]  # (B, P, d_local), CLS dropped
-            local = pick_local(patches, self.num_local_tokens, self.training)
+        patches = out.last_hidden_state[:, 1:]  # (B, P, d_local), CLS dropped
+        local = pick_local(patches, self.num_local_tokens, self.training)
         return EncoderOutput(global_token=global_token, local_tokens=local)
+
+    def _pooled_cls_only(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """`vision_model(pixel_values).pooler_output`, with the last layer run for CLS alone.
+
+        The global token reads only the CLS position of the last layer, which needs keys and
+        values of every token but queries, attention, out-projection, MLP and post-LN of CLS
+        only: about one layer's work less, forward and backward, with the same result. Every
+        layer's own (possibly LoRA-wrapped) submodules are called, so adapters train as in the
+        plain forward; with LoRA dropout only the random draws differ (fewer rows are dropped).
+        """
+        vision = self.model.vision_model
+        hidden = vision.pre_layrnorm(vision.embeddings(pixel_values))  # (B, T, D), T = 1 + P
+        *layers, last = vision.encoder.layers
+        for layer in layers:
+            hidden = layer(hidden, None)
+        # the last CLIPEncoderLayer (pre-LN, no attention mask), for the CLS query only
+        attn = last.self_attn
+        normed = last.layer_norm1(hidden)  # (B, T, D)
+        b, t, d = normed.shape
+        heads = (b, -1, attn.num_heads, attn.head_dim)
+        query = attn.q_proj(normed[:, :1]).view(heads).transpose(1, 2)  # (B, h, 1, hd)
+        key = attn.k_proj(normed).view(heads).transpose(1, 2)  # (B, h, T, hd)
+        value = attn.v_proj(normed).view(heads).transpose(1, 2)  # (B, h, T, hd)
+        attended = nn.functional.scaled_dot_product_attention(
+            query, key, value, dropout_p=attn.dropout if attn.training else 0.0,
+            scale=attn.scale)  # (B, h, 1, hd)
+        cls = hidden[:, 0] + attn.out_proj(attended.reshape(b, d))  # (B, D)
+        cls = cls + last.mlp(last.layer_norm2(cls))
+        return vision.post_layernorm(cls)  # (B, D)
 
 
 class SiglipEncoder(_TowerEncoder):
