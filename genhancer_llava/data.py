@@ -40,7 +40,7 @@ from torchvision.transforms import functional as TF
 
 from .config import DataConfig
 from .errors import GenhancerError
-from .paths import required_path
+from .paths import FOLDER_HINT, IMAGE_EXTENSIONS, required_path
 from .shards import expand_shards
 
 __all__ = [
@@ -59,9 +59,6 @@ __all__ = [
     "worker_skip",
 ]
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
-# what data.path holds, per data.kind (in "not set" errors)
-FOLDER_HINT = "pass data.path=DIR, a folder of images (searched recursively)"
 SHARD_IMAGE_KEYS = ("jpg", "jpeg", "png", "webp", "bmp")
 DECODE_ERRORS = (
     OSError, UnidentifiedImageError, ValueError, SyntaxError, Image.DecompressionBombError

@@ -11,7 +11,11 @@ from pathlib import Path
 
 from .errors import ConfigError, GenhancerError
 
-__all__ = ["required_path", "required_dir"]
+__all__ = ["required_path", "required_dir", "IMAGE_EXTENSIONS", "FOLDER_HINT"]
+
+# what a folder dataset reads (here, not in `data`, so that preflight checks need no torch)
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
+FOLDER_HINT = "pass data.path=DIR, a folder of images (searched recursively)"
 
 
 def required_path(value: str | Path | None, key: str, hint: str) -> Path:

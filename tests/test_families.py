@@ -49,6 +49,7 @@ METACLIP2 = Family(
     image_std=(0.5, 0.5, 0.5),
     patch_multiple=True,
     global_token="visual_projection(pooler_output)",
+    global_dim_field="projection_dim",
     weights_hint="the vision tower and visual_projection (a MetaClip2Model folder)",
     presets="none",
     text_pad_to_max_length=False,

@@ -116,3 +116,38 @@ def test_worker_error_is_the_last_line(tiny_clip, tmp_path):
         assert noise not in proc.stderr, proc.stderr[-3000:]
     assert proc.stderr.count("the loss became non-finite") == 1  # said once, not per rank
     assert not (out / "stage1" / "error.txt").exists()  # read and removed by the CLI
+
+
+@pytest.mark.parametrize("kind", ["folder", "shards", "cached"])
+def test_bad_data_path_is_refused_before_torch_or_transformers_load(tiny_clip, tmp_path, kind):
+    """A valid encoder and a mistyped data.path: the data error comes from the path checks
+    that run first, before the encoder's config is parsed (transformers) or torch is imported."""
+    missing = tmp_path / ("missing-{000..001}.tar" if kind == "shards" else "missing")
+    code = f"""
+import sys
+from genhancer_llava.config import load_config
+from genhancer_llava.errors import GenhancerError
+from genhancer_llava.train.preflight import preflight
+cfg = load_config("tiny", overrides=["encoder.path={tiny_clip}", "data.kind={kind}",
+                                     "data.path={missing}"])
+try:
+    preflight(cfg)
+except GenhancerError as exc:
+    print("error:", exc)
+print("loaded:", sorted(m for m in ("torch", "transformers") if m in sys.modules))
+"""
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    error, loaded = proc.stdout.strip().splitlines()[-2:]
+    assert error.startswith("error: ") and "missing" in error, proc.stdout
+    assert loaded == "loaded: []", proc.stdout
+
+
+def test_encoder_global_dim_is_read_from_config_without_building_a_model(tiny_clip, tiny_siglip,
+                                                                         tmp_path):
+    from genhancer_llava.train.preflight import check_encoder
+
+    assert check_encoder(load_config("tiny", overrides=[f"encoder.path={tiny_clip}"])) == 32
+    siglip = load_config("tiny-siglip", overrides=[f"encoder.path={tiny_siglip}"])
+    assert check_encoder(siglip) == 64  # SigLIP: the pooling head's width, hidden_size

@@ -88,15 +88,14 @@ class _TowerEncoder(nn.Module):
     family: str
 
     def __init__(self, model: nn.Module, image_mean: tuple[float, ...] | None,
-                 image_std: tuple[float, ...] | None, local_token_ratio: float,
-                 global_dim: int) -> None:
+                 image_std: tuple[float, ...] | None, local_token_ratio: float) -> None:
         super().__init__()
         self.model = model
         spec = get_family(self.family)  # its default normalisation when none is given
         self.image_mean = tuple(image_mean or spec.image_mean)
         self.image_std = tuple(image_std or spec.image_std)
         config = model.config
-        self.global_dim = global_dim
+        self.global_dim: int = getattr(config, spec.global_dim_field)
         self.local_dim: int = config.hidden_size
         self.image_size: int = config.image_size
         num_patches = (config.image_size // config.patch_size) ** 2
@@ -122,8 +121,7 @@ class CLIPEncoder(_TowerEncoder):
         image_std: tuple[float, ...] | None = None,
         local_token_ratio: float = 0.0,
     ) -> None:
-        super().__init__(model, image_mean, image_std, local_token_ratio,
-                         global_dim=model.config.projection_dim)
+        super().__init__(model, image_mean, image_std, local_token_ratio)
 
     def lora_target_regex(self, modules: tuple[str, ...], include_projection: bool,
                           head_attention: str = "full") -> str:
@@ -202,8 +200,7 @@ class SiglipEncoder(_TowerEncoder):
         image_std: tuple[float, ...] | None = None,
         local_token_ratio: float = 0.0,
     ) -> None:
-        super().__init__(model, image_mean, image_std, local_token_ratio,
-                         global_dim=model.config.hidden_size)
+        super().__init__(model, image_mean, image_std, local_token_ratio)
 
     def lora_target_regex(self, modules: tuple[str, ...], include_projection: bool,
                           head_attention: str = "full") -> str:

@@ -52,6 +52,7 @@ class Family:
         patch_multiple: whether the image size must be a multiple of the patch (CLIP's
             embeddings demand it; SigLIP's patch convolution drops the remainder).
         global_token: how the global token is formed (recorded in export provenance).
+        global_dim_field: the vision config field that is the global token's width.
         weights_hint: what an encoder folder must hold (in missing-weights errors).
         presets: preset names of this family (in mismatch errors).
         text_pad_to_max_length: the scorer pads texts to the tokenizer's max length.
@@ -71,6 +72,7 @@ class Family:
     image_std: tuple[float, ...]
     patch_multiple: bool
     global_token: str
+    global_dim_field: str
     weights_hint: str
     presets: str
     text_pad_to_max_length: bool
@@ -192,6 +194,7 @@ FAMILIES["clip"] = Family(
     image_std=(0.26862954, 0.26130258, 0.27577711),
     patch_multiple=True,
     global_token="visual_projection(pooler_output): the post-LN CLS in the joint space",
+    global_dim_field="projection_dim",
     weights_hint="the vision tower and visual_projection (a CLIPModel or "
                  "CLIPVisionModelWithProjection)",
     presets="openai-clip-* or metaclip-*",
@@ -213,6 +216,7 @@ FAMILIES["siglip"] = Family(
     image_std=(0.5, 0.5, 0.5),
     patch_multiple=False,
     global_token="pooler_output: the attention-pooling head over the post-LN patch tokens",
+    global_dim_field="hidden_size",
     weights_hint="the vision tower with its pooling head (a SiglipModel or SiglipVisionModel "
                  "folder)",
     presets="siglip-so400m-*",

@@ -20,12 +20,12 @@ if TYPE_CHECKING:
 ENCODER_PATH_HINT = ("pass encoder.path=DIR, a local CLIP or SigLIP folder (`genhancer "
                      "make-tiny-clip DIR` writes a tiny one)")
 
-__all__ = ["ENCODER_PATH_HINT", "folder_family", "read_vision_config", "read_clip_vision_config",
-           "check_resolution"]
+__all__ = ["ENCODER_PATH_HINT", "check_encoder_folder", "folder_family", "read_vision_config",
+           "read_clip_vision_config", "check_resolution"]
 
 
-def folder_family(path: str | Path) -> tuple[str, str]:
-    """(family, model_type) of a local Hugging Face folder; a one-line error otherwise."""
+def check_encoder_folder(path: str | Path) -> Path:
+    """The encoder folder exists and has a config.json (no transformers, no torch)."""
     path = Path(path)
     if not path.is_dir():
         raise GenhancerError(
@@ -34,6 +34,12 @@ def folder_family(path: str | Path) -> tuple[str, str]:
         )
     if not (path / "config.json").is_file():
         raise GenhancerError(f"{path} has no config.json; it is not a Hugging Face model folder")
+    return path
+
+
+def folder_family(path: str | Path) -> tuple[str, str]:
+    """(family, model_type) of a local Hugging Face folder; a one-line error otherwise."""
+    path = check_encoder_folder(path)
     model_type = json.loads((path / "config.json").read_text()).get("model_type")
     found = family_of_model_type(model_type)
     if found is not None:

@@ -13,54 +13,63 @@ from pathlib import Path
 from ..config import Config
 from ..errors import GenhancerError
 from ..models.families import get_family
-from ..models.folders import ENCODER_PATH_HINT, check_resolution, read_vision_config
-from ..paths import required_dir, required_path
+from ..models.folders import (
+    ENCODER_PATH_HINT,
+    check_encoder_folder,
+    check_resolution,
+    read_vision_config,
+)
+from ..paths import FOLDER_HINT, IMAGE_EXTENSIONS, required_dir, required_path
 from ..shards import expand_shards
 from ..stages import stages
 from .run_dir import RunDir
 
-__all__ = ["preflight", "check_encoder", "check_data", "check_resume"]
+__all__ = ["preflight", "check_paths", "check_encoder", "check_data", "check_resume"]
 
 
-def check_encoder(cfg: Config) -> int:
-    """encoder.path is set and holds a tower of the config's family, resolution and global
-    width; returns the global token's width."""
-    path = required_path(cfg.encoder.path, "encoder.path", ENCODER_PATH_HINT)
-    vision, _, found = read_vision_config(path, cfg.encoder.family)
-    check_resolution(path, cfg.encoder.image_size, vision)
-    import torch  # only now: a missing or mistyped folder fails before torch loads
-
-    family = get_family(found)
-    with torch.device("meta"):  # the training wrapper itself, on shapes only: no weights read
-        encoder = family.cls("encoder")(family.cls("encoder_model")(vision))
-    if cfg.encoder.global_dim is not None and cfg.encoder.global_dim != encoder.global_dim:
-        raise GenhancerError(
-            f"encoder.global_dim={cfg.encoder.global_dim} but the {found} encoder at {path} has a "
-            f"{encoder.global_dim}-d global token; the folder is not this preset's backbone "
-            f"(or set encoder.global_dim={encoder.global_dim})"
-        )
-    return encoder.global_dim
-
-
-def check_data(cfg: Config) -> None:
-    """data.path is set and holds images (folder), every shard (shards), or a cache made
-    for this config (cached)."""
+def check_paths(cfg: Config) -> None:
+    """What needs no import beyond the standard library: the encoder folder and data.path
+    exist, so that a mistyped path fails in well under a second."""
+    check_encoder_folder(required_path(cfg.encoder.path, "encoder.path", ENCODER_PATH_HINT))
     if cfg.data.kind == "shards":
         expand_shards(cfg.data.path)
     elif cfg.data.kind == "cached":
-        from ..cache import CachedSource, check_cache
-
-        check_cache(cfg)  # made for this encoder, target and image size
-        CachedSource(cfg.data.path)  # and every shard is there
+        required_dir(cfg.data.path, "data.path", "pass data.path=DIR, a folder written by "
+                     "`genhancer cache`")
     elif cfg.data.kind == "folder":
-        from ..data import FOLDER_HINT, IMAGE_EXTENSIONS
-
         root = required_dir(cfg.data.path, "data.path", FOLDER_HINT)
         if not any(p.suffix.lower() in IMAGE_EXTENSIONS for p in root.rglob("*")):
             raise GenhancerError(
                 f"no images ({', '.join(IMAGE_EXTENSIONS)}) under data.path={root}; "
                 "point data.path at a folder of images"
             )
+
+
+def check_encoder(cfg: Config) -> int:
+    """encoder.path is set and holds a tower of the config's family, resolution and global
+    width; returns the global token's width (read from its config: no model is built)."""
+    path = required_path(cfg.encoder.path, "encoder.path", ENCODER_PATH_HINT)
+    vision, _, found = read_vision_config(path, cfg.encoder.family)
+    check_resolution(path, cfg.encoder.image_size, vision)
+    global_dim = getattr(vision, get_family(found).global_dim_field)
+    if cfg.encoder.global_dim is not None and cfg.encoder.global_dim != global_dim:
+        raise GenhancerError(
+            f"encoder.global_dim={cfg.encoder.global_dim} but the {found} encoder at {path} has a "
+            f"{global_dim}-d global token; the folder is not this preset's backbone "
+            f"(or set encoder.global_dim={global_dim})"
+        )
+    return global_dim
+
+
+def check_data(cfg: Config) -> None:
+    """data.path is set and holds images (folder), every shard (shards), or a cache made
+    for this config (cached)."""
+    check_paths(cfg)
+    if cfg.data.kind == "cached":
+        from ..cache import CachedSource, check_cache
+
+        check_cache(cfg)  # made for this encoder, target and image size
+        CachedSource(cfg.data.path)  # and every shard is there
 
 
 def check_resume(cfg: Config, num_processes: int, resume: str | None) -> None:
@@ -103,8 +112,9 @@ def preflight(cfg: Config, num_processes: int = 1, resume: str | None = None) ->
     """
     if num_processes < 1:
         raise GenhancerError(f"--num_processes {num_processes} is invalid; use 1 or more")
+    check_paths(cfg)  # first: a mistyped path costs no import
     check_encoder(cfg)
-    from ..models.targets import check_target  # torch: after the encoder folder was found
+    from ..models.targets import check_target  # torch: after the folders were found
 
     check_target(cfg.target)
     check_data(cfg)
