@@ -93,10 +93,13 @@ class PairTransform:
     def crop(self, image: Image.Image, seed: int | None = None) -> torch.Tensor:
         """The crop as (3, size, size) uint8: what a cache stores, losslessly."""
         image = image.convert("RGB")
-        # torchvision's own crop sampler, on a private RNG seeded per item when a seed is given
+        # torchvision's own crop sampler, on a private RNG seeded per item when a seed is given;
+        # the CPU generator only (what the sampler draws from, and all fork_rng restores):
+        # torch.manual_seed would also re-seed every accelerator's RNG, and costs a stack trace
+        # per lazy device call when none is initialised
         with torch.random.fork_rng(devices=[]):
             if seed is not None:
-                torch.manual_seed(seed)
+                torch.default_generator.manual_seed(seed)
             i, j, h, w = transforms.RandomResizedCrop.get_params(image, self.scale, self.ratio)
         crop = TF.resized_crop(image, i, j, h, w, [self.size, self.size],
                                InterpolationMode.BICUBIC)
