@@ -1,9 +1,10 @@
 """The real CLI's training step vs a bare loop at the same model and shapes: prints ratios.
 
-    OMP_NUM_THREADS=1 python -m benchmarks.cli_step --rounds 3 --steps 60
+    OMP_NUM_THREADS=1 python -m benchmarks.cli_step --rounds 3 --steps 60 --zero 2 0
 
-"cli" is `genhancer enhance --preset tiny` as a user runs it (accelerate launch, DeepSpeed
-ZeRO-2, the trainer's data stream, logging, checkpoint checks); its per-step time is the
+"cli" is `genhancer enhance --preset tiny --zero Z` as a user runs it (accelerate launch,
+DeepSpeed ZeRO-2 for Z=2 or one plain process for Z=0, the trainer's data stream, logging,
+checkpoint checks), once per `--zero` value; its per-step time is the
 trainer's own: batch / the images_per_s it logs (TensorBoard scalars, one per `run.log_every`
 steps; checkpoint and preview time left out), the median over stage 1's steps after
 `--skip` warm-up steps. "bare" is the same Enhancer at the same shapes in this process, stage-1
@@ -23,15 +24,16 @@ import time
 from pathlib import Path
 
 
-def cli_step_seconds(encoder: Path, out: Path, steps: int, skip: int,
+def cli_step_seconds(encoder: Path, out: Path, steps: int, skip: int, zero: int,
                      overrides: list[str]) -> list[float]:
-    """Stage 1 of `genhancer enhance --preset tiny` in its own processes -> s/step per log."""
+    """Stage 1 of `genhancer enhance --preset tiny --zero Z` in its own processes -> s/step
+    per log."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     from genhancer_llava.config import load_config
 
     cmd = [sys.executable, "-m", "genhancer_llava.cli", "enhance", "--preset", "tiny",
-           "--output", str(out), "--overwrite", f"encoder.path={encoder}",
+           "--output", str(out), "--overwrite", "--zero", str(zero), f"encoder.path={encoder}",
            f"stage1.steps={steps}", "stage2.steps=1", *overrides]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
@@ -93,6 +95,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--steps", type=int, default=60, help="stage-1 steps per CLI run")
     parser.add_argument("--skip", type=int, default=10, help="warm-up steps left out")
+    parser.add_argument("--zero", type=int, nargs="+", default=[2], choices=[0, 2, 3],
+                        help="the CLI's --zero values to time (each against the bare step)")
     parser.add_argument("overrides", nargs="*", help="key=value for both sides")
     args = parser.parse_args(argv)
     import torch
@@ -105,22 +109,28 @@ def main(argv: list[str] | None = None) -> None:
     bare = BareStep(encoder, args.overrides)
     for _ in range(args.skip):
         bare()
-    ratios, cli_all, bare_all = [], [], []
+    ratios: dict[int, list[float]] = {z: [] for z in args.zero}
+    cli_all: dict[int, list[float]] = {z: [] for z in args.zero}
+    bare_all: list[float] = []
     for r in range(args.rounds):
-        cli = cli_step_seconds(encoder, work / "run", args.steps, args.skip, args.overrides)
-        plain = [bare() for _ in range(args.steps - args.skip)]
-        cli_s, bare_s = statistics.median(cli), statistics.median(plain)
-        ratios.append(cli_s / bare_s)
-        cli_all += cli
-        bare_all += plain
-        print(f"[round {r + 1}] cli {cli_s * 1e3:.1f} ms/step, bare {bare_s * 1e3:.1f} ms/step, "
-              f"ratio {cli_s / bare_s:.2f}", file=sys.stderr, flush=True)
+        for zero in args.zero:  # interleaved: cli (each --zero), bare, cli, ...
+            cli = cli_step_seconds(encoder, work / "run", args.steps, args.skip, zero,
+                                   args.overrides)
+            plain = [bare() for _ in range(args.steps - args.skip)]
+            cli_s, bare_s = statistics.median(cli), statistics.median(plain)
+            ratios[zero].append(cli_s / bare_s)
+            cli_all[zero] += cli
+            bare_all += plain
+            print(f"[round {r + 1}] cli --zero {zero} {cli_s * 1e3:.1f} ms/step, bare "
+                  f"{bare_s * 1e3:.1f} ms/step, ratio {cli_s / bare_s:.2f}", file=sys.stderr,
+                  flush=True)
     print(f"tiny preset stage 1, {torch.get_num_threads()} thread(s), medians of "
-          f"{args.steps - args.skip} steps x {args.rounds} rounds: cli "
-          f"{statistics.median(cli_all) * 1e3:.1f} ms/step, bare "
-          f"{statistics.median(bare_all) * 1e3:.1f} ms/step; cli / bare = "
-          f"{statistics.median(ratios):.2f} (rounds: {', '.join(f'{x:.2f}' for x in ratios)})")
-
+          f"{args.steps - args.skip} steps x {args.rounds} rounds; bare "
+          f"{statistics.median(bare_all) * 1e3:.1f} ms/step")
+    for zero in args.zero:
+        print(f"  cli --zero {zero}: {statistics.median(cli_all[zero]) * 1e3:.1f} ms/step; "
+              f"cli / bare = {statistics.median(ratios[zero]):.2f} "
+              f"(rounds: {', '.join(f'{x:.2f}' for x in ratios[zero])})")
 
 if __name__ == "__main__":
     main()

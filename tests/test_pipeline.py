@@ -164,6 +164,24 @@ def test_enhance_clip_sh_runs_both_stages_on_deepspeed_zero2(tiny_clip, tmp_path
     assert vision.config.image_size == 32
 
 
+@pytest.mark.slow
+def test_zero_0_runs_both_stages_as_one_plain_accelerate_process(tiny_clip, tmp_path):
+    """`--zero 0`: accelerate launch without DeepSpeed; the checkpoints record it for resume."""
+    out = tmp_path / "run"
+    proc = run_python_bash(
+        "scripts/enhance_clip.sh", "--preset", "tiny", "--zero", "0", "--output", str(out),
+        f"encoder.path={tiny_clip}", "stage1.steps=4", "stage2.steps=4", "run.save_every=2",
+    )
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
+    run = RunDir(out)
+    for stage in ("stage1", "stage2"):
+        dist = run.summary(stage)["distributed"]
+        assert (dist["type"], dist["zero_stage"], dist["num_processes"]) == ("NO", None, 1), dist
+        step = sorted(run.checkpoints(stage).glob("step-*"))[-1]
+        assert json.loads((step / "progress.json").read_text())["zero_stage"] == 0
+    assert CLIPVisionModel.from_pretrained(out / "encoder").config.image_size == 32
+
+
 def run_python_bash(*args):
     import os
     import subprocess

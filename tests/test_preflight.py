@@ -101,6 +101,30 @@ def test_num_processes_mismatch_on_resume_refused_before_launch(tiny_clip, tmp_p
     assert "Traceback" not in proc.stderr
 
 
+def test_zero_stage_mismatch_on_resume_refused_before_launch(tiny_clip, tmp_path):
+    """A checkpoint DeepSpeed ZeRO-2 wrote (partitioned layout) cannot load into a plain
+    process: `--zero 0` on it names the flag to use; `--zero 0` with 2 processes is refused."""
+    out = tmp_path / "run"
+    proc = enhance(tmp_path, "--preset", "tiny", "--output", str(out),
+                   f"encoder.path={tiny_clip}", "--zero", "0", "--num_processes", "2")
+    assert proc.returncode == 2 and last_line(proc) == (
+        "error: --zero 0 (no DeepSpeed) runs one process, not 2; use --zero 2 or 3 with "
+        "several processes"), proc.stderr[-3000:]
+    out.mkdir()
+    load_config("tiny", overrides=[f"encoder.path={tiny_clip}"]).save(out / "config.yaml")
+    step = out / "stage1" / "checkpoints" / "step-00000002"
+    step.mkdir(parents=True)
+    (step / "progress.json").write_text(json.dumps(
+        {"step": 2, "batches_per_rank": [2], "images": 16, "skipped": 0, "losses": [],
+         "zero_stage": 2, "files": {}}))
+    proc = enhance(tmp_path, "--preset", "tiny", "--output", str(out),
+                   f"encoder.path={tiny_clip}", "--resume", "latest", "--zero", "0")
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert last_line(proc) == (f"error: {step} was written with --zero 2; resume it with "
+                               "--zero 2 (now 0)"), proc.stderr[-3000:]
+    assert "policy stage1" not in proc.stdout  # nothing launched
+
+
 @pytest.mark.slow
 def test_worker_error_is_the_last_line(tiny_clip, tmp_path):
     """A non-finite loss found by the running stage (2 processes through accelerate launch and

@@ -1,7 +1,7 @@
 """`genhancer`: the command line.
 
     genhancer enhance --preset NAME|--config FILE [--output DIR] [--num_processes N]
-                      [--zero 2|3] [--accelerate_config FILE] [--overwrite]
+                      [--zero 0|2|3] [--accelerate_config FILE] [--overwrite]
                       [--resume latest|CHECKPOINT] [k=v ...]
     genhancer export RUN_DIR [--output DIR] [--overwrite]
     genhancer preview RUN_DIR|FINAL_DIR [--output PNG] [--images N] [--steps N]
@@ -168,7 +168,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_args(p)
     p.add_argument("--output", help="run folder (sets run.output_dir)")
     p.add_argument("--num_processes", type=int, default=1)
-    p.add_argument("--zero", type=int, default=2, choices=[2, 3])
+    p.add_argument("--zero", type=int, default=2, choices=[0, 2, 3],
+                   help="DeepSpeed ZeRO stage (default 2, the paper's); 0: one process, no "
+                   "DeepSpeed (faster for a single GPU or CPU)")
     p.add_argument("--overwrite", action="store_true", help="start over in an existing run folder")
     p.add_argument("--resume", help="'latest' or a checkpoint folder: continue a run")
     p.add_argument("--accelerate_config", help="an accelerate config instead of the shipped one")

@@ -34,6 +34,7 @@ from accelerate import Accelerator
 from ..errors import GenhancerError
 from ..utils import publish_dir
 from .faults import fault_at, kill_self
+from .preflight import resume_mismatch
 from .run_dir import RunDir
 
 __all__ = ["Progress", "Pin", "save_checkpoint", "latest_checkpoint", "read_progress",
@@ -47,6 +48,7 @@ class Progress:
     images: int = 0  # all ranks, trained on
     skipped: int = 0  # all ranks, unreadable
     losses: list[list[float]] = field(default_factory=list)  # [step, mean loss]
+    zero_stage: int | None = None  # DeepSpeed ZeRO stage it was written under; 0: no DeepSpeed
 
 
 def _complete(folder: Path) -> list[Path]:
@@ -223,7 +225,8 @@ def _pick(run: RunDir, stage: str, which: str,
 
 
 def read_progress(
-    run: RunDir, stage: str, which: str, world_size: int, log: Callable[[str], None] = print
+    run: RunDir, stage: str, which: str, world_size: int, zero_stage: int,
+    log: Callable[[str], None] = print,
 ) -> tuple[Path | None, Progress, Pin | None]:
     """The checkpoint `which` ('latest' or a path) names, its progress record, and its pin.
 
@@ -232,16 +235,15 @@ def read_progress(
     """
     folder, pin = _pick(run, stage, which, log)
     if folder is None:
-        return None, Progress(batches_per_rank=[0] * world_size), None
+        return None, Progress(batches_per_rank=[0] * world_size, zero_stage=zero_stage), None
     record = json.loads((folder / "progress.json").read_text())
     record.pop("files", None)
-    progress = Progress(**record)
-    if len(progress.batches_per_rank) != world_size:
+    problem = resume_mismatch(folder, record, world_size, zero_stage)
+    if problem:
         pin.release()
-        raise GenhancerError(
-            f"{folder} was written by {len(progress.batches_per_rank)} processes; resume it "
-            f"with --num_processes {len(progress.batches_per_rank)} (now {world_size})"
-        )
+        raise GenhancerError(problem)
+    progress = Progress(**record)
+    progress.zero_stage = zero_stage
     return folder, progress, pin
 
 

@@ -1,5 +1,6 @@
 """Run a whole enhancement: check inputs, write the run folder, launch each stage through
-`accelerate launch` (DeepSpeed ZeRO from the shipped configs), then export.
+`accelerate launch` (DeepSpeed ZeRO from the shipped configs, or one plain process with
+`--zero 0`), then export.
 
 Stages are separate launches: each builds its own model and optimiser, and each can be resumed
 on its own. This module starts processes; it does not import accelerate itself.
@@ -30,18 +31,24 @@ __all__ = ["accelerate_config", "prepare_run_dir", "launch_stage", "enhance"]
 LAUNCH_CONFIGS = Path(str(resources.files(__package__) / "launch_configs"))
 
 
-def accelerate_config(zero: int, path: str | Path | None = None) -> Path:
-    """The accelerate + DeepSpeed config for ZeRO stage `zero` (or the given file)."""
+ZERO_STAGES = (0, 2, 3)  # 0: no DeepSpeed, one plain process
+
+
+def accelerate_config(zero: int, path: str | Path | None = None, num_processes: int = 1) -> Path:
+    """The accelerate config for ZeRO stage `zero` (or the given file); 0 is plain accelerate."""
     if path:
         config = Path(path)
     else:
-        if zero not in (2, 3):
-            raise GenhancerError(f"--zero {zero} is not supported; choose 2 or 3")
+        if zero not in ZERO_STAGES:
+            raise GenhancerError(f"--zero {zero} is not supported; choose 0, 2 or 3")
+        if zero == 0 and num_processes > 1:
+            raise GenhancerError(f"--zero 0 (no DeepSpeed) runs one process, not {num_processes}; "
+                                 "use --zero 2 or 3 with several processes")
         config = LAUNCH_CONFIGS / f"zero{zero}.yaml"
     if not config.is_file():
         raise GenhancerError(
             f"accelerate config {config} not found; pass --accelerate_config PATH (the package "
-            f"ships zero2.yaml and zero3.yaml in {LAUNCH_CONFIGS})"
+            f"ships zero0.yaml, zero2.yaml and zero3.yaml in {LAUNCH_CONFIGS})"
         )
     return config
 
@@ -139,13 +146,15 @@ def enhance(
     Args:
         cfg: the run config (run.output_dir is the run folder).
         num_processes: processes per stage launch (GPUs, or CPU processes over gloo).
-        zero: DeepSpeed ZeRO stage of the shipped launcher configs (2 or 3).
+        zero: DeepSpeed ZeRO stage of the shipped launcher configs (2 or 3), or 0: one
+            plain accelerate process without DeepSpeed.
         overwrite: clear this run's earlier outputs in run.output_dir first.
         resume: "latest" or a checkpoint: continue an interrupted run (finished stages are kept).
         accel_config: an accelerate config file instead of the shipped ones.
     """
-    config_file = accelerate_config(zero, accel_config)
-    preflight(cfg, num_processes, resume)  # before any process starts or any file is written
+    config_file = accelerate_config(zero, accel_config, num_processes)
+    # before any process starts or any file is written
+    preflight(cfg, num_processes, resume, None if accel_config else zero)
     # one writer per run folder: held through every launch and the export
     with hold_run(cfg.run.output_dir, "genhancer enhance"):
         run = prepare_run_dir(cfg, overwrite, resume is not None)

@@ -24,7 +24,8 @@ from ..shards import expand_shards
 from ..stages import stages
 from .run_dir import RunDir
 
-__all__ = ["preflight", "check_paths", "check_encoder", "check_data", "check_resume"]
+__all__ = ["preflight", "check_paths", "check_encoder", "check_data", "check_resume",
+           "resume_mismatch"]
 
 
 def check_paths(cfg: Config) -> None:
@@ -72,8 +73,29 @@ def check_data(cfg: Config) -> None:
         CachedSource(cfg.data.path)  # and every shard is there
 
 
-def check_resume(cfg: Config, num_processes: int, resume: str | None) -> None:
-    """The checkpoint a resume would continue was written by as many processes as now."""
+def resume_mismatch(folder: Path, record: dict, num_processes: int,
+                    zero_stage: int | None) -> str | None:
+    """Why checkpoint `folder` (its progress record) cannot be resumed by this launch, or None.
+
+    A checkpoint holds one state per rank, in DeepSpeed's partitioned layout under ZeRO and in
+    accelerate's plain one without; it loads only into the same number of processes and the
+    same layout. `zero_stage` None: not known here (an own accelerate config); not checked.
+    """
+    written_by = len(record.get("batches_per_rank", []))
+    if written_by != num_processes:
+        return (f"{folder} was written by {written_by} processes; resume it with "
+                f"--num_processes {written_by} (now {num_processes})")
+    written_zero = record.get("zero_stage")  # absent in checkpoints from before it was recorded
+    if None not in (written_zero, zero_stage) and written_zero != zero_stage:
+        return f"{folder} was written with --zero {written_zero}; resume it with --zero " \
+               f"{written_zero} (now {zero_stage})"
+    return None
+
+
+def check_resume(cfg: Config, num_processes: int, resume: str | None,
+                 zero_stage: int | None = None) -> None:
+    """The checkpoint a resume would continue was written by as many processes as now, and
+    with the same ZeRO stage."""
     if not resume:
         return
     run = RunDir(Path(cfg.run.output_dir))
@@ -92,23 +114,23 @@ def check_resume(cfg: Config, num_processes: int, resume: str | None) -> None:
             raise GenhancerError(f"--resume {resume} is not a checkpoint folder (no progress.json);"
                                  " pass a step-N folder or --resume latest")
     try:
-        written_by = len(json.loads((folder / "progress.json").read_text())["batches_per_rank"])
-    except (OSError, ValueError, KeyError):
+        record = json.loads((folder / "progress.json").read_text())
+    except (OSError, ValueError):
         return  # a damaged record: the stage skips that checkpoint and says so
-    if written_by != num_processes:
-        raise GenhancerError(
-            f"{folder} was written by {written_by} processes; resume it with --num_processes "
-            f"{written_by} (now {num_processes})"
-        )
+    problem = resume_mismatch(folder, record, num_processes, zero_stage)
+    if problem:
+        raise GenhancerError(problem)
 
 
-def preflight(cfg: Config, num_processes: int = 1, resume: str | None = None) -> None:
+def preflight(cfg: Config, num_processes: int = 1, resume: str | None = None,
+              zero_stage: int | None = None) -> None:
     """Every check that needs no launch, in one place: one-line errors, nothing written.
 
     Args:
         cfg: the run config.
         num_processes: processes per stage launch.
         resume: the `--resume` value, if any.
+        zero_stage: the launch's `--zero` (0: no DeepSpeed); None: an own accelerate config.
     """
     if num_processes < 1:
         raise GenhancerError(f"--num_processes {num_processes} is invalid; use 1 or more")
@@ -118,4 +140,4 @@ def preflight(cfg: Config, num_processes: int = 1, resume: str | None = None) ->
 
     check_target(cfg.target)
     check_data(cfg)
-    check_resume(cfg, num_processes, resume)
+    check_resume(cfg, num_processes, resume, zero_stage)

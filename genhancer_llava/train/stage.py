@@ -222,10 +222,12 @@ class StageTrainer:
         dtype = torch.bfloat16 if accelerator.mixed_precision == "bf16" else torch.float32
         self.target = build_target(cfg.target, accelerator.device, dtype)
         checkpoint, pin = None, None
-        self.progress = Progress(batches_per_rank=[0] * self.world)
+        plugin = accelerator.state.deepspeed_plugin
+        zero_stage = plugin.zero_stage if plugin is not None else 0
+        self.progress = Progress(batches_per_rank=[0] * self.world, zero_stage=zero_stage)
         if resume_from:
             checkpoint, self.progress, pin = read_progress(run, stage, resume_from, self.world,
-                                                           accelerator.print)
+                                                           zero_stage, accelerator.print)
         self.batches_seen = self.progress.batches_per_rank[self.rank]
         self.dataloader = build_dataloader(cfg, enhancer, accelerator, self.batches_seen)
         self.previews = preview_batch(cfg, enhancer, cfg.run.preview_images)
