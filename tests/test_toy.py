@@ -170,7 +170,7 @@ def test_logit_normal_mean_shifts_mass_to_high_t():
     assert abs(logit_normal_quantile(0.5, 1.0, mean=1.5) - 1 / (1 + np.exp(-1.5))) < 1e-9
     assert (t > 0.75).float().mean() > 0.5  # s=1, m=0 puts about 14% there
     cfg = load_config("toy")
-    assert cfg.denoiser.logit_normal_mean == 1.5 and cfg.stage2.mode == "all"
+    assert cfg.denoiser.logit_normal_mean == 3.0 and cfg.stage2.mode == "all"
 
 
 def test_toy_pairs_load_by_their_type_column_and_say_they_are_not_mmvp_vlm(tmp_path):
