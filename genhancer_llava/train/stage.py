@@ -235,6 +235,8 @@ class StageTrainer:
         self.model, self.optimizer, self.scheduler = accelerator.prepare(
             enhancer, optimizer, scheduler
         )
+        # clipped each step: the trainable ones only, listed once (not every parameter per step)
+        self.trainable = [p for p in self.model.parameters() if p.requires_grad]
         if checkpoint is not None:
             load_checkpoint(accelerator, checkpoint)  # model, optimiser, scheduler, RNG states
             pin.release()  # loaded: rotation may delete it from now on
@@ -279,7 +281,7 @@ class StageTrainer:
                 )
             accelerator.backward(loss)
             if accelerator.sync_gradients:
-                accelerator.clip_grad_norm_(model.parameters(), self.cfg.optim.grad_clip)
+                accelerator.clip_grad_norm_(self.trainable, self.cfg.optim.grad_clip)
             self.optimizer.step()
             self.scheduler.step()
             self.optimizer.zero_grad()
