@@ -142,6 +142,28 @@ def test_worker_error_is_the_last_line(tiny_clip, tmp_path):
     assert not (out / "stage1" / "error.txt").exists()  # read and removed by the CLI
 
 
+def test_worker_error_sets_the_status_when_another_rank_aborts_on_its_way_out(tmp_path,
+                                                                              monkeypatch):
+    """One rank leaves its one-line error and exits 2; another aborts in teardown (134) and
+    torch-elastic reports that first: the CLI still exits 2 with the worker's line."""
+    from genhancer_llava.errors import StageFailed
+    from genhancer_llava.train import launch
+    from genhancer_llava.train.accelerate_run import ERROR_FILE_ENV
+    from genhancer_llava.train.run_dir import RunDir
+
+    def launcher_whose_first_failure_is_an_abort(cmd, env):
+        Path(env[ERROR_FILE_ENV]).write_text("[stage1] the loss became non-finite at step 2")
+        return 134, None
+
+    monkeypatch.setattr(launch, "run_launcher", launcher_whose_first_failure_is_an_abort)
+    run = RunDir(tmp_path / "run")
+    with pytest.raises(StageFailed) as failed:
+        launch.launch_stage(run, "stage1", 2, launch.accelerate_config(2))
+    assert failed.value.exit_code == 2
+    assert str(failed.value) == "[stage1] the loss became non-finite at step 2"
+    assert not (run.stage("stage1") / "error.txt").exists()
+
+
 @pytest.mark.parametrize("kind", ["folder", "shards", "cached"])
 def test_bad_data_path_is_refused_before_torch_or_transformers_load(tiny_clip, tmp_path, kind):
     """A valid encoder and a mistyped data.path: the data error comes from the path checks

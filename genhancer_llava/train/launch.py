@@ -113,9 +113,11 @@ def launch_stage(
     code, received = run_launcher(cmd, env)
     error = read_error(error_file)
     _raise_if_stopped(stage, record, received, code)
+    if error:  # a worker's one-line error exits 2, whatever another rank did on its way out
+        raise StageFailed(error, 2)
     if code != 0:
-        raise StageFailed(error or f"{stage} failed (exit code {code}); its traceback is "
-                          "printed above", code)
+        raise StageFailed(f"{stage} failed (exit code {code}); its traceback is printed above",
+                          code)
 
 
 def _raise_if_stopped(stage: str, record: Path, received: int | None, code: int) -> None:

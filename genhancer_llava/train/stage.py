@@ -519,10 +519,23 @@ def main(argv: list[str] | None = None) -> None:
             if lock is not None:
                 lock.release()
     except Stopped as err:
+        _leave_process_group()
         if os.environ.get("RANK", "0") == "0":
             print(f"stopped: {err}", file=sys.stderr, flush=True)
         sys.exit(STOPPED_EXIT)
     except GenhancerError as err:
+        _leave_process_group()
         if not report_error(str(err)):  # the launching CLI prints it as its last line
             print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
+
+
+def _leave_process_group() -> None:
+    """Destroy the process group before a stage ends early (a stop or a one-line error).
+
+    Left to interpreter teardown, gloo's threads can outlive their owner: a rank then aborts
+    ("terminate called without an active exception", status 134) after its error was
+    reported. Destroying is local to this rank; it waits for no other.
+    """
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
