@@ -35,6 +35,7 @@ study: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m ruff check genhancer_llava llava_patches tests benchmarks
+	$(PY) -m ruff format --check genhancer_llava llava_patches tests benchmarks
 	$(PY) -m pytest -q
 
 # Every paper preset at its true size on the CPU (batch 1, one preset per process): one line
@@ -43,8 +44,8 @@ paper-shapes: $(STAMP)
 	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-2} $(PY) benchmarks/paper_shapes.py
 
 format: $(STAMP)
-	$(PY) -m ruff format genhancer_llava llava_patches tests
-	$(PY) -m ruff check --fix genhancer_llava llava_patches tests
+	$(PY) -m ruff format genhancer_llava llava_patches tests benchmarks
+	$(PY) -m ruff check --fix genhancer_llava llava_patches tests benchmarks
 
 clean-venv:
 	rm -rf $(VENV)

@@ -24,17 +24,32 @@ import time
 from pathlib import Path
 
 
-def cli_step_seconds(encoder: Path, out: Path, steps: int, skip: int, zero: int,
-                     overrides: list[str]) -> list[float]:
+def cli_step_seconds(
+    encoder: Path, out: Path, steps: int, skip: int, zero: int, overrides: list[str]
+) -> list[float]:
     """Stage 1 of `genhancer enhance --preset tiny --zero Z` in its own processes -> s/step
     per log."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     from genhancer_llava.config import load_config
 
-    cmd = [sys.executable, "-m", "genhancer_llava.cli", "enhance", "--preset", "tiny",
-           "--output", str(out), "--overwrite", "--zero", str(zero), f"encoder.path={encoder}",
-           f"stage1.steps={steps}", "stage2.steps=1", *overrides]
+    cmd = [
+        sys.executable,
+        "-m",
+        "genhancer_llava.cli",
+        "enhance",
+        "--preset",
+        "tiny",
+        "--output",
+        str(out),
+        "--overwrite",
+        "--zero",
+        str(zero),
+        f"encoder.path={encoder}",
+        f"stage1.steps={steps}",
+        "stage2.steps=1",
+        *overrides,
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
         raise SystemExit(f"error: the CLI run failed:\n{proc.stderr[-3000:]}")
@@ -66,9 +81,13 @@ class BareStep:
         self.enhancer = build_enhancer(cfg)
         apply_stage_policy(self.enhancer, "stage1", cfg.lora)
         target = build_target(cfg.target, "cpu", torch.float32)
-        stream = build_stream(cfg.data, cfg.encoder.image_size, self.enhancer.encoder.image_mean,
-                              self.enhancer.encoder.image_std,
-                              batch_size=cfg.optim.per_device_batch_size)
+        stream = build_stream(
+            cfg.data,
+            cfg.encoder.image_size,
+            self.enhancer.encoder.image_mean,
+            self.enhancer.encoder.image_std,
+            batch_size=cfg.optim.per_device_batch_size,
+        )
         items = iter(stream)
         batch = collate([next(items) for _ in range(cfg.optim.per_device_batch_size)])
         self.inputs = model_inputs(target, batch, "cpu", cached_condition=False)
@@ -90,13 +109,22 @@ class BareStep:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.cli_step", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.cli_step",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--steps", type=int, default=60, help="stage-1 steps per CLI run")
     parser.add_argument("--skip", type=int, default=10, help="warm-up steps left out")
-    parser.add_argument("--zero", type=int, nargs="+", default=[2], choices=[0, 2, 3],
-                        help="the CLI's --zero values to time (each against the bare step)")
+    parser.add_argument(
+        "--zero",
+        type=int,
+        nargs="+",
+        default=[2],
+        choices=[0, 2, 3],
+        help="the CLI's --zero values to time (each against the bare step)",
+    )
     parser.add_argument("overrides", nargs="*", help="key=value for both sides")
     args = parser.parse_args(argv)
     import torch
@@ -114,23 +142,32 @@ def main(argv: list[str] | None = None) -> None:
     bare_all: list[float] = []
     for r in range(args.rounds):
         for zero in args.zero:  # interleaved: cli (each --zero), bare, cli, ...
-            cli = cli_step_seconds(encoder, work / "run", args.steps, args.skip, zero,
-                                   args.overrides)
+            cli = cli_step_seconds(
+                encoder, work / "run", args.steps, args.skip, zero, args.overrides
+            )
             plain = [bare() for _ in range(args.steps - args.skip)]
             cli_s, bare_s = statistics.median(cli), statistics.median(plain)
             ratios[zero].append(cli_s / bare_s)
             cli_all[zero] += cli
             bare_all += plain
-            print(f"[round {r + 1}] cli --zero {zero} {cli_s * 1e3:.1f} ms/step, bare "
-                  f"{bare_s * 1e3:.1f} ms/step, ratio {cli_s / bare_s:.2f}", file=sys.stderr,
-                  flush=True)
-    print(f"tiny preset stage 1, {torch.get_num_threads()} thread(s), medians of "
-          f"{args.steps - args.skip} steps x {args.rounds} rounds; bare "
-          f"{statistics.median(bare_all) * 1e3:.1f} ms/step")
+            print(
+                f"[round {r + 1}] cli --zero {zero} {cli_s * 1e3:.1f} ms/step, bare "
+                f"{bare_s * 1e3:.1f} ms/step, ratio {cli_s / bare_s:.2f}",
+                file=sys.stderr,
+                flush=True,
+            )
+    print(
+        f"tiny preset stage 1, {torch.get_num_threads()} thread(s), medians of "
+        f"{args.steps - args.skip} steps x {args.rounds} rounds; bare "
+        f"{statistics.median(bare_all) * 1e3:.1f} ms/step"
+    )
     for zero in args.zero:
-        print(f"  cli --zero {zero}: {statistics.median(cli_all[zero]) * 1e3:.1f} ms/step; "
-              f"cli / bare = {statistics.median(ratios[zero]):.2f} "
-              f"(rounds: {', '.join(f'{x:.2f}' for x in ratios[zero])})")
+        print(
+            f"  cli --zero {zero}: {statistics.median(cli_all[zero]) * 1e3:.1f} ms/step; "
+            f"cli / bare = {statistics.median(ratios[zero]):.2f} "
+            f"(rounds: {', '.join(f'{x:.2f}' for x in ratios[zero])})"
+        )
+
 
 if __name__ == "__main__":
     main()

@@ -35,26 +35,49 @@ def main(argv: list[str] | None = None) -> None:
     hf = make_tiny_llava_hf(root / "llava-hf", llm, make_tiny_clip(root / "old-clip", seed=5))
     encoder = make_exported_encoder(root / "enc", seed=1)
     t0 = time.perf_counter()
-    model = GenhancerLlava(pretrained=str(hf), vision_tower=str(encoder), device=args.device,
-                           dtype=args.dtype)
+    model = GenhancerLlava(
+        pretrained=str(hf), vision_tower=str(encoder), device=args.device, dtype=args.dtype
+    )
     load_s = time.perf_counter() - t0
-    docs = {0: {"image": Image.new("RGB", (40, 40), "red")},
-            1: {"image": Image.new("RGB", (40, 40), "blue")}}
+    docs = {
+        0: {"image": Image.new("RGB", (40, 40), "red")},
+        1: {"image": Image.new("RGB", (40, 40), "blue")},
+    }
     model.task_dict = {"check": {"test": docs}}
-    requests = [Instance("generate_until", ("<image>\nWhat colour is it?",
-                                            {"max_new_tokens": 4, "until": ["\n"]},
-                                            lambda doc: [doc["image"]], i, "check", "test"),
-                         idx=0, metadata={"task": "check", "doc_id": i, "repeats": 1})
-                for i in docs]
+    requests = [
+        Instance(
+            "generate_until",
+            (
+                "<image>\nWhat colour is it?",
+                {"max_new_tokens": 4, "until": ["\n"]},
+                lambda doc: [doc["image"]],
+                i,
+                "check",
+                "test",
+            ),
+            idx=0,
+            metadata={"task": "check", "doc_id": i, "repeats": 1},
+        )
+        for i in docs
+    ]
     t0 = time.perf_counter()
     answers = model.generate_until(requests)
     answer_s = time.perf_counter() - t0
     params = next(model.model.parameters())
     assert len(answers) == 2 and all(isinstance(a, str) for a in answers), answers
     assert params.device.type == torch.device(args.device).type, params.device
-    print(json.dumps({"lmms_model": "genhancer_llava", "device": str(params.device),
-                      "dtype": str(params.dtype), "load_s": round(load_s, 2),
-                      "two_answers_s": round(answer_s, 2), "answers": answers}))
+    print(
+        json.dumps(
+            {
+                "lmms_model": "genhancer_llava",
+                "device": str(params.device),
+                "dtype": str(params.dtype),
+                "load_s": round(load_s, 2),
+                "two_answers_s": round(answer_s, 2),
+                "answers": answers,
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -40,9 +40,18 @@ import torch
 
 REPO = Path(__file__).resolve().parents[1]
 FIXTURES = REPO / "tests" / "fixtures" / "configs"
-PRESETS = [p for base in ("openai-clip-l14-224", "openai-clip-l14-336", "metaclip-l14-224",
-                          "metaclip-h14-224", "siglip-so400m-224", "siglip-so400m-384")
-           for p in (base, base + "-masked")]
+PRESETS = [
+    p
+    for base in (
+        "openai-clip-l14-224",
+        "openai-clip-l14-336",
+        "metaclip-l14-224",
+        "metaclip-h14-224",
+        "siglip-so400m-224",
+        "siglip-so400m-384",
+    )
+    for p in (base, base + "-masked")
+]
 ADAMW_BYTES_PER_PARAM = 16  # fp32 weight + gradient + two moments
 
 
@@ -83,8 +92,9 @@ def write_base(preset: str, folder: Path) -> str:
     if family.name == "siglip":
         SiglipImageProcessor(size={"height": size, "width": size}).save_pretrained(folder)
     else:
-        CLIPImageProcessor(size={"shortest_edge": size},
-                           crop_size={"height": size, "width": size}).save_pretrained(folder)
+        CLIPImageProcessor(
+            size={"shortest_edge": size}, crop_size={"height": size, "width": size}
+        ).save_pretrained(folder)
     return family.name
 
 
@@ -95,16 +105,23 @@ def write_target(cfg, folder: Path) -> None:
     torch.manual_seed(0)
     if cfg.target.kind == "flux_vae":
         config = fixture("flux1-vae")
-        AutoencoderKL.from_config({k: v for k, v in config.items()
-                                   if not k.startswith("_")}).save_pretrained(folder)
+        AutoencoderKL.from_config(
+            {k: v for k, v in config.items() if not k.startswith("_")}
+        ).save_pretrained(folder)
         return
     levels = cfg.target.downsample.bit_length()  # 16 -> 5 levels, 4 down-samplings
-    VQModel(in_channels=3, out_channels=3, latent_channels=256, vq_embed_dim=256,
-            num_vq_embeddings=cfg.target.codebook_size,
-            down_block_types=("DownEncoderBlock2D",) * levels,
-            up_block_types=("UpDecoderBlock2D",) * levels,
-            block_out_channels=(128, 128, 256, 256, 512)[:levels], layers_per_block=2,
-            norm_num_groups=32).save_pretrained(folder)
+    VQModel(
+        in_channels=3,
+        out_channels=3,
+        latent_channels=256,
+        vq_embed_dim=256,
+        num_vq_embeddings=cfg.target.codebook_size,
+        down_block_types=("DownEncoderBlock2D",) * levels,
+        up_block_types=("UpDecoderBlock2D",) * levels,
+        block_out_channels=(128, 128, 256, 256, 512)[:levels],
+        layers_per_block=2,
+        norm_num_groups=32,
+    ).save_pretrained(folder)
 
 
 def llava_hf_model(preset: str):
@@ -118,11 +135,22 @@ def llava_hf_model(preset: str):
         vision = fixture("llava-hf/llava-1.5-7b-hf")["vision_config"]  # LLaVA-1.5's own
     else:
         vision = vision_config(preset).to_dict()
-    text = LlamaConfig(vocab_size=256, hidden_size=64, intermediate_size=128,
-                       num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=2)
-    config = LlavaConfig(vision_config=vision, text_config=text.to_dict(), image_token_id=255,
-                         vision_feature_layer=-2, vision_feature_select_strategy="default",
-                         projector_hidden_act="gelu")
+    text = LlamaConfig(
+        vocab_size=256,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+    )
+    config = LlavaConfig(
+        vision_config=vision,
+        text_config=text.to_dict(),
+        image_token_id=255,
+        vision_feature_layer=-2,
+        vision_feature_select_strategy="default",
+        projector_hidden_act="gelu",
+    )
     with no_init_weights():  # the tower is overwritten strictly by the swap; nothing runs it
         return LlavaForConditionalGeneration(config)
 
@@ -166,9 +194,14 @@ def run_preset(preset: str, memory_gb: float, tower_forward: bool = True) -> dic
     with tempfile.TemporaryDirectory(prefix="paper-shapes-") as tmp:
         tmp = Path(tmp)
         family = write_base(preset, tmp / "base")
-        cfg = load_config(preset, overrides=[
-            f"encoder.path={tmp / 'base'}", f"target.path={tmp / 'target'}",
-            f"run.output_dir={tmp / 'run'}"])
+        cfg = load_config(
+            preset,
+            overrides=[
+                f"encoder.path={tmp / 'base'}",
+                f"target.path={tmp / 'target'}",
+                f"run.output_dir={tmp / 'run'}",
+            ],
+        )
         write_target(cfg, tmp / "target")
         torch.manual_seed(0)
         enhancer = build_enhancer(cfg).train()
@@ -198,30 +231,37 @@ def run_preset(preset: str, memory_gb: float, tower_forward: bool = True) -> dic
         else:
             for p in params:
                 p.grad = None
-            row["stage1_adamw"] = (f"NOT RUN: needs {need:.1f} GB (16 B x "
-                                   f"{sum(p.numel() for p in params) / 1e9:.2f}e9 params) > "
-                                   f"--memory_gb {memory_gb:g}")
+            row["stage1_adamw"] = (
+                f"NOT RUN: needs {need:.1f} GB (16 B x "
+                f"{sum(p.numel() for p in params) / 1e9:.2f}e9 params) > "
+                f"--memory_gb {memory_gb:g}"
+            )
         lap("stage1_adamw")
 
         # stage 2, lora-only: LoRA on the tower, denoiser and projector frozen in the graph
         apply_stage_policy(enhancer, "lora-only", cfg.lora)
         params = [p for p in enhancer.parameters() if p.requires_grad]
         row["lora_params"] = sum(p.numel() for p in params)
-        before = {n: p.detach().clone() for n, p in enhancer.named_parameters()
-                  if p.requires_grad and "lora_B" in n}
+        before = {
+            n: p.detach().clone()
+            for n, p in enhancer.named_parameters()
+            if p.requires_grad and "lora_B" in n
+        }
         loss = next(iter(enhancer(pixels, tokens).values()))
         loss.backward()
         _step(torch.optim.AdamW(params, lr=1e-5, weight_decay=0.01), params)
-        changed = sum(not torch.equal(p, before[n]) for n, p in enhancer.named_parameters()
-                      if n in before)
+        changed = sum(
+            not torch.equal(p, before[n]) for n, p in enhancer.named_parameters() if n in before
+        )
         if changed != len(before):  # lora_B starts at 0; its first gradient moves it
             raise RuntimeError(f"stage 2 changed {changed} of {len(before)} lora_B weights")
         lap("stage2_step")
 
         # export: the adapter where stage 2 leaves it, then the real export
         run = prepare_run_dir(cfg, overwrite=False, resume=False)
-        enhancer.encoder.model.save_pretrained(RunDir(run.root).final(stages(cfg)[-1].name)
-                                               / "adapter")
+        enhancer.encoder.model.save_pretrained(
+            RunDir(run.root).final(stages(cfg)[-1].name) / "adapter"
+        )
         del enhancer, target, params, before, loss
         export = export_encoder(run.root)
         lap("export")
@@ -229,15 +269,21 @@ def run_preset(preset: str, memory_gb: float, tower_forward: bool = True) -> dic
         # the export as a LLaVA tower, through the hook
         llava_patches.apply()
         select = "patch" if get_family(family).has_cls_token else "cls_patch"
-        tower = hook.build_vision_tower(SimpleNamespace(
-            mm_vision_tower=f"genhancer:{export}", vision_tower=f"genhancer:{export}",
-            mm_vision_select_layer=-2, mm_vision_select_feature=select))
+        tower = hook.build_vision_tower(
+            SimpleNamespace(
+                mm_vision_tower=f"genhancer:{export}",
+                vision_tower=f"genhancer:{export}",
+                mm_vision_select_layer=-2,
+                mm_vision_select_feature=select,
+            )
+        )
         if tower_forward:
             with torch.no_grad():
                 row["llava_tokens"] = tower(pixels).shape[1]
         else:  # --lean: the tower's own count, no forward
-            row["llava_tokens"] = tower.num_patches + (select == "cls_patch"
-                                                       and get_family(family).has_cls_token)
+            row["llava_tokens"] = tower.num_patches + (
+                select == "cls_patch" and get_family(family).has_cls_token
+            )
         reference = tower.vision_tower.state_dict()
         del tower
         lap("llava_hook")
@@ -262,14 +308,16 @@ def format_row(row: dict) -> str:
         return f"{row['preset']:<28} FAILED: {row['error']}"
     s = row["seconds"]
     mega = {k: row[k] / 1e6 for k in ("tower_params", "denoiser_params", "lora_params")}
-    return (f"{row['preset']:<28} tokens {row['tokens']:>3}  tower {mega['tower_params']:6.1f}M"
-            f"  denoiser {mega['denoiser_params']:7.1f}M  lora {mega['lora_params']:4.1f}M"
-            f"  s1 fwd+bwd {s['stage1_fwd_bwd']:5.1f}s  s2 step {s['stage2_step']:5.1f}s"
-            f"  export {s['export']:4.1f}s  hook {s['llava_hook']:4.1f}s"
-            f" ({row['llava_tokens']} tok)  swap {s['swap']:4.1f}s"
-            f"  total {row['total_s']:6.1f}s (cpu {row['cpu_s']:6.1f}s)"
-            f"  peak {row['peak_gb']:5.1f} GB"
-            f"  | stage-1 AdamW {row['stage1_adamw']}")
+    return (
+        f"{row['preset']:<28} tokens {row['tokens']:>3}  tower {mega['tower_params']:6.1f}M"
+        f"  denoiser {mega['denoiser_params']:7.1f}M  lora {mega['lora_params']:4.1f}M"
+        f"  s1 fwd+bwd {s['stage1_fwd_bwd']:5.1f}s  s2 step {s['stage2_step']:5.1f}s"
+        f"  export {s['export']:4.1f}s  hook {s['llava_hook']:4.1f}s"
+        f" ({row['llava_tokens']} tok)  swap {s['swap']:4.1f}s"
+        f"  total {row['total_s']:6.1f}s (cpu {row['cpu_s']:6.1f}s)"
+        f"  peak {row['peak_gb']:5.1f} GB"
+        f"  | stage-1 AdamW {row['stage1_adamw']}"
+    )
 
 
 def run_all(presets: list[str], memory_gb: float, timeout: int, lean: bool) -> list[dict]:
@@ -278,9 +326,22 @@ def run_all(presets: list[str], memory_gb: float, timeout: int, lean: bool) -> l
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     for preset in presets:
         proc = subprocess.run(
-            [sys.executable, __file__, "--preset", preset, "--json", "--memory_gb", str(memory_gb),
-             *(["--lean"] if lean else [])],
-            capture_output=True, text=True, env=env, timeout=timeout, cwd=REPO)
+            [
+                sys.executable,
+                __file__,
+                "--preset",
+                preset,
+                "--json",
+                "--memory_gb",
+                str(memory_gb),
+                *(["--lean"] if lean else []),
+            ],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=timeout,
+            cwd=REPO,
+        )
         lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
         if proc.returncode or not lines:
             tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
@@ -293,20 +354,32 @@ def run_all(presets: list[str], memory_gb: float, timeout: int, lean: bool) -> l
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--preset", help="run one preset in this process")
-    parser.add_argument("--presets", default=",".join(PRESETS),
-                        help="comma-separated presets, each in its own process (default: all 12)")
+    parser.add_argument(
+        "--presets",
+        default=",".join(PRESETS),
+        help="comma-separated presets, each in its own process (default: all 12)",
+    )
     parser.add_argument("--json", action="store_true", help="print the row as JSON")
-    parser.add_argument("--memory_gb", type=float, default=16.0,
-                        help="run the stage-1 AdamW step only when its state fits (GB)")
+    parser.add_argument(
+        "--memory_gb",
+        type=float,
+        default=16.0,
+        help="run the stage-1 AdamW step only when its state fits (GB)",
+    )
     parser.add_argument("--timeout", type=int, default=1800, help="seconds per preset")
-    parser.add_argument("--lean", action="store_true",
-                        help="no image through the LLaVA tower: its token count is read (CI)")
+    parser.add_argument(
+        "--lean",
+        action="store_true",
+        help="no image through the LLaVA tower: its token count is read (CI)",
+    )
     args = parser.parse_args()
-    torch.set_num_threads(max(1, int(os.environ.get("OMP_NUM_THREADS", "0")) or
-                              torch.get_num_threads()))
+    torch.set_num_threads(
+        max(1, int(os.environ.get("OMP_NUM_THREADS", "0")) or torch.get_num_threads())
+    )
     if args.preset:
         row = run_preset(args.preset, args.memory_gb, tower_forward=not args.lean)
         print(json.dumps(row, default=str) if args.json else format_row(row))
@@ -315,8 +388,11 @@ def main() -> None:
     unknown = [p for p in presets if p not in PRESETS]
     if unknown:
         sys.exit(f"error: unknown presets {', '.join(unknown)}; known: {', '.join(PRESETS)}")
-    print(f"paper shapes on {torch.get_num_threads()} CPU threads, batch 1, fp32 "
-          f"(stage-1 AdamW runs when <= {args.memory_gb:g} GB)", flush=True)
+    print(
+        f"paper shapes on {torch.get_num_threads()} CPU threads, batch 1, fp32 "
+        f"(stage-1 AdamW runs when <= {args.memory_gb:g} GB)",
+        flush=True,
+    )
     rows = run_all(presets, args.memory_gb, args.timeout, args.lean)
     if any("error" in r for r in rows):
         sys.exit(1)

@@ -40,8 +40,10 @@ def import_reference(ref_src: str | None) -> types.SimpleNamespace:
     if not ref_src:
         raise SystemExit("error: name the extracted GenHancer copy with --ref-src or GENHANCER_SRC")
     root = Path(ref_src).expanduser().resolve()
-    folder = next((c for c in (root / "Continuous", root)
-                   if (c / "src" / "flux" / "model.py").is_file()), None)
+    folder = next(
+        (c for c in (root / "Continuous", root) if (c / "src" / "flux" / "model.py").is_file()),
+        None,
+    )
     if folder is None:
         raise SystemExit(f"error: no src/flux/model.py under {root} or {root}/Continuous")
     sys.path.insert(0, str(folder))
@@ -54,35 +56,63 @@ def import_reference(ref_src: str | None) -> types.SimpleNamespace:
     from src.flux.model import Flux, FluxParams
     from src.flux.modules.autoencoder import AutoEncoder, AutoEncoderParams
 
-    return types.SimpleNamespace(Flux=Flux, FluxParams=FluxParams, AutoEncoder=AutoEncoder,
-                                 AutoEncoderParams=AutoEncoderParams, OpenAICLIP=OpenAICLIP,
-                                 prepare_clip=prepare_clip, folder=str(folder))
+    return types.SimpleNamespace(
+        Flux=Flux,
+        FluxParams=FluxParams,
+        AutoEncoder=AutoEncoder,
+        AutoEncoderParams=AutoEncoderParams,
+        OpenAICLIP=OpenAICLIP,
+        prepare_clip=prepare_clip,
+        folder=str(folder),
+    )
 
 
 def _mlp(d_in: int, d_out: int) -> nn.Sequential:
-    return nn.Sequential(nn.LayerNorm(d_in), nn.Linear(d_in, d_out), nn.GELU(),
-                         nn.Linear(d_out, d_out))
+    return nn.Sequential(
+        nn.LayerNorm(d_in), nn.Linear(d_in, d_out), nn.GELU(), nn.Linear(d_out, d_out)
+    )
 
 
 class ReferenceStep:
     """One reference training step at `shapes`; `stage` is "1" or "2_only"."""
 
-    def __init__(self, ref, shapes: Shapes, stage: str, device: str, dtype: torch.dtype,
-                 seed: int = 0) -> None:
+    def __init__(
+        self, ref, shapes: Shapes, stage: str, device: str, dtype: torch.dtype, seed: int = 0
+    ) -> None:
         from transformers import CLIPModel
 
         torch.manual_seed(seed)
         self.ref, self.shapes, self.device, self.dtype = ref, shapes, device, dtype
         s = shapes
-        self.dit = ref.Flux(ref.FluxParams(
-            in_channels=4 * s.latent_channels, vec_in_dim=s.pooled_dim,
-            context_in_dim=s.context_dim, hidden_size=s.dit_width, mlp_ratio=4.0,
-            num_heads=s.dit_heads, depth=s.double_blocks, depth_single_blocks=s.single_blocks,
-            axes_dim=list(s.axes_dims_rope), theta=10_000, qkv_bias=True, guidance_embed=True))
-        self.vae = ref.AutoEncoder(ref.AutoEncoderParams(
-            resolution=s.image_size, in_channels=3, ch=s.ae_ch, out_ch=3,
-            ch_mult=list(s.ae_ch_mult), num_res_blocks=s.ae_res_blocks,
-            z_channels=s.latent_channels, scale_factor=0.3611, shift_factor=0.1159))
+        self.dit = ref.Flux(
+            ref.FluxParams(
+                in_channels=4 * s.latent_channels,
+                vec_in_dim=s.pooled_dim,
+                context_in_dim=s.context_dim,
+                hidden_size=s.dit_width,
+                mlp_ratio=4.0,
+                num_heads=s.dit_heads,
+                depth=s.double_blocks,
+                depth_single_blocks=s.single_blocks,
+                axes_dim=list(s.axes_dims_rope),
+                theta=10_000,
+                qkv_bias=True,
+                guidance_embed=True,
+            )
+        )
+        self.vae = ref.AutoEncoder(
+            ref.AutoEncoderParams(
+                resolution=s.image_size,
+                in_channels=3,
+                ch=s.ae_ch,
+                out_ch=3,
+                ch_mult=list(s.ae_ch_mult),
+                num_res_blocks=s.ae_res_blocks,
+                z_channels=s.latent_channels,
+                scale_factor=0.3611,
+                shift_factor=0.1159,
+            )
+        )
         clip_model = CLIPModel(s.clip_config())
 
         class Wrapper(ref.OpenAICLIP):  # the reference forward, without the cluster paths
@@ -96,9 +126,16 @@ class ReferenceStep:
         if stage != "1":
             from peft import LoraConfig, get_peft_model
 
-            self.clip.model = get_peft_model(self.clip.model, LoraConfig(
-                r=16, lora_alpha=16, target_modules="all-linear", lora_dropout=0.1,
-                bias="lora_only"))
+            self.clip.model = get_peft_model(
+                self.clip.model,
+                LoraConfig(
+                    r=16,
+                    lora_alpha=16,
+                    target_modules="all-linear",
+                    lora_dropout=0.1,
+                    bias="lora_only",
+                ),
+            )
         self.vae.requires_grad_(False)
         self.dit.requires_grad_(stage == "1")
         for name, p in self.clip.named_parameters():
@@ -109,8 +146,13 @@ class ReferenceStep:
         self.clip.train()
         self.dit.train()
         self.params = [p for m in (self.clip, self.dit) for p in m.parameters() if p.requires_grad]
-        self.optimizer = torch.optim.AdamW(self.params, lr=1e-4 if stage == "1" else 1e-5,
-                                           betas=(0.9, 0.999), eps=1e-8, weight_decay=0.01)
+        self.optimizer = torch.optim.AdamW(
+            self.params,
+            lr=1e-4 if stage == "1" else 1e-5,
+            betas=(0.9, 0.999),
+            eps=1e-8,
+            weight_decay=0.01,
+        )
         self.mean = torch.tensor(CLIP_MEAN, device=device).view(1, 3, 1, 1)
         self.std = torch.tensor(CLIP_STD, device=device).view(1, 3, 1, 1)
 
@@ -122,21 +164,29 @@ class ReferenceStep:
         from einops import rearrange
 
         images = images.to(self.device)
-        autocast = torch.autocast(torch.device(self.device).type, dtype=self.dtype,
-                                  enabled=self.dtype != torch.float32)
+        autocast = torch.autocast(
+            torch.device(self.device).type, dtype=self.dtype, enabled=self.dtype != torch.float32
+        )
         with autocast:
             with torch.no_grad():
                 x_1 = self.vae.encode(images * 2 - 1)
-            inp = self.ref.prepare_clip(clip=self.clip, original_img=(images - self.mean)
-                                        / self.std, img=x_1)
+            inp = self.ref.prepare_clip(
+                clip=self.clip, original_img=(images - self.mean) / self.std, img=x_1
+            )
             x_1 = rearrange(x_1, "b c (h ph) (w pw) -> b (h w) (c ph pw)", ph=2, pw=2)
             b = images.shape[0]
             t = torch.sigmoid(torch.randn((b,), device=self.device))
             x_0 = torch.randn_like(x_1)
             x_t = (1 - t[:, None, None]) * x_1 + t[:, None, None] * x_0
-            pred = self.dit(img=x_t, img_ids=inp["img_ids"], txt=inp["txt"],
-                            txt_ids=inp["txt_ids"], y=inp["vec"], timesteps=t,
-                            guidance=torch.full((b,), 4.0, device=self.device, dtype=x_t.dtype))
+            pred = self.dit(
+                img=x_t,
+                img_ids=inp["img_ids"],
+                txt=inp["txt"],
+                txt_ids=inp["txt_ids"],
+                y=inp["vec"],
+                timesteps=t,
+                guidance=torch.full((b,), 4.0, device=self.device, dtype=x_t.dtype),
+            )
             loss = nn.functional.mse_loss(pred.float(), (x_0 - x_1).float())
         loss.backward()
         torch.nn.utils.clip_grad_norm_(self.params, 1.0)

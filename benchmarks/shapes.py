@@ -34,9 +34,15 @@ class Shapes:
     ae_ch_mult: tuple[int, ...] = (1, 2, 4, 4)
     ae_res_blocks: int = 2
     latent_channels: int = 16
-    clip_vision: dict = field(default_factory=lambda: dict(
-        hidden_size=128, num_hidden_layers=4, num_attention_heads=4, intermediate_size=512,
-        patch_size=8))
+    clip_vision: dict = field(
+        default_factory=lambda: dict(
+            hidden_size=128,
+            num_hidden_layers=4,
+            num_attention_heads=4,
+            intermediate_size=512,
+            patch_size=8,
+        )
+    )
     global_dim: int = 128  # CLIP projection_dim
 
     @property
@@ -48,11 +54,20 @@ class Shapes:
         from transformers import CLIPConfig
 
         return CLIPConfig(
-            text_config=dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=2,
-                             intermediate_size=256, vocab_size=1000, max_position_embeddings=77,
-                             bos_token_id=0, eos_token_id=2, pad_token_id=1),
+            text_config=dict(
+                hidden_size=64,
+                num_hidden_layers=2,
+                num_attention_heads=2,
+                intermediate_size=256,
+                vocab_size=1000,
+                max_position_embeddings=77,
+                bos_token_id=0,
+                eos_token_id=2,
+                pad_token_id=1,
+            ),
             vision_config=dict(self.clip_vision, image_size=self.image_size),
-            projection_dim=self.global_dim)
+            projection_dim=self.global_dim,
+        )
 
     def autoencoder_kl(self):
         """The same autoencoder as a diffusers AutoencoderKL (FLUX's vae/config.json layout)."""
@@ -60,25 +75,36 @@ class Shapes:
 
         n = len(self.ae_ch_mult)
         return AutoencoderKL(
-            in_channels=3, out_channels=3, latent_channels=self.latent_channels,
-            down_block_types=("DownEncoderBlock2D",) * n, up_block_types=("UpDecoderBlock2D",) * n,
+            in_channels=3,
+            out_channels=3,
+            latent_channels=self.latent_channels,
+            down_block_types=("DownEncoderBlock2D",) * n,
+            up_block_types=("UpDecoderBlock2D",) * n,
             block_out_channels=tuple(self.ae_ch * m for m in self.ae_ch_mult),
-            layers_per_block=self.ae_res_blocks, norm_num_groups=32,
-            use_quant_conv=False, use_post_quant_conv=False,
-            scaling_factor=0.3611, shift_factor=0.1159)
+            layers_per_block=self.ae_res_blocks,
+            norm_num_groups=32,
+            use_quant_conv=False,
+            use_post_quant_conv=False,
+            scaling_factor=0.3611,
+            shift_factor=0.1159,
+        )
 
     def overrides(self) -> list[str]:
         """Config overrides that put our preset at these shapes."""
         return [
-            f"encoder.image_size={self.image_size}", "encoder.global_dim=null",
-            "target.kind=flux_vae", f"target.latent_channels={self.latent_channels}",
-            f"projector.pooled_dim={self.pooled_dim}", f"projector.context_dim={self.context_dim}",
+            f"encoder.image_size={self.image_size}",
+            "encoder.global_dim=null",
+            "target.kind=flux_vae",
+            f"target.latent_channels={self.latent_channels}",
+            f"projector.pooled_dim={self.pooled_dim}",
+            f"projector.context_dim={self.context_dim}",
             f"denoiser.num_layers={self.double_blocks}",
             f"denoiser.num_single_layers={self.single_blocks}",
             f"denoiser.num_attention_heads={self.dit_heads}",
             f"denoiser.attention_head_dim={self.head_dim}",
             f"denoiser.axes_dims_rope=[{','.join(map(str, self.axes_dims_rope))}]",
-            f"optim.per_device_batch_size={self.batch}", "optim.gradient_accumulation_steps=1",
+            f"optim.per_device_batch_size={self.batch}",
+            "optim.gradient_accumulation_steps=1",
         ]
 
 
@@ -88,19 +114,47 @@ def scaled(image_size: int, batch: int = 8) -> Shapes:
 
 def paper(batch: int = 16) -> Shapes:
     return Shapes(
-        "paper-224", 224, batch, dit_width=3072, dit_heads=24, axes_dims_rope=(16, 56, 56),
-        context_dim=4096, ae_ch=128,
-        clip_vision=dict(hidden_size=1024, num_hidden_layers=24, num_attention_heads=16,
-                         intermediate_size=4096, patch_size=14, hidden_act="quick_gelu"),
-        global_dim=768)
+        "paper-224",
+        224,
+        batch,
+        dit_width=3072,
+        dit_heads=24,
+        axes_dims_rope=(16, 56, 56),
+        context_dim=4096,
+        ae_ch=128,
+        clip_vision=dict(
+            hidden_size=1024,
+            num_hidden_layers=24,
+            num_attention_heads=16,
+            intermediate_size=4096,
+            patch_size=14,
+            hidden_act="quick_gelu",
+        ),
+        global_dim=768,
+    )
 
 
 def tiny(batch: int = 2) -> Shapes:
-    return Shapes("tiny-32", 32, batch, dit_width=64, dit_heads=2, axes_dims_rope=(4, 14, 14),
-                  pooled_dim=32, context_dim=64, ae_ch=32, ae_res_blocks=1,
-                  clip_vision=dict(hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
-                                   intermediate_size=64, patch_size=8),
-                  global_dim=32)
+    return Shapes(
+        "tiny-32",
+        32,
+        batch,
+        dit_width=64,
+        dit_heads=2,
+        axes_dims_rope=(4, 14, 14),
+        pooled_dim=32,
+        context_dim=64,
+        ae_ch=32,
+        ae_res_blocks=1,
+        clip_vision=dict(
+            hidden_size=32,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            intermediate_size=64,
+            patch_size=8,
+        ),
+        global_dim=32,
+    )
 
 
 def by_name(name: str, batch: int | None = None) -> Shapes:

@@ -115,11 +115,18 @@ def run_child(args) -> dict:
     else:
         from .our_side import OurStep
 
-        step = OurStep(shapes, args.stages[0], args.device, dtype,
-                       from_cache=not args.on_the_fly)
+        step = OurStep(shapes, args.stages[0], args.device, dtype, from_cache=not args.on_the_fly)
     gen = torch.Generator().manual_seed(1)
-    crops = [torch.randint(0, 256, (shapes.batch, 3, shapes.image_size, shapes.image_size),
-                           dtype=torch.uint8, generator=gen) for _ in range(2)]
+    crops = [
+        torch.randint(
+            0,
+            256,
+            (shapes.batch, 3, shapes.image_size, shapes.image_size),
+            dtype=torch.uint8,
+            generator=gen,
+        )
+        for _ in range(2)
+    ]
     if args.child == "reference":
         pool = [c.float().div(255) for c in crops]
     elif args.prepare:  # the cache, written by its own process as `genhancer cache` would
@@ -148,21 +155,48 @@ def run_child(args) -> dict:
     matmul = matmul_gflops(args.device, dtype)  # this process, this moment's load
     sec = statistics.median(times)
     out = {
-        "side": args.child, "shapes": shapes.name, "stage": args.stages[0],
-        "device": args.device, "dtype": args.dtype, "batch": shapes.batch,
-        "sec_per_step": sec, "sec_per_step_min": min(times), "images_per_s": shapes.batch / sec,
-        "peak_over_import_mb": peak, "flops_per_step": flops, "gflops_per_s": flops / sec / 1e9,
+        "side": args.child,
+        "shapes": shapes.name,
+        "stage": args.stages[0],
+        "device": args.device,
+        "dtype": args.dtype,
+        "batch": shapes.batch,
+        "sec_per_step": sec,
+        "sec_per_step_min": min(times),
+        "images_per_s": shapes.batch / sec,
+        "peak_over_import_mb": peak,
+        "flops_per_step": flops,
+        "gflops_per_s": flops / sec / 1e9,
         "matmul_gflops": matmul,
-        "loss_first_last": [losses[0], losses[-1]], "threads": torch.get_num_threads(),
+        "loss_first_last": [losses[0], losses[-1]],
+        "threads": torch.get_num_threads(),
     }
     print(json.dumps(out), flush=True)
     return out
 
 
 def _child_command(args, side: str, shapes: str, stage: str) -> list[str]:
-    cmd = [sys.executable, "-m", "benchmarks.side_by_side", "--child", side, "--shapes", shapes,
-           "--stages", stage, "--steps", str(args.steps), "--warmup", str(args.warmup),
-           "--device", args.device, "--dtype", args.dtype, "--threads", str(args.threads)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "benchmarks.side_by_side",
+        "--child",
+        side,
+        "--shapes",
+        shapes,
+        "--stages",
+        stage,
+        "--steps",
+        str(args.steps),
+        "--warmup",
+        str(args.warmup),
+        "--device",
+        args.device,
+        "--dtype",
+        args.dtype,
+        "--threads",
+        str(args.threads),
+    ]
     if args.batch:
         cmd += ["--batch", str(args.batch)]
     if args.ref_src:
@@ -176,31 +210,51 @@ def _measure(args, side, shapes, stage, extra: tuple[str, ...] = ()) -> dict:
     if args.in_process:  # smoke runs: no process per measurement (memory figures not clean)
         if extra and extra[0] == "--prepare":
             return {}
-        child = argparse.Namespace(**{**vars(args), "child": side, "shapes": [shapes],
-                                      "stages": [stage], "prepare": None, "pool": None})
+        child = argparse.Namespace(
+            **{
+                **vars(args),
+                "child": side,
+                "shapes": [shapes],
+                "stages": [stage],
+                "prepare": None,
+                "pool": None,
+            }
+        )
         return run_child(child)
-    proc = subprocess.run([*_child_command(args, side, shapes, stage), *extra],
-                          capture_output=True, text=True,
-                          env=dict(os.environ, OMP_NUM_THREADS=str(args.threads or 1)))
+    proc = subprocess.run(
+        [*_child_command(args, side, shapes, stage), *extra],
+        capture_output=True,
+        text=True,
+        env=dict(os.environ, OMP_NUM_THREADS=str(args.threads or 1)),
+    )
     if proc.returncode != 0:
-        raise SystemExit(f"error: the {side} step at {shapes} stage {stage} failed:\n"
-                         + proc.stderr[-3000:])
+        raise SystemExit(
+            f"error: the {side} step at {shapes} stage {stage} failed:\n" + proc.stderr[-3000:]
+        )
     lines = proc.stdout.strip().splitlines()
     return json.loads(lines[-1]) if lines else {}
 
 
 def table(results: list[dict], matmul: float, peak_tflops: float | None) -> str:
     """Markdown: medians over rounds, speed-up and memory ratios."""
-    rows = ["| shapes | stage | ref s/step | ours s/step | speed-up (best) | ref img/s "
-            "| ours img/s "
-            "| ref peak MB | ours peak MB | memory ratio | ours GFLOP/s (of matmul) |"
-            + (" ours MFU |" if peak_tflops else ""),
-            "|---|---|---|---|---|---|---|---|---|---|---|" + ("---|" if peak_tflops else "")]
-    keys = sorted({(r["shapes"], r["stage"]) for r in results},
-                  key=lambda k: (int(k[0].split("-")[-1]) if k[0][-1].isdigit() else 0, k[1]))
+    rows = [
+        "| shapes | stage | ref s/step | ours s/step | speed-up (best) | ref img/s "
+        "| ours img/s "
+        "| ref peak MB | ours peak MB | memory ratio | ours GFLOP/s (of matmul) |"
+        + (" ours MFU |" if peak_tflops else ""),
+        "|---|---|---|---|---|---|---|---|---|---|---|" + ("---|" if peak_tflops else ""),
+    ]
+    keys = sorted(
+        {(r["shapes"], r["stage"]) for r in results},
+        key=lambda k: (int(k[0].split("-")[-1]) if k[0][-1].isdigit() else 0, k[1]),
+    )
     for shapes, stage in keys:
-        pick = {side: [r for r in results if (r["shapes"], r["stage"], r["side"])
-                       == (shapes, stage, side)] for side in ("reference", "ours")}
+        pick = {
+            side: [
+                r for r in results if (r["shapes"], r["stage"], r["side"]) == (shapes, stage, side)
+            ]
+            for side in ("reference", "ours")
+        }
 
         def med(side, field, pick=pick):
             values = [r[field] for r in pick[side]]
@@ -210,17 +264,23 @@ def table(results: list[dict], matmul: float, peak_tflops: float | None) -> str:
         # each round's pair ran back to back (same machine load): the median of their ratios,
         # and the ratio of the fastest steps (noise on a shared machine only adds time)
         paired = statistics.median(
-            a["sec_per_step"] / b["sec_per_step"] for a in pick["reference"]
-            for b in pick["ours"] if a["round"] == b["round"])
-        best = (min(r["sec_per_step_min"] for r in pick["reference"])
-                / min(r["sec_per_step_min"] for r in pick["ours"]))
+            a["sec_per_step"] / b["sec_per_step"]
+            for a in pick["reference"]
+            for b in pick["ours"]
+            if a["round"] == b["round"]
+        )
+        best = min(r["sec_per_step_min"] for r in pick["reference"]) / min(
+            r["sec_per_step_min"] for r in pick["ours"]
+        )
         ref_m, our_m = med("reference", "peak_over_import_mb"), med("ours", "peak_over_import_mb")
         gflops = med("ours", "gflops_per_s")
         matmul = med("ours", "matmul_gflops")
-        row = (f"| {shapes} | {STAGE_NAMES.get(stage, stage)} | {ref_s:.3f} | {our_s:.3f} | "
-               f"{paired:.2f}x ({best:.2f}x) | {med('reference', 'images_per_s'):.1f} | "
-               f"{med('ours', 'images_per_s'):.1f} | {ref_m:.0f} | {our_m:.0f} | "
-               f"{our_m / ref_m:.2f} | {gflops:.1f} ({gflops / matmul:.0%}) |")
+        row = (
+            f"| {shapes} | {STAGE_NAMES.get(stage, stage)} | {ref_s:.3f} | {our_s:.3f} | "
+            f"{paired:.2f}x ({best:.2f}x) | {med('reference', 'images_per_s'):.1f} | "
+            f"{med('ours', 'images_per_s'):.1f} | {ref_m:.0f} | {our_m:.0f} | "
+            f"{our_m / ref_m:.2f} | {gflops:.1f} ({gflops / matmul:.0%}) |"
+        )
         if peak_tflops:
             row += f" {gflops / 1e3 / peak_tflops:.1%} |"
         rows.append(row)
@@ -239,15 +299,20 @@ def alternate(args) -> None:
     torch.set_num_threads(args.threads or torch.get_num_threads())
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[args.dtype]
     ref = import_reference(args.ref_src)
-    print("| shapes | stage | ref s/step median (min) | ours s/step median (min) | speed-up "
-          "median (min) |\n|---|---|---|---|---|")
+    print(
+        "| shapes | stage | ref s/step median (min) | ours s/step median (min) | speed-up "
+        "median (min) |\n|---|---|---|---|---|"
+    )
     for name in args.shapes:
         shapes = by_name(name, args.batch)
         for stage in args.stages:
-            sides = {"ours": OurStep(shapes, stage, args.device, dtype),
-                     "reference": ReferenceStep(ref, shapes, stage, args.device, dtype)}
-            crops = torch.randint(0, 256, (shapes.batch, 3, shapes.image_size,
-                                           shapes.image_size), dtype=torch.uint8)
+            sides = {
+                "ours": OurStep(shapes, stage, args.device, dtype),
+                "reference": ReferenceStep(ref, shapes, stage, args.device, dtype),
+            }
+            crops = torch.randint(
+                0, 256, (shapes.batch, 3, shapes.image_size, shapes.image_size), dtype=torch.uint8
+            )
             inputs = {"ours": sides["ours"].prepare(crops), "reference": crops.float() / 255}
             times = {"ours": [], "reference": []}
             for i in range(args.warmup + args.steps):
@@ -261,19 +326,32 @@ def alternate(args) -> None:
             med = {k: statistics.median(v) for k, v in times.items()}
             low = {k: min(v) for k, v in times.items()}
             ratio, best = med["reference"] / med["ours"], low["reference"] / low["ours"]
-            print(f"| {name} | {STAGE_NAMES[stage]} | {med['reference']:.3f} "
-                  f"({low['reference']:.3f}) | {med['ours']:.3f} ({low['ours']:.3f}) | "
-                  f"{ratio:.2f}x ({best:.2f}x) |", flush=True)
+            print(
+                f"| {name} | {STAGE_NAMES[stage]} | {med['reference']:.3f} "
+                f"({low['reference']:.3f}) | {med['ours']:.3f} ({low['ours']:.3f}) | "
+                f"{ratio:.2f}x ({best:.2f}x) |",
+                flush=True,
+            )
             del sides
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.side_by_side", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--ref-src", default=os.environ.get("GENHANCER_SRC"),
-                        help="extracted GenHancer repository (or $GENHANCER_SRC)")
-    parser.add_argument("--shapes", nargs="+", default=["scaled-64", "scaled-224"],
-                        help="scaled-64, scaled-224, paper, tiny")
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.side_by_side",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "--ref-src",
+        default=os.environ.get("GENHANCER_SRC"),
+        help="extracted GenHancer repository (or $GENHANCER_SRC)",
+    )
+    parser.add_argument(
+        "--shapes",
+        nargs="+",
+        default=["scaled-64", "scaled-224"],
+        help="scaled-64, scaled-224, paper, tiny",
+    )
     parser.add_argument("--stages", nargs="+", default=["1", "2_only"], choices=list(STAGE_NAMES))
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--steps", type=int, default=3)
@@ -284,13 +362,23 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--threads", type=int, default=1, help="torch threads per process")
     parser.add_argument("--on-the-fly", action="store_true", help="ours without the cache")
     parser.add_argument("--ours-only", action="store_true", help="no reference side (smoke runs)")
-    parser.add_argument("--peak-tflops", type=float, default=None,
-                        help="the device's peak TFLOP/s at --dtype: adds an MFU column")
+    parser.add_argument(
+        "--peak-tflops",
+        type=float,
+        default=None,
+        help="the device's peak TFLOP/s at --dtype: adds an MFU column",
+    )
     parser.add_argument("--json", help="also write every measurement to this file")
-    parser.add_argument("--alternate", action="store_true",
-                        help="time only: both sides in one process, steps alternated")
-    parser.add_argument("--in-process", action="store_true",
-                        help="measure in this process (fast smoke runs; memory not comparable)")
+    parser.add_argument(
+        "--alternate",
+        action="store_true",
+        help="time only: both sides in one process, steps alternated",
+    )
+    parser.add_argument(
+        "--in-process",
+        action="store_true",
+        help="measure in this process (fast smoke runs; memory not comparable)",
+    )
     parser.add_argument("--child", choices=["reference", "ours"], help=argparse.SUPPRESS)
     parser.add_argument("--prepare", help=argparse.SUPPRESS)  # write the cached batches here
     parser.add_argument("--pool", help=argparse.SUPPRESS)  # read them from here
@@ -299,16 +387,17 @@ def main(argv: list[str] | None = None) -> None:
         run_child(args)
         return
     if not args.ours_only and not args.ref_src:
-        parser.error("name the extracted GenHancer copy with --ref-src (or GENHANCER_SRC), "
-                     "or pass --ours-only")
+        parser.error(
+            "name the extracted GenHancer copy with --ref-src (or GENHANCER_SRC), "
+            "or pass --ours-only"
+        )
     if args.alternate:
         alternate(args)
         return
     import torch
 
     torch.set_num_threads(args.threads or torch.get_num_threads())
-    matmul = matmul_gflops(args.device, {"fp32": torch.float32, "bf16": torch.bfloat16}[
-        args.dtype])
+    matmul = matmul_gflops(args.device, {"fp32": torch.float32, "bf16": torch.bfloat16}[args.dtype])
     sides = ["ours"] if args.ours_only else ["reference", "ours"]
     results = []
     pools = {}
@@ -327,16 +416,21 @@ def main(argv: list[str] | None = None) -> None:
                     res = _measure(args, side, shapes, stage, ("--pool", pool) if pool else ())
                     res["round"] = r
                     results.append(res)
-                    print(f"[round {r + 1}] {shapes} {STAGE_NAMES[stage]} {side}: "
-                          f"{res['sec_per_step']:.3f} s/step, "
-                          f"{res['peak_over_import_mb']:.0f} MB over import", file=sys.stderr,
-                          flush=True)
+                    print(
+                        f"[round {r + 1}] {shapes} {STAGE_NAMES[stage]} {side}: "
+                        f"{res['sec_per_step']:.3f} s/step, "
+                        f"{res['peak_over_import_mb']:.0f} MB over import",
+                        file=sys.stderr,
+                        flush=True,
+                    )
     if args.json:
         with open(args.json, "w") as fh:
             json.dump({"matmul_gflops": matmul, "results": results}, fh, indent=1)
-    print(f"plain {args.dtype} matmul on {args.device} ({args.threads} thread(s)): "
-          f"{matmul:.1f} GFLOP/s; ours {'on the fly' if args.on_the_fly else 'from the cache'}; "
-          f"medians over {args.rounds} rounds of {args.steps} steps")
+    print(
+        f"plain {args.dtype} matmul on {args.device} ({args.threads} thread(s)): "
+        f"{matmul:.1f} GFLOP/s; ours {'on the fly' if args.on_the_fly else 'from the cache'}; "
+        f"medians over {args.rounds} rounds of {args.steps} steps"
+    )
     if args.ours_only:
         for res in results:
             print(json.dumps(res))

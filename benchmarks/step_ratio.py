@@ -28,16 +28,23 @@ from genhancer_llava.models.paper_towers import preset_tower, random_tower
 from genhancer_llava.utils import default_device
 
 # a CPU-sized tower for presets without a paper backbone (demo, tiny)
-DEMO_TOWER = dict(hidden_size=64, intermediate_size=256, num_hidden_layers=2,
-                  num_attention_heads=2, patch_size=8, projection_dim=64)
+DEMO_TOWER = dict(
+    hidden_size=64,
+    intermediate_size=256,
+    num_hidden_layers=2,
+    num_attention_heads=2,
+    patch_size=8,
+    projection_dim=64,
+)
 
 
 def _tower(preset: str, image_size: int):
     paper = preset_tower(preset)
     if paper is not None:
         return random_tower(paper, image_size)
-    return CLIPEncoder(CLIPVisionModelWithProjection(CLIPVisionConfig(**DEMO_TOWER,
-                                                                      image_size=image_size)))
+    return CLIPEncoder(
+        CLIPVisionModelWithProjection(CLIPVisionConfig(**DEMO_TOWER, image_size=image_size))
+    )
 
 
 def _sync(device: str) -> None:
@@ -46,8 +53,9 @@ def _sync(device: str) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--preset", default="demo")
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--repeats", type=int, default=10)
@@ -89,8 +97,10 @@ def main() -> None:
             _sync(args.device)
             timings[name].append(time.perf_counter() - tic)
     ratio = statistics.median(timings["ours"]) / statistics.median(timings["reference"])
-    print(f"preset {args.preset}, batch {args.batch}, {args.device}, {args.dtype}: "
-          f"ours / reference step = {ratio:.3f} (median of {args.repeats})")
+    print(
+        f"preset {args.preset}, batch {args.batch}, {args.device}, {args.dtype}: "
+        f"ours / reference step = {ratio:.3f} (median of {args.repeats})"
+    )
 
 
 if __name__ == "__main__":

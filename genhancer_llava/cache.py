@@ -83,9 +83,11 @@ def _identity(cfg) -> dict:
     """The settings the cached tensors depend on (checked against a training run's)."""
     target = {"kind": cfg.target.kind}
     if cfg.target.kind != "pixels":
-        target.update(path=str(Path(cfg.target.path).resolve()),
-                      latent_channels=cfg.target.latent_channels,
-                      downsample=cfg.target.downsample)
+        target.update(
+            path=str(Path(cfg.target.path).resolve()),
+            latent_channels=cfg.target.latent_channels,
+            downsample=cfg.target.downsample,
+        )
     return {
         "image_size": cfg.encoder.image_size,
         "encoder": str(Path(cfg.encoder.path).resolve()),
@@ -98,8 +100,10 @@ def _identity(cfg) -> dict:
 def read_manifest(folder: str | Path) -> dict:
     path = Path(folder) / MANIFEST
     if not path.is_file():
-        raise GenhancerError(f"data.path={folder} holds no {MANIFEST}; data.kind=cached reads a "
-                             "folder written by `genhancer cache`")
+        raise GenhancerError(
+            f"data.path={folder} holds no {MANIFEST}; data.kind=cached reads a "
+            "folder written by `genhancer cache`"
+        )
     return json.loads(path.read_text())
 
 
@@ -168,8 +172,11 @@ def _write_records(tar: tarfile.TarFile, pending: list, encoder, target, views) 
             _tar_add(tar, f"{name}.error.txt", b"unreadable source image")
             continue
         k = image_crops.shape[0]
-        _tar_add(tar, f"{name}.{RECORD}",
-                 save({n: v[row:row + k].contiguous() for n, v in tensors.items()}))
+        _tar_add(
+            tar,
+            f"{name}.{RECORD}",
+            save({n: v[row : row + k].contiguous() for n, v in tensors.items()}),
+        )
         row += k
 
 
@@ -181,13 +188,22 @@ def _source_groups(source, per_shard: int) -> Iterator[tuple[str, Iterator[tuple
         return
     n = len(source)
     for start in range(0, n, per_shard):
-        yield (f"{start // per_shard:05d}.tar",
-               ((f"{i:09d}", source.item(i)) for i in range(start, min(n, start + per_shard))))
+        yield (
+            f"{start // per_shard:05d}.tar",
+            ((f"{i:09d}", source.item(i)) for i in range(start, min(n, start + per_shard))),
+        )
 
 
-def write_cache(cfg, output: str | Path, crops: int = 1, batch_size: int = 16,
-                per_shard: int = 1000, device: str | None = None, overwrite: bool = False,
-                log=print) -> Path:
+def write_cache(
+    cfg,
+    output: str | Path,
+    crops: int = 1,
+    batch_size: int = 16,
+    per_shard: int = 1000,
+    device: str | None = None,
+    overwrite: bool = False,
+    log=print,
+) -> Path:
     """Encode `cfg.data` once into a cache folder at `output` (see the module docstring).
 
     Args:
@@ -211,12 +227,17 @@ def write_cache(cfg, output: str | Path, crops: int = 1, batch_size: int = 16,
     from .utils import default_device, default_dtype
 
     device = device or default_device()
-    encoder = load_encoder(cfg.encoder.path, cfg.encoder.image_size,
-                           cfg.encoder.local_token_ratio, family=cfg.encoder.family)
+    encoder = load_encoder(
+        cfg.encoder.path,
+        cfg.encoder.image_size,
+        cfg.encoder.local_token_ratio,
+        family=cfg.encoder.family,
+    )
     encoder.eval().requires_grad_(False).to(device)
     target = build_target(cfg.target, device, default_dtype(device))
-    transform = PairTransform(cfg.encoder.image_size, encoder.image_mean, encoder.image_std,
-                              cfg.data.crop_scale)
+    transform = PairTransform(
+        cfg.encoder.image_size, encoder.image_mean, encoder.image_std, cfg.data.crop_scale
+    )
     source = build_source(cfg.data, cfg.encoder.image_size, cfg.run.seed)
     tmp = output.with_name(output.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -228,9 +249,12 @@ def write_cache(cfg, output: str | Path, crops: int = 1, batch_size: int = 16,
             for name, item in samples:
                 try:
                     image = item.load()
-                    image_crops = torch.stack([
-                        transform.crop(image, seed=_item_seed(cfg.run.seed, c, item.key))
-                        for c in range(crops)])
+                    image_crops = torch.stack(
+                        [
+                            transform.crop(image, seed=_item_seed(cfg.run.seed, c, item.key))
+                            for c in range(crops)
+                        ]
+                    )
                 except DECODE_ERRORS:
                     image_crops = None
                     skipped += 1
@@ -243,14 +267,21 @@ def write_cache(cfg, output: str | Path, crops: int = 1, batch_size: int = 16,
         shards.append(shard_name)
         log(f"[cache] {shard_name}: {records} images so far, {skipped} unreadable")
     manifest = {
-        "format": FORMAT, "crops": crops, "seed": cfg.run.seed,
-        "crop_scale": list(cfg.data.crop_scale), "made_from": _identity(cfg),
+        "format": FORMAT,
+        "crops": crops,
+        "seed": cfg.run.seed,
+        "crop_scale": list(cfg.data.crop_scale),
+        "made_from": _identity(cfg),
         "source": {"kind": cfg.data.kind, "path": cfg.data.path},
-        "shards": shards, "images": records, "unreadable": skipped,
-        "stored": sorted(["pixels", "global"]
-                         + (["patches"] if cfg.encoder.local_token_ratio > 0 else [])
-                         + (["posterior"] if cfg.target.kind == "flux_vae" else [])
-                         + (["ids"] if cfg.target.kind == "vq" else [])),
+        "shards": shards,
+        "images": records,
+        "unreadable": skipped,
+        "stored": sorted(
+            ["pixels", "global"]
+            + (["patches"] if cfg.encoder.local_token_ratio > 0 else [])
+            + (["posterior"] if cfg.target.kind == "flux_vae" else [])
+            + (["ids"] if cfg.target.kind == "vq" else [])
+        ),
     }
     (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2))
     shutil.rmtree(output, ignore_errors=True)
@@ -280,8 +311,10 @@ class CachedSource(ShardSource):
         self.shards = [folder / name for name in self.manifest["shards"]]
         missing = [str(s) for s in self.shards if not s.is_file()]
         if missing:
-            raise GenhancerError(f"{len(missing)} of {len(self.shards)} cache shards are missing "
-                                 f"(first: {missing[0]}); re-run genhancer cache")
+            raise GenhancerError(
+                f"{len(missing)} of {len(self.shards)} cache shards are missing "
+                f"(first: {missing[0]}); re-run genhancer cache"
+            )
         self.shuffle_buffer = shuffle_buffer
 
     def _item(self, sample: dict) -> Item:

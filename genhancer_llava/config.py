@@ -71,8 +71,12 @@ class EncoderConfig:
     local_token_ratio: float = 0.0
 
     def __post_init__(self) -> None:
-        _check(self.family in FAMILIES, "encoder.family", self.family,
-               f"choose one of {', '.join(FAMILIES)}")
+        _check(
+            self.family in FAMILIES,
+            "encoder.family",
+            self.family,
+            f"choose one of {', '.join(FAMILIES)}",
+        )
         _positive("encoder.image_size", self.image_size)
         if self.global_dim is not None:
             _positive("encoder.global_dim", self.global_dim)
@@ -101,13 +105,16 @@ class TargetConfig:
     codebook_size: int = 16384  # vq only: checked against the VQModel folder
 
     def __post_init__(self) -> None:
-        _check(self.kind in TARGET_KINDS, "target.kind", self.kind,
-               f"choose one of {', '.join(TARGET_KINDS)}")
+        _check(
+            self.kind in TARGET_KINDS,
+            "target.kind",
+            self.kind,
+            f"choose one of {', '.join(TARGET_KINDS)}",
+        )
         _positive("target.pack", self.pack)
         _positive("target.latent_channels", self.latent_channels)
         _positive("target.downsample", self.downsample)
-        _check(self.codebook_size > 1, "target.codebook_size", self.codebook_size,
-               "must be > 1")
+        _check(self.codebook_size > 1, "target.codebook_size", self.codebook_size, "must be > 1")
 
     @property
     def token_dim(self) -> int:
@@ -158,9 +165,12 @@ class _DenoiserCommon:
     def __post_init__(self) -> None:
         _check(self.num_layers >= 0, "denoiser.num_layers", self.num_layers, "must be >= 0")
         _positive("denoiser.num_attention_heads", self.num_attention_heads)
-        _check(self.timestep_sampling in ("logit_normal", "uniform"),
-               "denoiser.timestep_sampling", self.timestep_sampling,
-               "choose logit_normal or uniform")
+        _check(
+            self.timestep_sampling in ("logit_normal", "uniform"),
+            "denoiser.timestep_sampling",
+            self.timestep_sampling,
+            "choose logit_normal or uniform",
+        )
         _positive("denoiser.logit_normal_scale", self.logit_normal_scale)
 
 
@@ -180,8 +190,12 @@ class FlowDenoiserConfig(_DenoiserCommon):
         _check(self.kind == "flow", "denoiser.kind", self.kind, "a FlowDenoiserConfig is flow")
         super().__post_init__()
         self.axes_dims_rope = tuple(int(a) for a in self.axes_dims_rope)
-        _check(self.num_single_layers >= 0, "denoiser.num_single_layers",
-               self.num_single_layers, "must be >= 0")
+        _check(
+            self.num_single_layers >= 0,
+            "denoiser.num_single_layers",
+            self.num_single_layers,
+            "must be >= 0",
+        )
         _positive("denoiser.attention_head_dim", self.attention_head_dim)
         _check(
             len(self.axes_dims_rope) == 3 and sum(self.axes_dims_rope) == self.attention_head_dim,
@@ -189,8 +203,12 @@ class FlowDenoiserConfig(_DenoiserCommon):
             list(self.axes_dims_rope),
             f"needs 3 even sizes summing to attention_head_dim={self.attention_head_dim}",
         )
-        _check(all(a % 2 == 0 for a in self.axes_dims_rope), "denoiser.axes_dims_rope",
-               list(self.axes_dims_rope), "each size must be even")
+        _check(
+            all(a % 2 == 0 for a in self.axes_dims_rope),
+            "denoiser.axes_dims_rope",
+            list(self.axes_dims_rope),
+            "each size must be even",
+        )
 
 
 @dataclass
@@ -208,16 +226,24 @@ class MaskedDenoiserConfig(_DenoiserCommon):
     mask_schedule: str = "cosine"  # cosine (ratio = sin(pi t / 2)) or linear (= t)
 
     def __post_init__(self) -> None:
-        _check(self.kind == "masked", "denoiser.kind", self.kind,
-               "a MaskedDenoiserConfig is masked")
+        _check(
+            self.kind == "masked", "denoiser.kind", self.kind, "a MaskedDenoiserConfig is masked"
+        )
         super().__post_init__()
         _positive("denoiser.num_layers", self.num_layers)
-        _check(self.hidden_size > 0 and self.hidden_size % self.num_attention_heads == 0,
-               "denoiser.hidden_size", self.hidden_size,
-               f"must be a positive multiple of num_attention_heads={self.num_attention_heads}")
+        _check(
+            self.hidden_size > 0 and self.hidden_size % self.num_attention_heads == 0,
+            "denoiser.hidden_size",
+            self.hidden_size,
+            f"must be a positive multiple of num_attention_heads={self.num_attention_heads}",
+        )
         _positive("denoiser.mlp_ratio", self.mlp_ratio)
-        _check(self.mask_schedule in ("cosine", "linear"), "denoiser.mask_schedule",
-               self.mask_schedule, "choose cosine or linear")
+        _check(
+            self.mask_schedule in ("cosine", "linear"),
+            "denoiser.mask_schedule",
+            self.mask_schedule,
+            "choose cosine or linear",
+        )
 
 
 # denoiser.kind -> its config class (the YAML loader picks the class by `kind`)
@@ -248,13 +274,25 @@ class LoraConfig:
         _positive("lora.r", self.r)
         _positive("lora.alpha", self.alpha)
         _check(0.0 <= self.dropout < 1.0, "lora.dropout", self.dropout, "must be in [0, 1)")
-        _check(self.bias in ("none", "lora_only", "all"), "lora.bias", self.bias,
-               "choose none, lora_only or all")
-        _check(self.head_attention in ("full", "reference"), "lora.head_attention",
-               self.head_attention, "choose full or reference")
+        _check(
+            self.bias in ("none", "lora_only", "all"),
+            "lora.bias",
+            self.bias,
+            "choose none, lora_only or all",
+        )
+        _check(
+            self.head_attention in ("full", "reference"),
+            "lora.head_attention",
+            self.head_attention,
+            "choose full or reference",
+        )
         self.target_modules = tuple(self.target_modules)
-        _check(len(self.target_modules) > 0, "lora.target_modules", self.target_modules,
-               "name at least one module")
+        _check(
+            len(self.target_modules) > 0,
+            "lora.target_modules",
+            self.target_modules,
+            "name at least one module",
+        )
 
 
 @dataclass
@@ -281,14 +319,21 @@ class DataConfig:
     log_keys: bool = False  # write the keys each rank trained on to <stage>/keys-rank<r>.txt
 
     def __post_init__(self) -> None:
-        _check(self.kind in ("folder", "shards", "synthetic", "cached"), "data.kind", self.kind,
-               "choose folder, shards, synthetic or cached")
-        _check(self.shuffle_buffer >= 0, "data.shuffle_buffer", self.shuffle_buffer,
-               "must be >= 0")
+        _check(
+            self.kind in ("folder", "shards", "synthetic", "cached"),
+            "data.kind",
+            self.kind,
+            "choose folder, shards, synthetic or cached",
+        )
+        _check(self.shuffle_buffer >= 0, "data.shuffle_buffer", self.shuffle_buffer, "must be >= 0")
         self.crop_scale = tuple(float(s) for s in self.crop_scale)
         lo, hi = self.crop_scale
-        _check(0 < lo <= hi <= 1, "data.crop_scale", list(self.crop_scale),
-               "needs 0 < low <= high <= 1")
+        _check(
+            0 < lo <= hi <= 1,
+            "data.crop_scale",
+            list(self.crop_scale),
+            "needs 0 < low <= high <= 1",
+        )
         _positive("data.num_images", self.num_images)
         _check(self.num_workers >= 0, "data.num_workers", self.num_workers, "must be >= 0")
 
@@ -306,8 +351,12 @@ class OptimConfig:
         _positive("optim.per_device_batch_size", self.per_device_batch_size)
         _positive("optim.gradient_accumulation_steps", self.gradient_accumulation_steps)
         self.betas = tuple(float(b) for b in self.betas)
-        _check(all(0 <= b < 1 for b in self.betas) and len(self.betas) == 2, "optim.betas",
-               list(self.betas), "needs two values in [0, 1)")
+        _check(
+            all(0 <= b < 1 for b in self.betas) and len(self.betas) == 2,
+            "optim.betas",
+            list(self.betas),
+            "needs two values in [0, 1)",
+        )
         _check(self.weight_decay >= 0, "optim.weight_decay", self.weight_decay, "must be >= 0")
         _positive("optim.grad_clip", self.grad_clip)
         _positive("optim.eps", self.eps)
@@ -328,8 +377,12 @@ class RunConfig:
     activation_checkpointing: bool = False  # flow DiT: recompute blocks in backward, less memory
 
     def __post_init__(self) -> None:
-        _check(self.mixed_precision in ("auto", "bf16", "fp16", "no"), "run.mixed_precision",
-               self.mixed_precision, "choose auto, bf16, fp16 or no")
+        _check(
+            self.mixed_precision in ("auto", "bf16", "fp16", "no"),
+            "run.mixed_precision",
+            self.mixed_precision,
+            "choose auto, bf16, fp16 or no",
+        )
         _positive("run.log_every", self.log_every)
         _positive("run.save_every", self.save_every)
         _positive("run.keep_checkpoints", self.keep_checkpoints)
@@ -358,20 +411,36 @@ class Config:
     run: RunConfig = field(default_factory=RunConfig)
 
     def __post_init__(self) -> None:
-        _check(self.schedule in SCHEDULES, "schedule", self.schedule,
-               f"choose one of {', '.join(SCHEDULES)}")
+        _check(
+            self.schedule in SCHEDULES,
+            "schedule",
+            self.schedule,
+            f"choose one of {', '.join(SCHEDULES)}",
+        )
         self.stage1.check("stage1")
         self.stage2.check("stage2")
-        _check(self.stage2.mode in STAGE2_MODES, "stage2.mode", self.stage2.mode,
-               f"choose one of {', '.join(STAGE2_MODES)}")
+        _check(
+            self.stage2.mode in STAGE2_MODES,
+            "stage2.mode",
+            self.stage2.mode,
+            f"choose one of {', '.join(STAGE2_MODES)}",
+        )
         self.target.grid(self.encoder.image_size)  # raises when the size does not tile
         allowed = DENOISER_TARGETS[self.denoiser.kind]
-        _check(self.target.kind in allowed, "target.kind", self.target.kind,
-               f"denoiser.kind={self.denoiser.kind} reconstructs {' or '.join(allowed)} targets")
+        _check(
+            self.target.kind in allowed,
+            "target.kind",
+            self.target.kind,
+            f"denoiser.kind={self.denoiser.kind} reconstructs {' or '.join(allowed)} targets",
+        )
         if self.denoiser.kind == "flow":
             _positive("projector.pooled_dim", self.projector.pooled_dim)
-        _check(not self.run.activation_checkpointing or self.denoiser.kind == "flow",
-               "run.activation_checkpointing", True, "only the flow DiT supports it")
+        _check(
+            not self.run.activation_checkpointing or self.denoiser.kind == "flow",
+            "run.activation_checkpointing",
+            True,
+            "only the flow DiT supports it",
+        )
 
     def to_dict(self) -> dict[str, Any]:
         return _to_plain(dataclasses.asdict(self))
@@ -419,12 +488,18 @@ def _class_for_kind(options: list[type], data: Any, key: str) -> type:
     cls = by_kind[kind]
     own = {f.name for f in dataclasses.fields(cls)}
     for name in data:
-        other = next((k for k, c in by_kind.items()
-                      if name not in own and name in {f.name for f in dataclasses.fields(c)}),
-                     None)
+        other = next(
+            (
+                k
+                for k, c in by_kind.items()
+                if name not in own and name in {f.name for f in dataclasses.fields(c)}
+            ),
+            None,
+        )
         if other is not None:
-            raise ConfigError(f"{key}.{name} is a {other} setting; {key}.kind={kind} has none: "
-                              "remove it")
+            raise ConfigError(
+                f"{key}.{name} is a {other} setting; {key}.kind={kind} has none: remove it"
+            )
     return cls
 
 
@@ -465,15 +540,23 @@ _KIND_SECTIONS = ("denoiser",)
 
 
 def _changes_kind(key: str, old: Any, new: Any) -> bool:
-    return (key in _KIND_SECTIONS and isinstance(old, dict) and isinstance(new, dict)
-            and "kind" in new and new["kind"] != old.get("kind", _kind_of(FlowDenoiserConfig)))
+    return (
+        key in _KIND_SECTIONS
+        and isinstance(old, dict)
+        and isinstance(new, dict)
+        and "kind" in new
+        and new["kind"] != old.get("kind", _kind_of(FlowDenoiserConfig))
+    )
 
 
 def _deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
     out = dict(base)
     for key, value in update.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict) and not _changes_kind(
-                key, out[key], value):
+        if (
+            isinstance(value, dict)
+            and isinstance(out.get(key), dict)
+            and not _changes_kind(key, out[key], value)
+        ):
             out[key] = _deep_merge(out[key], value)
         else:
             out[key] = value
@@ -488,8 +571,9 @@ def _preset_dir() -> Any:
 
 
 def available_presets() -> list[str]:
-    return sorted(p.name[: -len(".yaml")] for p in _preset_dir().iterdir()
-                  if p.name.endswith(".yaml"))
+    return sorted(
+        p.name[: -len(".yaml")] for p in _preset_dir().iterdir() if p.name.endswith(".yaml")
+    )
 
 
 def _read_yaml(text: str, where: str) -> dict[str, Any]:
@@ -539,8 +623,11 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
     data = dict(data)
     for text in overrides:
         parts, value = parse_override(text)
-        if len(parts) == 2 and parts[1] == "kind" and _changes_kind(
-                parts[0], data.get(parts[0]), {"kind": value}):
+        if (
+            len(parts) == 2
+            and parts[1] == "kind"
+            and _changes_kind(parts[0], data.get(parts[0]), {"kind": value})
+        ):
             data[parts[0]] = {}  # e.g. denoiser.kind=masked: the flow settings do not carry over
         node = data
         for part in parts[:-1]:

@@ -61,7 +61,11 @@ __all__ = [
 
 SHARD_IMAGE_KEYS = ("jpg", "jpeg", "png", "webp", "bmp")
 DECODE_ERRORS = (
-    OSError, UnidentifiedImageError, ValueError, SyntaxError, Image.DecompressionBombError
+    OSError,
+    UnidentifiedImageError,
+    ValueError,
+    SyntaxError,
+    Image.DecompressionBombError,
 )
 
 
@@ -101,8 +105,7 @@ class PairTransform:
             if seed is not None:
                 torch.default_generator.manual_seed(seed)
             i, j, h, w = transforms.RandomResizedCrop.get_params(image, self.scale, self.ratio)
-        crop = TF.resized_crop(image, i, j, h, w, [self.size, self.size],
-                               InterpolationMode.BICUBIC)
+        crop = TF.resized_crop(image, i, j, h, w, [self.size, self.size], InterpolationMode.BICUBIC)
         return TF.pil_to_tensor(crop)
 
     def views(self, crop: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -171,8 +174,7 @@ class SyntheticSource:
         return self.num_images
 
     def item(self, index: int) -> Item:
-        return Item(f"synthetic-{index:06d}",
-                    lambda: synthetic_image(index, self.size, self.seed))
+        return Item(f"synthetic-{index:06d}", lambda: synthetic_image(index, self.size, self.seed))
 
     def epoch(self, epoch: int, slot: int, slots: int, seed: int) -> Iterator[Item]:
         for index in _epoch_order(self.num_images, seed, epoch)[slot::slots]:
@@ -214,11 +216,11 @@ class ShardSource:
         if len(order) >= slots:
             items = (self._item(s) for s in self._samples(order[slot::slots]))
         else:  # fewer shards than slots: every slot reads all, keeps every slots-th sample
-            items = (self._item(s) for i, s in enumerate(self._samples(order))
-                     if i % slots == slot)
+            items = (self._item(s) for i, s in enumerate(self._samples(order)) if i % slots == slot)
         if self.shuffle_buffer > 1:
-            items = _buffer_shuffle(items, self.shuffle_buffer,
-                                    np.random.default_rng(_item_seed(seed, epoch, slot)))
+            items = _buffer_shuffle(
+                items, self.shuffle_buffer, np.random.default_rng(_item_seed(seed, epoch, slot))
+            )
         yield from items
 
 
@@ -261,8 +263,16 @@ class ImageStream(IterableDataset):
         start_batches: batches already consumed in this stage (resume).
     """
 
-    def __init__(self, source, transform: PairTransform, rank: int = 0, world_size: int = 1,
-                 batch_size: int = 1, seed: int = 0, start_batches: int = 0) -> None:
+    def __init__(
+        self,
+        source,
+        transform: PairTransform,
+        rank: int = 0,
+        world_size: int = 1,
+        batch_size: int = 1,
+        seed: int = 0,
+        start_batches: int = 0,
+    ) -> None:
         self.source = source
         self.transform = transform
         self.rank, self.world_size = rank, world_size
@@ -325,8 +335,10 @@ def synthetic_image(index: int, size: int, seed: int = 0) -> Image.Image:
             corners = 3 if kind == 1 else 4
             angle = rng.uniform(0, 2 * math.pi)
             points = [
-                (cx + r * math.cos(angle + 2 * math.pi * k / corners),
-                 cy + r * math.sin(angle + 2 * math.pi * k / corners))
+                (
+                    cx + r * math.cos(angle + 2 * math.pi * k / corners),
+                    cy + r * math.sin(angle + 2 * math.pi * k / corners),
+                )
                 for k in range(corners)
             ]
             draw.polygon(points, fill=colour)
@@ -347,19 +359,36 @@ def build_source(cfg: DataConfig, image_size: int, seed: int = 0):
 
 
 def build_stream(
-    cfg: DataConfig, image_size: int, mean: tuple[float, ...], std: tuple[float, ...], *,
-    seed: int = 0, rank: int = 0, world_size: int = 1, batch_size: int = 1,
+    cfg: DataConfig,
+    image_size: int,
+    mean: tuple[float, ...],
+    std: tuple[float, ...],
+    *,
+    seed: int = 0,
+    rank: int = 0,
+    world_size: int = 1,
+    batch_size: int = 1,
     start_batches: int = 0,
 ) -> ImageStream:
     if cfg.kind == "cached":  # pre-computed targets (genhancer cache)
         from .cache import CachedStream
 
-        return CachedStream(build_source(cfg, image_size, seed), PairTransform(
-            image_size, mean, std, cfg.crop_scale), rank=rank, world_size=world_size,
-            batch_size=batch_size, seed=seed, start_batches=start_batches)
+        return CachedStream(
+            build_source(cfg, image_size, seed),
+            PairTransform(image_size, mean, std, cfg.crop_scale),
+            rank=rank,
+            world_size=world_size,
+            batch_size=batch_size,
+            seed=seed,
+            start_batches=start_batches,
+        )
     return ImageStream(
-        build_source(cfg, image_size, seed), PairTransform(image_size, mean, std, cfg.crop_scale),
-        rank=rank, world_size=world_size, batch_size=batch_size, seed=seed,
+        build_source(cfg, image_size, seed),
+        PairTransform(image_size, mean, std, cfg.crop_scale),
+        rank=rank,
+        world_size=world_size,
+        batch_size=batch_size,
+        seed=seed,
         start_batches=start_batches,
     )
 
@@ -369,8 +398,9 @@ def collate(items: list) -> dict:
     good = [item for item in items if item is not None]
     if good and isinstance(good[0], dict):  # cached records: every tensor stacked by name
         batch = {"skipped": len(items) - len(good), "keys": [g["key"] for g in good]}
-        batch.update({name: torch.stack([g[name] for g in good])
-                      for name in good[0] if name != "key"})
+        batch.update(
+            {name: torch.stack([g[name] for g in good]) for name in good[0] if name != "key"}
+        )
         return batch
     batch: dict = {"skipped": len(items) - len(good), "keys": [g[2] for g in good]}
     if good:

@@ -52,8 +52,10 @@ def run_demo(output: str | Path, overwrite: bool = False) -> Path:
     train = write_images(data / "train-images", 2000)
     bench = write_mmvp(data / "mmvp-vlm", pairs_per_attribute=40)
     classes = write_zeroshot(data / "zeroshot", per_class=20)
-    cfg = load_config("toy-demo", overrides=[f"run.output_dir={out}", f"encoder.path={base}",
-                                             f"data.path={train}"])
+    cfg = load_config(
+        "toy-demo",
+        overrides=[f"run.output_dir={out}", f"encoder.path={base}", f"data.path={train}"],
+    )
     print(f"demo: toy CLIP at {base}; enhancing with preset 'toy-demo'", flush=True)
     encoder_dir = enhance(cfg, num_processes=1, zero=2, overwrite=overwrite)
     run = RunDir(out)
@@ -61,9 +63,11 @@ def run_demo(output: str | Path, overwrite: bool = False) -> Path:
     for stage in stages(cfg):
         s = run.summary(stage.name)
         gap = s.get("shuffle_gap", {})
-        print(f"{stage.name:<8} ({s['policy']}): {s['loss']} {s['loss_first']:.4f} at start -> "
-              f"{s['loss_last']:.4f} at step {s['steps']}; shuffle gap "
-              f"{100 * gap.get('gap', 0.0):.1f}% (t=0.95: {100 * gap.get('gap_t0.95', 0.0):.1f}%)")
+        print(
+            f"{stage.name:<8} ({s['policy']}): {s['loss']} {s['loss_first']:.4f} at start -> "
+            f"{s['loss_last']:.4f} at step {s['steps']}; shuffle gap "
+            f"{100 * gap.get('gap', 0.0):.1f}% (t=0.95: {100 * gap.get('gap_t0.95', 0.0):.1f}%)"
+        )
         print(f"  previews: {run.stage(stage.name) / 'previews'}")
     # a fresh interpreter: the export must load with transformers alone
     check = textwrap.dedent(f"""
@@ -88,18 +92,27 @@ def demo_probes(base: Path, encoder_dir: Path) -> None:
 
     before = probe_encoder(base, train=1000, test=1000)
     after = probe_encoder(encoder_dir, train=1000, test=1000)
-    print("\nlinear probe of the global token, held-out toy scenes (accuracy %, 1000 test; "
-          "standard error about 1.5 points):")
+    print(
+        "\nlinear probe of the global token, held-out toy scenes (accuracy %, 1000 test; "
+        "standard error about 1.5 points):"
+    )
     print("| attribute | chance | base | enhanced | delta |\n|---|---|---|---|---|")
     from .toy.world import ATTRIBUTES
 
     for a, values in ATTRIBUTES.items():
-        print(f"| {a} | {100 / len(values):.1f} | {before[a]:.1f} | {after[a]:.1f} | "
-              f"{after[a] - before[a]:+.1f} |")
+        print(
+            f"| {a} | {100 / len(values):.1f} | {before[a]:.1f} | {after[a]:.1f} | "
+            f"{after[a] - before[a]:+.1f} |"
+        )
 
 
-def demo_scores(out: Path, base: Path, encoder_dir: Path, mmvp_data: Path | None = None,
-                classification: Path | None = None) -> None:
+def demo_scores(
+    out: Path,
+    base: Path,
+    encoder_dir: Path,
+    mmvp_data: Path | None = None,
+    classification: Path | None = None,
+) -> None:
     """Base vs enhanced on an MMVP-VLM-format benchmark and zero-shot classification.
 
     Args:
@@ -122,8 +135,14 @@ def demo_scores(out: Path, base: Path, encoder_dir: Path, mmvp_data: Path | None
         title = "pairs from the toy world, each differing in one attribute (not MMVP-VLM)"
     if classification is None:
         classification, retrieval = make_zeroshot_fixture(out / "eval" / "generated-zeroshot")
-    result = compare(base, encoder_dir, out / "eval" / "report", mmvp_data=mmvp_data,
-                     classification=classification, retrieval=retrieval)
+    result = compare(
+        base,
+        encoder_dir,
+        out / "eval" / "report",
+        mmvp_data=mmvp_data,
+        classification=classification,
+        retrieval=retrieval,
+    )
     print(f"\n== MMVP-VLM format, {title} ==")
     print(f"benchmark: {mmvp_data} (pair accuracy %, chance 25)")
     print(mmvp_markdown(result.mmvp, delta=True), end="")

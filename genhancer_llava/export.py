@@ -127,8 +127,9 @@ def _provenance(run: RunDir, cfg: Any, base: Path) -> dict[str, Any]:
     done = {}
     for stage in stages(cfg):
         summary = run.summary(stage.name) or {}
-        done[stage.name] = {k: summary.get(k)
-                            for k in ("policy", "steps", "loss_first", "loss_last")}
+        done[stage.name] = {
+            k: summary.get(k) for k in ("policy", "steps", "loss_first", "loss_last")
+        }
     return {
         "genhancer_llava_version": __version__,
         "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),

@@ -9,8 +9,10 @@ from .paths import required_path
 
 __all__ = ["SHARDS_HINT", "expand_shards"]
 
-SHARDS_HINT = ("pass data.path='/data/cc3m/{00000..00331}.tar' (webdataset shards) or a .txt "
-               "file listing shard paths")
+SHARDS_HINT = (
+    "pass data.path='/data/cc3m/{00000..00331}.tar' (webdataset shards) or a .txt "
+    "file listing shard paths"
+)
 
 
 def expand_shards(spec: str) -> list[Path]:
@@ -21,8 +23,11 @@ def expand_shards(spec: str) -> list[Path]:
     if path.suffix == ".txt" and path.is_file():
         base = path.parent
         names = [ln.strip() for ln in path.read_text().splitlines()]
-        shards = [(base / n) if not Path(n).is_absolute() else Path(n)
-                  for n in names if n and not n.startswith("#")]
+        shards = [
+            (base / n) if not Path(n).is_absolute() else Path(n)
+            for n in names
+            if n and not n.startswith("#")
+        ]
     else:
         shards = [Path(p) for p in braceexpand(spec)]
     if not shards:

@@ -58,11 +58,21 @@ COMMON = {
     "lazy_preprocess": "True",
 }
 STAGE_FLAGS = {
-    "pretrain": {"version": "plain", "tune_mm_mlp_adapter": "True", "learning_rate": "1e-3",
-                 "save_strategy": "steps", "save_steps": "24000"},
-    "finetune": {"version": "v1", "image_aspect_ratio": "pad",
-                 "group_by_modality_length": "True", "learning_rate": "2e-5",
-                 "save_strategy": "steps", "save_steps": "50000"},
+    "pretrain": {
+        "version": "plain",
+        "tune_mm_mlp_adapter": "True",
+        "learning_rate": "1e-3",
+        "save_strategy": "steps",
+        "save_steps": "24000",
+    },
+    "finetune": {
+        "version": "v1",
+        "image_aspect_ratio": "pad",
+        "group_by_modality_length": "True",
+        "learning_rate": "2e-5",
+        "save_strategy": "steps",
+        "save_steps": "50000",
+    },
 }
 
 
@@ -80,15 +90,21 @@ PRESETS = {
     "llava-1.5": Preset(
         global_batch={"pretrain": 256, "finetune": 128},
         per_device_batch={"pretrain": 32, "finetune": 16},
-        flags={"bf16": "True", "tf32": "True", "dataloader_num_workers": "4",
-               "report_to": "none"},
+        flags={"bf16": "True", "tf32": "True", "dataloader_num_workers": "4", "report_to": "none"},
     ),
     "tiny": Preset(
         global_batch={"pretrain": 4, "finetune": 4},
         per_device_batch={"pretrain": 4, "finetune": 4},
-        flags={"bf16": "False", "model_max_length": "512", "dataloader_num_workers": "0",
-               "report_to": "none", "ddp_backend": "gloo", "max_steps": "2",
-               "save_strategy": "no", "warmup_ratio": "0.0"},
+        flags={
+            "bf16": "False",
+            "model_max_length": "512",
+            "dataloader_num_workers": "0",
+            "report_to": "none",
+            "ddp_backend": "gloo",
+            "max_steps": "2",
+            "save_strategy": "no",
+            "warmup_ratio": "0.0",
+        },
         env={"DS_ACCELERATOR": "cpu"},
     ),
 }
@@ -172,8 +188,16 @@ def _check_inputs(args: argparse.Namespace) -> None:
 def _launch(stage: str, argv: list[str], preset: Preset, nproc: int) -> None:
     env = dict(os.environ, **preset.env)
     env.setdefault("MASTER_ADDR", "127.0.0.1")
-    cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}",
-           f"--master_port={free_port()}", "-m", "llava_patches.train", *argv]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        f"--nproc_per_node={nproc}",
+        f"--master_port={free_port()}",
+        "-m",
+        "llava_patches.train",
+        *argv,
+    ]
     print(f"[llava_finetune] {stage}: {' '.join(cmd)}", flush=True)
     result = subprocess.run(cmd, env=env)
     if result.returncode:
@@ -186,8 +210,11 @@ def build_parser() -> argparse.ArgumentParser:
         description="LLaVA-1.5 pretrain + finetune on a (genhancer) vision tower.",
         epilog="Flags after `--` go to LLaVA's train() for both stages.",
     )
-    p.add_argument("--vision_tower", required=True,
-                   help="genhancer, genhancer:NAME, genhancer:PATH, or any LLaVA tower name")
+    p.add_argument(
+        "--vision_tower",
+        required=True,
+        help="genhancer, genhancer:NAME, genhancer:PATH, or any LLaVA tower name",
+    )
     p.add_argument("--llm", required=True, help="base LLM folder (e.g. vicuna-7b-v1.5)")
     p.add_argument("--data", required=True, help="LLaVA JSON (finetune; pretrain too by default)")
     p.add_argument("--images", required=True, help="image folder of --data")
@@ -197,8 +224,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pretrain_data", help="pretrain JSON (LCS-558K) when it differs from --data")
     p.add_argument("--pretrain_images", help="image folder of --pretrain_data")
     p.add_argument("--projector", help="mm_projector.bin for --stage finetune")
-    p.add_argument("--nproc_per_node", type=int, default=None,
-                   help="processes per node (default: the visible GPUs, or 1)")
+    p.add_argument(
+        "--nproc_per_node",
+        type=int,
+        default=None,
+        help="processes per node (default: the visible GPUs, or 1)",
+    )
     return p
 
 

@@ -22,8 +22,13 @@ from genhancer_llava.mllm.registry import is_genhancer_name
 
 from .towers import build_tower
 
-__all__ = ["build_vision_tower", "install_builder", "install_tower_switch", "meta_init",
-           "tower_name"]
+__all__ = [
+    "build_vision_tower",
+    "install_builder",
+    "install_tower_switch",
+    "meta_init",
+    "tower_name",
+]
 
 _ORIGINAL: dict[str, object] = {}
 
@@ -53,8 +58,11 @@ class _Deferred:
 def build_vision_tower(vision_tower_cfg, **kwargs):
     """LLaVA's `build_vision_tower`, plus the genhancer names (resolved by the registry)."""
     name = tower_name(vision_tower_cfg)
-    if (kwargs.get("delay_load") and getattr(vision_tower_cfg, "unfreeze_mm_vision_tower", False)
-            and meta_init()):
+    if (
+        kwargs.get("delay_load")
+        and getattr(vision_tower_cfg, "unfreeze_mm_vision_tower", False)
+        and meta_init()
+    ):
         vision_tower_cfg = _Deferred(vision_tower_cfg)
     if is_genhancer_name(name):
         return build_tower(name, vision_tower_cfg, **kwargs)
@@ -106,8 +114,10 @@ def install_tower_switch() -> None:
                     f"{_loaded_name(current)!r}, but --vision_tower {wanted!r} gives "
                     f"{new_tower.hidden_size}; start from the base LLM (stage 1) instead"
                 )
-            print(f"[llava_patches] vision tower {_loaded_name(current)!r} -> {wanted!r}: "
-                  "loading the new tower's weights")
+            print(
+                f"[llava_patches] vision tower {_loaded_name(current)!r} -> {wanted!r}: "
+                "loading the new tower's weights"
+            )
             if fsdp is not None and len(fsdp) > 0:
                 self.vision_tower = [new_tower]
             else:

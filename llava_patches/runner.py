@@ -39,8 +39,9 @@ def _load_stored_tower(tower, path: Path) -> None:
     names = {tower_key(k): k for k in module.state_dict()}
     missing = sorted(set(names) ^ set(stored))
     if missing:
-        raise GenhancerError(f"the tower weights stored in {path} do not match its vision tower "
-                             f"(e.g. {missing[:3]})")
+        raise GenhancerError(
+            f"the tower weights stored in {path} do not match its vision tower (e.g. {missing[:3]})"
+        )
     module.load_state_dict({names[k]: v for k, v in stored.items()}, strict=True)
 
 
@@ -59,17 +60,26 @@ class OriginalRunner(LlavaRunner):
 
     format = "original"
 
-    def __init__(self, path: Path, vision_tower: str | None, device: str, dtype: torch.dtype,
-                 device_map: str | dict | None = None, conv_template: str = "vicuna_v1",
-                 attn_implementation: str | None = None) -> None:
+    def __init__(
+        self,
+        path: Path,
+        vision_tower: str | None,
+        device: str,
+        dtype: torch.dtype,
+        device_map: str | dict | None = None,
+        conv_template: str = "vicuna_v1",
+        attn_implementation: str | None = None,
+    ) -> None:
         apply()
         from llava.conversation import conv_templates
         from llava.model.language_model.llava_llama import LlavaConfig, LlavaLlamaForCausalLM
         from transformers import AutoTokenizer
 
         if conv_template not in conv_templates:
-            raise GenhancerError(f"conv_template={conv_template!r} is not one of LLaVA's: "
-                                 f"{', '.join(sorted(conv_templates))}")
+            raise GenhancerError(
+                f"conv_template={conv_template!r} is not one of LLaVA's: "
+                f"{', '.join(sorted(conv_templates))}"
+            )
         self.conv = conv_templates[conv_template]
         config = LlavaConfig.from_pretrained(path)
         if vision_tower:
@@ -77,8 +87,9 @@ class OriginalRunner(LlavaRunner):
             check_original_fits(path, config.to_dict(), folder)
             config.mm_vision_tower = name
             warn_projector_once()
-        model = LlavaLlamaForCausalLM.from_pretrained(path, config=config, dtype=dtype,
-                                                      device_map=device_map or device)
+        model = LlavaLlamaForCausalLM.from_pretrained(
+            path, config=config, dtype=dtype, device_map=device_map or device
+        )
         tower = model.get_vision_tower()
         if not tower.is_loaded:
             tower.load_model(device_map=device_map or device)
@@ -102,18 +113,21 @@ class OriginalRunner(LlavaRunner):
         settings = clean_gen_kwargs(gen_kwargs)
         images = rgb_images(images)
         device = self.input_device
-        ids = tokenizer_image_token(self.prompt(len(images), text), self.tokenizer,
-                                    IMAGE_TOKEN_INDEX, return_tensors="pt").unsqueeze(0)
+        ids = tokenizer_image_token(
+            self.prompt(len(images), text), self.tokenizer, IMAGE_TOKEN_INDEX, return_tensors="pt"
+        ).unsqueeze(0)
         extra = {}
         if images:
             pixels = process_images(images, self.image_processor, self.model.config)
-            extra = {"images": pixels.to(device=device, dtype=self.dtype),
-                     "image_sizes": [im.size for im in images]}
+            extra = {
+                "images": pixels.to(device=device, dtype=self.dtype),
+                "image_sizes": [im.size for im in images],
+            }
         pad = self.tokenizer.pad_token_id
         pad = self.tokenizer.eos_token_id if pad is None else pad
         with torch.inference_mode():
-            out = self.model.generate(ids.to(device), **extra, **settings.kwargs,
-                                      pad_token_id=pad)
+            out = self.model.generate(ids.to(device), **extra, **settings.kwargs, pad_token_id=pad)
         # LLaVA generates from inputs_embeds: the output holds only the new tokens.
-        return apply_until(self.tokenizer.decode(out[0], skip_special_tokens=True).strip(),
-                           settings.until)
+        return apply_until(
+            self.tokenizer.decode(out[0], skip_special_tokens=True).strip(), settings.until
+        )

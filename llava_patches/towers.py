@@ -77,8 +77,9 @@ class _ExportedTower(nn.Module):
         """Load the encoder's vision tower and image processor from the exported folder."""
         if self.is_loaded:
             return
-        self.image_processor = with_crop_size(AutoImageProcessor.from_pretrained(self.spec.path),
-                                              self._vision_config().image_size)
+        self.image_processor = with_crop_size(
+            AutoImageProcessor.from_pretrained(self.spec.path), self._vision_config().image_size
+        )
         with quiet_transformers():  # a full CLIPModel folder has text weights
             self.vision_tower = self.model_class.from_pretrained(
                 self.spec.path, device_map=device_map

@@ -46,10 +46,14 @@ def tiny_vae(tmp_path_factory) -> Path:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
         AutoencoderKL(
-            in_channels=3, out_channels=3, latent_channels=16,
+            in_channels=3,
+            out_channels=3,
+            latent_channels=16,
             down_block_types=("DownEncoderBlock2D",) * 4,
             up_block_types=("UpDecoderBlock2D",) * 4,
-            block_out_channels=(8, 8, 8, 8), layers_per_block=1, norm_num_groups=4,
+            block_out_channels=(8, 8, 8, 8),
+            layers_per_block=1,
+            norm_num_groups=4,
         ).save_pretrained(folder)
     return folder
 
@@ -59,8 +63,11 @@ def tiny_config(tiny_clip, tmp_path):
     def build(*overrides: str):
         return load_config(
             "tiny",
-            overrides=[f"encoder.path={tiny_clip}", f"run.output_dir={tmp_path / 'run'}",
-                       *overrides],
+            overrides=[
+                f"encoder.path={tiny_clip}",
+                f"run.output_dir={tmp_path / 'run'}",
+                *overrides,
+            ],
         )
 
     return build
@@ -74,8 +81,9 @@ def _seed():
 def run_python(*args: str, cwd: Path = REPO, timeout: int = 600) -> subprocess.CompletedProcess:
     """Run `python *args` in a fresh process (as a user would), capturing its output."""
     env = dict(os.environ, PYTHONUNBUFFERED="1")
-    return subprocess.run([sys.executable, *args], cwd=cwd, env=env, capture_output=True,
-                          text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout
+    )
 
 
 def cli_error(capsys, argv: list[str]) -> str:
@@ -101,8 +109,12 @@ def write_entry_point_metadata(folder: Path) -> Path:
     dist = folder / "genhancer_llava_worktree_entrypoints-0.0.0.dist-info"
     dist.mkdir(parents=True)
     (dist / "METADATA").write_text(
-        "Metadata-Version: 2.1\nName: genhancer-llava-worktree-entrypoints\nVersion: 0.0.0\n")
-    (dist / "entry_points.txt").write_text("".join(
-        f"[{group}]\n" + "".join(f"{k} = {v}\n" for k, v in entries.items()) + "\n"
-        for group, entries in groups.items()))
+        "Metadata-Version: 2.1\nName: genhancer-llava-worktree-entrypoints\nVersion: 0.0.0\n"
+    )
+    (dist / "entry_points.txt").write_text(
+        "".join(
+            f"[{group}]\n" + "".join(f"{k} = {v}\n" for k, v in entries.items()) + "\n"
+            for group, entries in groups.items()
+        )
+    )
     return folder

@@ -48,17 +48,27 @@ def published_config(name: str) -> dict[str, Any]:
 def make_next_encoder(folder: Path, seed: int = 1) -> Path:
     """A CLIP encoder folder with the NeXT tower's geometry (336 px, patch 14, 24 layers)."""
     vision = published_config(NEXT)["vision_config"]
-    return make_tiny_clip(folder, image_size=vision["image_size"], patch_size=vision["patch_size"],
-                          hidden_size=WIDTH["hidden_size"], num_layers=vision["num_hidden_layers"],
-                          seed=seed)
+    return make_tiny_clip(
+        folder,
+        image_size=vision["image_size"],
+        patch_size=vision["patch_size"],
+        hidden_size=WIDTH["hidden_size"],
+        num_layers=vision["num_hidden_layers"],
+        seed=seed,
+    )
 
 
 def make_onevision_encoder(folder: Path, seed: int = 1, image_size: int | None = None) -> Path:
     """A SigLIP encoder folder shaped like SO400M/14@384 (27 layers) at tiny width."""
     vision = published_config(ONEVISION)["vision_config"]
-    return make_tiny_siglip(folder, image_size=image_size or vision["image_size"],
-                            patch_size=vision["patch_size"], hidden_size=WIDTH["hidden_size"],
-                            num_layers=SO400M_LAYERS, seed=seed)
+    return make_tiny_siglip(
+        folder,
+        image_size=image_size or vision["image_size"],
+        patch_size=vision["patch_size"],
+        hidden_size=WIDTH["hidden_size"],
+        num_layers=SO400M_LAYERS,
+        seed=seed,
+    )
 
 
 def _tokenizer(folder: Path, extra: list[str]):
@@ -72,10 +82,19 @@ def _tokenizer(folder: Path, extra: list[str]):
 
 def _text_config(model_type: str, vocab_size: int) -> dict[str, Any]:
     # Long enough for a 9-tile OneVision image (27 * 3 rows of 27 * 3 tokens + the base view).
-    return dict(model_type=model_type, vocab_size=vocab_size, hidden_size=32,
-                intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
-                num_key_value_heads=2, max_position_embeddings=16384, bos_token_id=1,
-                eos_token_id=2, pad_token_id=0)
+    return dict(
+        model_type=model_type,
+        vocab_size=vocab_size,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        max_position_embeddings=16384,
+        bos_token_id=1,
+        eos_token_id=2,
+        pad_token_id=0,
+    )
 
 
 def _model_config(name: str, text_type: str, tokenizer, **ids: int):
@@ -103,18 +122,24 @@ def make_tiny_next(folder: Path, seed: int = 0) -> Path:
     from transformers import LlavaNextImageProcessor, LlavaNextProcessor
 
     tokenizer = _tokenizer(folder, ["<image>"])
-    config = _model_config(NEXT, "llama", tokenizer,
-                           image_token_index=tokenizer.convert_tokens_to_ids("<image>"))
+    config = _model_config(
+        NEXT, "llama", tokenizer, image_token_index=tokenizer.convert_tokens_to_ids("<image>")
+    )
     _save_model(config, folder, seed)
     size = config.vision_config.image_size
     image_processor = LlavaNextImageProcessor(
-        size={"shortest_edge": size}, crop_size={"height": size, "width": size},
-        image_grid_pinpoints=config.image_grid_pinpoints)
+        size={"shortest_edge": size},
+        crop_size={"height": size, "width": size},
+        image_grid_pinpoints=config.image_grid_pinpoints,
+    )
     LlavaNextProcessor(
-        image_processor=image_processor, tokenizer=tokenizer,
+        image_processor=image_processor,
+        tokenizer=tokenizer,
         patch_size=config.vision_config.patch_size,
         vision_feature_select_strategy=config.vision_feature_select_strategy,
-        num_additional_image_tokens=1, chat_template=VICUNA_TEMPLATE).save_pretrained(folder)
+        num_additional_image_tokens=1,
+        chat_template=VICUNA_TEMPLATE,
+    ).save_pretrained(folder)
     return folder
 
 
@@ -127,18 +152,25 @@ def make_tiny_onevision(folder: Path, seed: int = 0) -> Path:
     )
 
     tokenizer = _tokenizer(folder, ["<image>", "<video>", "<|im_start|>", "<|im_end|>"])
-    config = _model_config(ONEVISION, "qwen2", tokenizer,
-                           image_token_index=tokenizer.convert_tokens_to_ids("<image>"),
-                           video_token_index=tokenizer.convert_tokens_to_ids("<video>"))
+    config = _model_config(
+        ONEVISION,
+        "qwen2",
+        tokenizer,
+        image_token_index=tokenizer.convert_tokens_to_ids("<image>"),
+        video_token_index=tokenizer.convert_tokens_to_ids("<video>"),
+    )
     _save_model(config, folder, seed)
     size = config.vision_config.image_size
     grid = size // config.vision_config.patch_size
     LlavaOnevisionProcessor(
         image_processor=LlavaOnevisionImageProcessor(
-            size={"height": size, "width": size}, image_grid_pinpoints=config.image_grid_pinpoints),
-        tokenizer=tokenizer, video_processor=LlavaOnevisionVideoProcessor(),
+            size={"height": size, "width": size}, image_grid_pinpoints=config.image_grid_pinpoints
+        ),
+        tokenizer=tokenizer,
+        video_processor=LlavaOnevisionVideoProcessor(),
         num_image_tokens=grid * grid,
         vision_feature_select_strategy=config.vision_feature_select_strategy,
         vision_aspect_ratio=config.vision_aspect_ratio,
-        chat_template=QWEN_TEMPLATE).save_pretrained(folder)
+        chat_template=QWEN_TEMPLATE,
+    ).save_pretrained(folder)
     return folder

@@ -14,19 +14,25 @@ from PIL import Image
 
 from genhancer_llava.models.tiny import make_tiny_clip
 
-WORDS = ("red blue green small large cat dog car tree house sky left right top bottom image "
-         "shows what is the colour of object in a an there one two three yes no").split()
+WORDS = (
+    "red blue green small large cat dog car tree house sky left right top bottom image "
+    "shows what is the colour of object in a an there one two three yes no"
+).split()
 
 
 # Vicuna-v1's system prompt (LLaVA's `--version v1` template): in the corpus so it tokenizes short.
-SYSTEM = ("A chat between a curious user and an artificial intelligence assistant. "
-          "The assistant gives helpful, detailed, and polite answers to the user's questions.")
+SYSTEM = (
+    "A chat between a curious user and an artificial intelligence assistant. "
+    "The assistant gives helpful, detailed, and polite answers to the user's questions."
+)
 
 
 def _sentences(n: int, seed: int = 0) -> list[str]:
     rng = random.Random(seed)
-    return [" ".join(rng.choice(WORDS) for _ in range(rng.randint(3, 9))).capitalize() + "."
-            for _ in range(n)]
+    return [
+        " ".join(rng.choice(WORDS) for _ in range(rng.randint(3, 9))).capitalize() + "."
+        for _ in range(n)
+    ]
 
 
 def make_sp_tokenizer(folder: Path, vocab_size: int = 200) -> Path:
@@ -38,16 +44,31 @@ def make_sp_tokenizer(folder: Path, vocab_size: int = 200) -> Path:
     text = folder / "corpus.txt"
     text.write_text("\n".join(_sentences(400) + [SYSTEM, "USER: ASSISTANT: </s> <image> ?"] * 20))
     spm.SentencePieceTrainer.train(
-        input=str(text), model_prefix=str(folder / "tokenizer"), vocab_size=vocab_size,
-        model_type="bpe", character_coverage=1.0, unk_id=0, bos_id=1,
-        eos_id=2, pad_id=-1, num_threads=1, minloglevel=2,
+        input=str(text),
+        model_prefix=str(folder / "tokenizer"),
+        vocab_size=vocab_size,
+        model_type="bpe",
+        character_coverage=1.0,
+        unk_id=0,
+        bos_id=1,
+        eos_id=2,
+        pad_id=-1,
+        num_threads=1,
+        minloglevel=2,
     )
     text.unlink()
     (folder / "tokenizer.vocab").unlink()
     # transformers 5 converts the SentencePiece model into its tokenizer when loading.
-    (folder / "tokenizer_config.json").write_text(json.dumps(
-        {"tokenizer_class": "LlamaTokenizer", "legacy": False, "add_bos_token": True,
-         "add_eos_token": False}))
+    (folder / "tokenizer_config.json").write_text(
+        json.dumps(
+            {
+                "tokenizer_class": "LlamaTokenizer",
+                "legacy": False,
+                "add_bos_token": True,
+                "add_eos_token": False,
+            }
+        )
+    )
     AutoTokenizer.from_pretrained(folder).save_pretrained(folder)
     return folder
 
@@ -57,10 +78,18 @@ def make_tiny_llama(folder: Path, vocab_size: int = 200, seed: int = 0) -> Path:
     from transformers import LlamaConfig, LlamaForCausalLM
 
     make_sp_tokenizer(folder, vocab_size)
-    config = LlamaConfig(vocab_size=vocab_size, hidden_size=32, intermediate_size=64,
-                         num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=2,
-                         max_position_embeddings=512, bos_token_id=1, eos_token_id=2,
-                         pad_token_id=0)
+    config = LlamaConfig(
+        vocab_size=vocab_size,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+        bos_token_id=1,
+        eos_token_id=2,
+        pad_token_id=0,
+    )
     torch.manual_seed(seed)
     LlamaForCausalLM(config).save_pretrained(folder)
     return folder
@@ -69,10 +98,18 @@ def make_tiny_llama(folder: Path, vocab_size: int = 200, seed: int = 0) -> Path:
 def make_exported_encoder(folder: Path, seed: int = 0) -> Path:
     """A tiny CLIP folder in the export format (CLIPModel + processor + genhancer.json)."""
     make_tiny_clip(folder, seed=seed)
-    (folder / "genhancer.json").write_text(json.dumps({
-        "genhancer_llava_version": "0.1.0", "family": "clip", "base_model": "tiny-random",
-        "global_token": "visual_projection(pooler_output)", "stages": {}, "config": {},
-    }))
+    (folder / "genhancer.json").write_text(
+        json.dumps(
+            {
+                "genhancer_llava_version": "0.1.0",
+                "family": "clip",
+                "base_model": "tiny-random",
+                "global_token": "visual_projection(pooler_output)",
+                "stages": {},
+                "config": {},
+            }
+        )
+    )
     return folder
 
 
@@ -81,18 +118,20 @@ def make_tiny_siglip(folder: Path, seed: int = 0) -> Path:
     from transformers import SiglipConfig, SiglipImageProcessor, SiglipModel
 
     folder.mkdir(parents=True, exist_ok=True)
-    common = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                  num_attention_heads=2)
-    config = SiglipConfig(text_config=dict(common, vocab_size=64),
-                          vision_config=dict(common, image_size=32, patch_size=8))
+    common = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2)
+    config = SiglipConfig(
+        text_config=dict(common, vocab_size=64),
+        vision_config=dict(common, image_size=32, patch_size=8),
+    )
     torch.manual_seed(seed)
     SiglipModel(config).save_pretrained(folder)
     SiglipImageProcessor(size={"height": 32, "width": 32}).save_pretrained(folder)
     return folder
 
 
-def make_llava_data(folder: Path, n: int = 8, seed: int = 0,
-                    text_only: bool = True) -> tuple[Path, Path]:
+def make_llava_data(
+    folder: Path, n: int = 8, seed: int = 0, text_only: bool = True
+) -> tuple[Path, Path]:
     """Conversation data in LLaVA's JSON format and its image folder.
 
     With `text_only`, every fourth record has no image, as in LLaVA-1.5's instruction data
@@ -106,22 +145,29 @@ def make_llava_data(folder: Path, n: int = 8, seed: int = 0,
     answers = _sentences(n, seed + 1)
     for i in range(n):
         if text_only and i % 4 == 3:
-            records.append({"id": f"{i:03d}", "conversations": [
-                {"from": "human", "value": "What colour is the sky?"},
-                {"from": "gpt", "value": answers[i]},
-            ]})
+            records.append(
+                {
+                    "id": f"{i:03d}",
+                    "conversations": [
+                        {"from": "human", "value": "What colour is the sky?"},
+                        {"from": "gpt", "value": answers[i]},
+                    ],
+                }
+            )
             continue
         colour = tuple(rng.randrange(256) for _ in range(3))
         size = (rng.randint(24, 48), rng.randint(24, 48))  # non-square: exercises `pad`
         Image.new("RGB", size, colour).save(images / f"{i:03d}.png")
-        records.append({
-            "id": f"{i:03d}",
-            "image": f"{i:03d}.png",
-            "conversations": [
-                {"from": "human", "value": "<image>\nWhat is the colour of the image?"},
-                {"from": "gpt", "value": answers[i]},
-            ],
-        })
+        records.append(
+            {
+                "id": f"{i:03d}",
+                "image": f"{i:03d}.png",
+                "conversations": [
+                    {"from": "human", "value": "<image>\nWhat is the colour of the image?"},
+                    {"from": "gpt", "value": answers[i]},
+                ],
+            }
+        )
     data = folder / "data.json"
     data.write_text(json.dumps(records, indent=1))
     return data, images
@@ -131,8 +177,12 @@ def model_args(vision_tower: str, **overrides):
     """LLaVA's ModelArguments for `initialize_vision_modules` (LLaVA-1.5's tower settings)."""
     from llava.train.train import ModelArguments
 
-    defaults = dict(vision_tower=vision_tower, mm_vision_select_layer=-2,
-                    mm_projector_type="mlp2x_gelu", mm_use_im_patch_token=False)
+    defaults = dict(
+        vision_tower=vision_tower,
+        mm_vision_select_layer=-2,
+        mm_projector_type="mlp2x_gelu",
+        mm_use_im_patch_token=False,
+    )
     return ModelArguments(**{**defaults, **overrides})
 
 
@@ -176,25 +226,35 @@ def make_tiny_llava_hf(folder: Path, llm: Path, tower: Path, seed: int = 0) -> P
     vision = CLIPVisionModel.from_pretrained(tower)
     text = LlamaForCausalLM.from_pretrained(llm).config
     text.vocab_size = len(tokenizer)
-    config = LlavaConfig(vision_config=vision.config.to_dict(), text_config=text.to_dict(),
-                         image_token_id=tokenizer.convert_tokens_to_ids("<image>"),
-                         vision_feature_layer=-2, vision_feature_select_strategy="default",
-                         projector_hidden_act="gelu")
+    config = LlavaConfig(
+        vision_config=vision.config.to_dict(),
+        text_config=text.to_dict(),
+        image_token_id=tokenizer.convert_tokens_to_ids("<image>"),
+        vision_feature_layer=-2,
+        vision_feature_select_strategy="default",
+        projector_hidden_act="gelu",
+    )
     torch.manual_seed(seed)
     model = LlavaForConditionalGeneration(config)
     model.model.vision_tower.load_state_dict(vision.state_dict())
     model.save_pretrained(folder)
     processor = LlavaProcessor(
-        image_processor=CLIPImageProcessor(size={"shortest_edge": 32},
-                                           crop_size={"height": 32, "width": 32}),
-        tokenizer=tokenizer, patch_size=8, vision_feature_select_strategy="default",
-        num_additional_image_tokens=1, chat_template=VICUNA_TEMPLATE)
+        image_processor=CLIPImageProcessor(
+            size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}
+        ),
+        tokenizer=tokenizer,
+        patch_size=8,
+        vision_feature_select_strategy="default",
+        num_additional_image_tokens=1,
+        chat_template=VICUNA_TEMPLATE,
+    )
     processor.save_pretrained(folder)
     return folder
 
 
-def make_tiny_llava_original(folder: Path, llm: Path, tower: str, strip_tower: bool = False
-                             ) -> Path:
+def make_tiny_llava_original(
+    folder: Path, llm: Path, tower: str, strip_tower: bool = False
+) -> Path:
     """A tiny original-format LLaVA checkpoint (LLaVA's own classes) on `tower`.
 
     `strip_tower=True` drops the stored tower weights, as in released checkpoints

@@ -12,8 +12,13 @@ from .conftest import REPO
 @pytest.mark.slow
 def test_gpu_check_smoke_runs_on_cpu():
     start = time.perf_counter()
-    proc = subprocess.run(["bash", "benchmarks/gpu_check.sh", "--smoke"], cwd=REPO,
-                          capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        ["bash", "benchmarks/gpu_check.sh", "--smoke"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     lines = proc.stdout.splitlines()
     steps = [json.loads(ln) for ln in lines if ln.startswith('{"side"')]

@@ -11,8 +11,13 @@ from genhancer_llava.evaluation.report import _mpl, data_source, grouped_bars, w
 def test_not_measured_is_na_and_zero_is_a_visible_zero():
     plt = _mpl()
     fig, ax = plt.subplots()
-    grouped_bars(ax, ["a", "b", "c"], [("base", [50.0, 0.0, None]), ("other", [None, 20.0, 0.0])],
-                 "title", "%")
+    grouped_bars(
+        ax,
+        ["a", "b", "c"],
+        [("base", [50.0, 0.0, None]), ("other", [None, 20.0, 0.0])],
+        "title",
+        "%",
+    )
     heights = sorted(round(p.get_height(), 3) for p in ax.patches)
     assert heights == [0.0, 0.0, 20.0, 50.0]  # 4 measured values: no bar for the 2 n/a
     texts = [t.get_text() for t in ax.texts]
@@ -22,11 +27,13 @@ def test_not_measured_is_na_and_zero_is_a_visible_zero():
 
 
 def test_mmvp_chart_and_table_name_a_generated_fixture(tmp_path):
-    bench = load_benchmark(make_mmvp_benchmark(tmp_path / "bench", pairs_per_pattern=1,
-                                               image_size=32))
+    bench = load_benchmark(
+        make_mmvp_benchmark(tmp_path / "bench", pairs_per_pattern=1, image_size=32)
+    )
     assert bench.source == "generated fixture, not MMVP-VLM (bench)"
-    results = [MMVPResult("m", "", "clip", {p: 0.0 for p in bench.patterns}, {}, {},
-                          source=bench.source)]
+    results = [
+        MMVPResult("m", "", "clip", {p: 0.0 for p in bench.patterns}, {}, {}, source=bench.source)
+    ]
     assert data_source(results) == bench.source
     files = write_mmvp(results, tmp_path / "out")
     assert files["markdown"].read_text().startswith(f"Data: {bench.source}\n")
@@ -46,8 +53,10 @@ def test_zeroshot_source_names_a_generated_fixture(tmp_path):
     source = zeroshot_source(cls, ret)
     assert source == "classification: generated fixture; retrieval: generated fixture"
     assert zeroshot_source(tmp_path, None) == f"classification: {tmp_path}"
-    results = [ZeroShotResult(m, "", {"classification/top1": 50.0}, source=source)
-               for m in ("base", "enhanced")]
+    results = [
+        ZeroShotResult(m, "", {"classification/top1": 50.0}, source=source)
+        for m in ("base", "enhanced")
+    ]
     files = write_comparison(None, results, tmp_path / "out")
     assert f"Data: {source}\n" in files["markdown"].read_text()
     assert files["figure"].read_bytes()[:4] == b"\x89PNG"

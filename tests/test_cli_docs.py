@@ -12,8 +12,10 @@ from .conftest import REPO
 
 EVAL_COMMANDS = "mmvp-vlm|zeroshot|compare|make-benchmark|lmms-report|report"
 TOY_COMMANDS = "pretrain-clip|study"
-COMMAND = re.compile(rf"genhancer ((?:eval (?:{EVAL_COMMANDS}))|(?:toy (?:{TOY_COMMANDS}))"
-                     rf"|[a-z][a-z-]+)([^`\n]*)")
+COMMAND = re.compile(
+    rf"genhancer ((?:eval (?:{EVAL_COMMANDS}))|(?:toy (?:{TOY_COMMANDS}))"
+    rf"|[a-z][a-z-]+)([^`\n]*)"
+)
 FLAG = re.compile(r"(?<![\w-])(--[a-zA-Z][\w-]*)")
 
 
@@ -62,8 +64,9 @@ def test_usage_lists_every_flag_the_readme_documents():
         for flag in sorted(flags):
             if flag not in accepted(command):
                 rejected.append(f"{command} {flag}")
-            if flag not in usage and not (command.startswith("eval ")
-                                          and flag in ("--batch_size", "--device")):
+            if flag not in usage and not (
+                command.startswith("eval ") and flag in ("--batch_size", "--device")
+            ):
                 missing_usage.append(f"{command} {flag}")
     assert not rejected, f"the README shows flags the command rejects: {rejected}"
     assert not missing_usage, f"the usage text omits flags the README shows: {missing_usage}"

@@ -30,14 +30,21 @@ def test_shipped_presets_include_paper_tiny_and_demo():
 def test_paper_presets_hold_the_paper_settings(name, family, size, tokens, width):
     cfg = load_config(name)
     assert (cfg.encoder.family, cfg.encoder.image_size, cfg.encoder.global_dim) == (
-        family, size, width)
+        family,
+        size,
+        width,
+    )
     gh, gw = cfg.target.grid(size)
     assert gh * gw == tokens and cfg.target.token_dim == 64
     assert (cfg.target.scaling_factor, cfg.target.shift_factor) == (0.3611, 0.1159)
     assert cfg.target.sample_posterior
     d = cfg.denoiser
     assert (d.num_layers, d.num_single_layers, d.num_attention_heads, d.attention_head_dim) == (
-        2, 4, 24, 128)
+        2,
+        4,
+        24,
+        128,
+    )
     assert d.axes_dims_rope == (16, 56, 56) and d.guidance == 4.0
     assert d.timestep_sampling == "logit_normal" and d.logit_normal_scale == 1.0
     assert (cfg.projector.pooled_dim, cfg.projector.context_dim) == (768, 4096)
@@ -51,10 +58,16 @@ def test_paper_presets_hold_the_paper_settings(name, family, size, tokens, width
 
 
 def test_overrides_parse_values_by_type():
-    cfg = load_config("tiny", overrides=[
-        "stage1.lr=2e-3", "data.crop_scale=[0.5, 1.0]", "denoiser.guidance=null",
-        "lora.include_projection=true", "stage2.mode=all",
-    ])
+    cfg = load_config(
+        "tiny",
+        overrides=[
+            "stage1.lr=2e-3",
+            "data.crop_scale=[0.5, 1.0]",
+            "denoiser.guidance=null",
+            "lora.include_projection=true",
+            "stage2.mode=all",
+        ],
+    )
     assert cfg.stage1.lr == 2e-3 and isinstance(cfg.stage1.lr, float)
     assert cfg.data.crop_scale == (0.5, 1.0)
     assert cfg.denoiser.guidance is None
@@ -62,19 +75,22 @@ def test_overrides_parse_values_by_type():
     assert cfg.stage2.mode == "all"
 
 
-@pytest.mark.parametrize("override,needle", [
-    ("stage1.lr=0", "stage1.lr=0"),
-    ("stage2.lr=-1e-5", "stage2.lr=-1e-05"),
-    ("optim.per_device_batch_size=0", "optim.per_device_batch_size=0"),
-    ("optim.per_device_batch_size=-4", "optim.per_device_batch_size=-4"),
-    ("stage2.mode=everything", "stage2.mode='everything'"),
-    ("encoder.image_size=30", "encoder.image_size=30"),
-    ("denoiser.axes_dims_rope=[4,4,4]", "denoiser.axes_dims_rope"),
-    ("encoder.nonsense=1", "unknown config key 'encoder.nonsense'"),
-    ("encoder.family=dino", "encoder.family='dino'"),
-    ("encoder.global_dim=0", "encoder.global_dim=0"),
-    ("stage1.steps=ten", "stage1.steps='ten'"),
-])
+@pytest.mark.parametrize(
+    "override,needle",
+    [
+        ("stage1.lr=0", "stage1.lr=0"),
+        ("stage2.lr=-1e-5", "stage2.lr=-1e-05"),
+        ("optim.per_device_batch_size=0", "optim.per_device_batch_size=0"),
+        ("optim.per_device_batch_size=-4", "optim.per_device_batch_size=-4"),
+        ("stage2.mode=everything", "stage2.mode='everything'"),
+        ("encoder.image_size=30", "encoder.image_size=30"),
+        ("denoiser.axes_dims_rope=[4,4,4]", "denoiser.axes_dims_rope"),
+        ("encoder.nonsense=1", "unknown config key 'encoder.nonsense'"),
+        ("encoder.family=dino", "encoder.family='dino'"),
+        ("encoder.global_dim=0", "encoder.global_dim=0"),
+        ("stage1.steps=ten", "stage1.steps='ten'"),
+    ],
+)
 def test_bad_values_name_the_key(override, needle):
     with pytest.raises(ConfigError) as err:
         load_config("tiny", overrides=[override])

@@ -27,12 +27,23 @@ TEXTS = ["a photo of a cat", "Two dogs, playing in the SNOW!", "the fox's 3 red 
 
 def _tiny_cfg(quick_gelu: bool) -> dict:
     return {
-        "embed_dim": 32, "quick_gelu": quick_gelu,
-        "vision_cfg": {"image_size": 32, "layers": 2, "width": 64, "head_width": 32,
-                       "patch_size": 8},
+        "embed_dim": 32,
+        "quick_gelu": quick_gelu,
+        "vision_cfg": {
+            "image_size": 32,
+            "layers": 2,
+            "width": 64,
+            "head_width": 32,
+            "patch_size": 8,
+        },
         # the OpenAI BPE's 49408 ids, so the real tokenizer runs through the text tower
-        "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 64, "heads": 2,
-                     "layers": 2},
+        "text_cfg": {
+            "context_length": 77,
+            "vocab_size": 49408,
+            "width": 64,
+            "heads": 2,
+            "layers": 2,
+        },
     }
 
 
@@ -54,6 +65,7 @@ def _write_checkpoint(model, path):
 @pytest.fixture
 def open_clip_folder(tmp_path):
     """A local open_clip folder (open_clip_config.json + weights), as `local-dir:` reads it."""
+
     def build(quick_gelu: bool):
         folder = tmp_path / f"open-clip-{'quickgelu' if quick_gelu else 'gelu'}"
         folder.mkdir()
@@ -84,9 +96,15 @@ def test_converted_clip_model_matches_open_clip(tmp_path, open_clip_folder, quic
     else:
         arch = _registered_arch(tmp_path, quick_gelu)
         ckpt = tmp_path / "epoch_1.pt"  # as open_clip's trainer saves it
-        torch.save({"state_dict": {f"module.{k}": v for k, v in
-                                   _random_open_clip(_tiny_cfg(quick_gelu)).state_dict().items()}},
-                   ckpt)
+        torch.save(
+            {
+                "state_dict": {
+                    f"module.{k}": v
+                    for k, v in _random_open_clip(_tiny_cfg(quick_gelu)).state_dict().items()
+                }
+            },
+            ckpt,
+        )
         out = convert_open_clip(ckpt, tmp_path / "hf", arch=arch)
         reference = open_clip.create_model(arch, pretrained=str(ckpt))
     reference.eval()
@@ -137,28 +155,39 @@ def test_converted_folder_is_an_encoder_and_has_its_processor(tmp_path, open_cli
         assert (out / name).is_file(), name
 
 
-@pytest.mark.parametrize("arch,hidden,layers,heads,inner,proj,act", [
-    ("ViT-L-14-quickgelu", 1024, 24, 16, 4096, 768, "quick_gelu"),  # MetaCLIP L/14
-    ("ViT-H-14-quickgelu", 1280, 32, 16, 5120, 1024, "quick_gelu"),  # MetaCLIP H/14
-    ("ViT-L-14-336", 1024, 24, 16, 4096, 768, "gelu"),
-])
+@pytest.mark.parametrize(
+    "arch,hidden,layers,heads,inner,proj,act",
+    [
+        ("ViT-L-14-quickgelu", 1024, 24, 16, 4096, 768, "quick_gelu"),  # MetaCLIP L/14
+        ("ViT-H-14-quickgelu", 1280, 32, 16, 5120, 1024, "quick_gelu"),  # MetaCLIP H/14
+        ("ViT-L-14-336", 1024, 24, 16, 4096, 768, "gelu"),
+    ],
+)
 def test_paper_architectures_map_to_clip_configs(arch, hidden, layers, heads, inner, proj, act):
     config = hf_config_from_open_clip(open_clip.get_model_config(arch))
     v = config.vision_config
     assert (v.hidden_size, v.num_hidden_layers, v.num_attention_heads, v.intermediate_size) == (
-        hidden, layers, heads, inner)
+        hidden,
+        layers,
+        heads,
+        inner,
+    )
     assert (v.patch_size, v.projection_dim, config.projection_dim, v.hidden_act) == (
-        14, proj, proj, act)
+        14,
+        proj,
+        proj,
+        act,
+    )
     assert config.text_config.vocab_size == 49408
     assert arch in convertible_architectures()
-
 
 
 def test_unknown_architecture_is_a_one_line_error(capsys, tmp_path):
     ckpt = tmp_path / "w.pt"
     torch.save({}, ckpt)
-    err = cli_error(capsys, ["convert-open-clip", str(ckpt), str(tmp_path / "o"),
-                              "--arch", "ViT-Q-99"])
+    err = cli_error(
+        capsys, ["convert-open-clip", str(ckpt), str(tmp_path / "o"), "--arch", "ViT-Q-99"]
+    )
     assert "unknown open_clip architecture 'ViT-Q-99'" in err and "ViT-H-14-quickgelu" in err
     assert not (tmp_path / "o").exists()
 
@@ -166,16 +195,18 @@ def test_unknown_architecture_is_a_one_line_error(capsys, tmp_path):
 def test_architecture_without_a_clip_model_layout(capsys, tmp_path):
     ckpt = tmp_path / "w.pt"
     torch.save({}, ckpt)
-    err = cli_error(capsys, ["convert-open-clip", str(ckpt), str(tmp_path / "o"),
-                              "--arch", "coca_ViT-B-32"])
+    err = cli_error(
+        capsys, ["convert-open-clip", str(ckpt), str(tmp_path / "o"), "--arch", "coca_ViT-B-32"]
+    )
     assert "'coca_ViT-B-32' cannot become a CLIPModel" in err
 
 
 def test_checkpoint_that_does_not_fit_the_architecture(capsys, tmp_path):
     arch = _registered_arch(tmp_path, True)
     ckpt = _write_checkpoint(_random_open_clip(_tiny_cfg(True)), tmp_path / "w.safetensors")
-    err = cli_error(capsys, ["convert-open-clip", str(ckpt), str(tmp_path / "o"),
-                              "--arch", "ViT-B-32"])
+    err = cli_error(
+        capsys, ["convert-open-clip", str(ckpt), str(tmp_path / "o"), "--arch", "ViT-B-32"]
+    )
     assert "open_clip could not load" in err and "'ViT-B-32'" in err
     assert arch  # the tiny one would have fitted
 
@@ -185,4 +216,3 @@ def test_weights_file_needs_an_architecture(tmp_path):
     torch.save({}, ckpt)
     with pytest.raises(GenhancerError, match="name the architecture"):
         convert_open_clip(ckpt, tmp_path / "o")
-

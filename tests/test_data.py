@@ -131,7 +131,8 @@ def test_resumed_stream_continues_exactly(workers, start):
 def test_bad_members_are_skipped_and_counted(tmp_path):
     good = jpg_bytes(1)
     members = {
-        "a.jpg": good, "a.txt": b"caption",
+        "a.jpg": good,
+        "a.txt": b"caption",
         "b.jpg": good[: len(good) // 3],  # truncated
         "c.png": b"",  # zero bytes
         "d.jpg": b"this is text, not a jpeg",  # corrupt

@@ -54,8 +54,9 @@ class OracleScorer:
         self.ids = {t: i for i, t in enumerate(dict.fromkeys(self.statement_of.values()))}
 
     def _one_hot(self, texts) -> torch.Tensor:
-        return torch.nn.functional.one_hot(torch.tensor([self.ids[t] for t in texts]),
-                                           len(self.ids)).float()
+        return torch.nn.functional.one_hot(
+            torch.tensor([self.ids[t] for t in texts]), len(self.ids)
+        ).float()
 
     def encode_images(self, paths):
         return self._one_hot([self.statement_of[int(Path(p).stem)] for p in paths])
@@ -98,22 +99,36 @@ def test_generated_benchmark_has_the_distributed_layout(bench):
 
 
 def _pair(qid: int, pattern: str = "Texts") -> MMVPPair:
-    return MMVPPair(pattern, MMVPItem(qid, pattern, "a"), MMVPItem(qid + 1, pattern, "b"),
-                    (Path(f"{qid}.jpg"), Path(f"{qid + 1}.jpg")))
+    return MMVPPair(
+        pattern,
+        MMVPItem(qid, pattern, "a"),
+        MMVPItem(qid + 1, pattern, "b"),
+        (Path(f"{qid}.jpg"), Path(f"{qid + 1}.jpg")),
+    )
 
 
 def test_protocol_rules_on_injected_logits():
     pairs = [_pair(1), _pair(3), _pair(5), _pair(7)]
-    logits = torch.tensor([
-        [[2.0, 0.0], [0.0, 2.0]],  # both right -> the pair counts
-        [[2.0, 0.0], [2.0, 0.0]],  # second statement picks image 1 -> the pair fails
-        [[0.0, 0.0], [0.0, 2.0]],  # tie: P = 0.5 is not > 0.5 -> image 2 -> fails
-        [[0.1, 0.0], [-5.0, -4.0]],  # softmax over the pair only: P = 0.525 and 0.27 -> right
-    ])
+    logits = torch.tensor(
+        [
+            [[2.0, 0.0], [0.0, 2.0]],  # both right -> the pair counts
+            [[2.0, 0.0], [2.0, 0.0]],  # second statement picks image 1 -> the pair fails
+            [[0.0, 0.0], [0.0, 2.0]],  # tie: P = 0.5 is not > 0.5 -> image 2 -> fails
+            [[0.1, 0.0], [-5.0, -4.0]],  # softmax over the pair only: P = 0.525 and 0.27 -> right
+        ]
+    )
     correct, total, records = score_pairs(pairs, logits)
     assert correct == {"Texts": 2} and total == {"Texts": 4}
-    assert [r["pred"] for r in records] == ["img1", "img2", "img1", "img1", "img2", "img2",
-                                            "img1", "img2"]
+    assert [r["pred"] for r in records] == [
+        "img1",
+        "img2",
+        "img1",
+        "img1",
+        "img2",
+        "img2",
+        "img1",
+        "img2",
+    ]
     assert [r["truth"] for r in records] == ["img1", "img2"] * 4
     assert [r["pair_correct"] for r in records[::2]] == [True, False, False, True]
     assert records[6]["prob_image1"] == pytest.approx(torch.tensor([0.1, 0.0]).softmax(0)[0])
@@ -144,8 +159,10 @@ def test_each_image_and_each_text_is_encoded_exactly_once(bench, tiny_clip):
     benchmark = load_benchmark(bench)
     scorer = load_scorer(tiny_clip, batch_size=64)
     vision, text = {"calls": 0, "rows": 0}, {"calls": 0, "rows": 0}
-    handles = [_count_rows(scorer.model.vision_model, vision),
-               _count_rows(scorer.model.text_model, text)]
+    handles = [
+        _count_rows(scorer.model.vision_model, vision),
+        _count_rows(scorer.model.text_model, text),
+    ]
     seen_paths, seen_texts = [], []
     encode_images, encode_texts = scorer.encode_images, scorer.encode_texts
     scorer.encode_images = lambda paths: seen_paths.extend(paths) or encode_images(paths)
@@ -177,8 +194,7 @@ def test_batched_scores_match_the_papers_per_pair_forward(bench, tiny_clip):
             tokens = tokenizer(["a photo of " + item.statement], return_tensors="pt")
             with torch.no_grad():
                 probs = model(pixel_values=pixels, **tokens).logits_per_text.softmax(dim=-1)
-            assert records[item.qid]["prob_image1"] == pytest.approx(probs[0, 0].item(),
-                                                                     abs=1e-5)
+            assert records[item.qid]["prob_image1"] == pytest.approx(probs[0, 0].item(), abs=1e-5)
             assert records[item.qid]["pred"] == ("img1" if probs[0, 0] > 0.5 else "img2")
 
 
@@ -199,14 +215,12 @@ def test_folder_names_with_underscores_and_images_under_the_root(bench, tmp_path
 def test_bad_benchmark_folders(capsys, bench, tiny_clip, tmp_path):
     empty = tmp_path / "empty"
     empty.mkdir()
-    err = cli_error(capsys, ["eval", "mmvp-vlm", "--model", str(tiny_clip),
-                                   "--data", str(empty)])
+    err = cli_error(capsys, ["eval", "mmvp-vlm", "--model", str(tiny_clip), "--data", str(empty)])
     assert "holds no questions CSV" in err
     broken = shutil.copytree(bench, tmp_path / "broken")
     for qid in (1, 4, 33):
         next(broken.rglob(f"{qid}.jpg")).unlink()
-    err = cli_error(capsys, ["eval", "mmvp-vlm", "--model", str(tiny_clip),
-                                   "--data", str(broken)])
+    err = cli_error(capsys, ["eval", "mmvp-vlm", "--model", str(tiny_clip), "--data", str(broken)])
     assert "3 MMVP-VLM images missing" in err
     assert "Orientation and Direction/1.jpg, Orientation and Direction/4.jpg, " in err
     assert "Presence of Specific Features/33.jpg" in err
@@ -221,34 +235,47 @@ def test_bad_model_folders(capsys, bench, tiny_clip, tmp_path):
     vision_only = tmp_path / "vision-only"
     CLIPVisionModel.from_pretrained(tiny_clip).save_pretrained(vision_only)
     capsys.readouterr()  # drop the loader's report
-    err = cli_error(capsys, ["eval", "mmvp-vlm", "--model", str(vision_only),
-                                   "--data", str(bench)])
+    err = cli_error(capsys, ["eval", "mmvp-vlm", "--model", str(vision_only), "--data", str(bench)])
     assert "vision tower only" in err and "needs the text tower" in err
     llama = tmp_path / "llama"
     llama.mkdir()
     (llama / "config.json").write_text(json.dumps({"model_type": "llama"}))
-    err = cli_error(capsys, ["eval", "mmvp-vlm", "--model", str(llama),
-                                   "--data", str(bench)])
+    err = cli_error(capsys, ["eval", "mmvp-vlm", "--model", str(llama), "--data", str(bench)])
     assert "'llama' model" in err and "clip, siglip" in err
     siglip = tmp_path / "siglip"
     siglip.mkdir()
     (siglip / "config.json").write_text(json.dumps({"model_type": "siglip"}))
-    err = cli_error(capsys, ["eval", "compare", str(tiny_clip), str(siglip),
-                                   "--mmvp", str(bench), "--output", str(tmp_path / "o")])
+    err = cli_error(
+        capsys,
+        [
+            "eval",
+            "compare",
+            str(tiny_clip),
+            str(siglip),
+            "--mmvp",
+            str(bench),
+            "--output",
+            str(tmp_path / "o"),
+        ],
+    )
     assert "base is a 'clip' model and enhanced a 'siglip' one" in err
-    err = cli_error(capsys, ["eval", "mmvp-vlm", "--model", str(tmp_path / "nope"),
-                                   "--data", str(bench)])
+    err = cli_error(
+        capsys, ["eval", "mmvp-vlm", "--model", str(tmp_path / "nope"), "--data", str(bench)]
+    )
     assert "does not exist" in err
 
 
 def _tiny_siglip(folder: Path) -> Path:
     tokenizer = byte_level_clip_tokenizer(folder)
     tokenizer.save_pretrained(folder)
-    common = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                  num_attention_heads=2)
+    common = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2)
     config = SiglipConfig(
-        text_config=dict(common, vocab_size=len(tokenizer), max_position_embeddings=64,
-                         pad_token_id=tokenizer.pad_token_id),
+        text_config=dict(
+            common,
+            vocab_size=len(tokenizer),
+            max_position_embeddings=64,
+            pad_token_id=tokenizer.pad_token_id,
+        ),
         vision_config=dict(common, image_size=32, patch_size=8),
     )
     SiglipModel(config).save_pretrained(folder)
@@ -268,12 +295,17 @@ def test_siglip_family_same_protocol_and_matches_its_forward(tmp_path):
     pair = load_benchmark(data).pairs[0]
     images = [Image.open(p).convert("RGB") for p in pair.images]
     pixels = scorer.image_processor(images=images, return_tensors="pt")["pixel_values"]
-    tokens = scorer.tokenizer(["a photo of " + pair.first.statement], padding="max_length",
-                              max_length=64, return_tensors="pt")
+    tokens = scorer.tokenizer(
+        ["a photo of " + pair.first.statement],
+        padding="max_length",
+        max_length=64,
+        return_tensors="pt",
+    )
     with torch.no_grad():
         logits = scorer.model(pixel_values=pixels, input_ids=tokens["input_ids"]).logits_per_text
     assert result.predictions[0]["prob_image1"] == pytest.approx(
-        logits.softmax(dim=-1)[0, 0].item(), abs=1e-5)
+        logits.softmax(dim=-1)[0, 0].item(), abs=1e-5
+    )
 
 
 def test_pattern_by_position_as_the_reference_with_a_warning(tmp_path):
@@ -293,9 +325,12 @@ def test_pattern_by_position_as_the_reference_with_a_warning(tmp_path):
     images = data / "MLLM_VLM Images"
     for qid in (1, 2):
         (images / PATTERNS[0] / f"{qid}.jpg").rename(images / PATTERNS[1] / f"{qid}.jpg")
-    with pytest.warns(UserWarning, match=r"disagrees with the reference's positional pattern.*"
-                                         r"qid 1 \('Presence of Specific Features' -> "
-                                         r"'Orientation and Direction'\)"):
+    with pytest.warns(
+        UserWarning,
+        match=r"disagrees with the reference's positional pattern.*"
+        r"qid 1 \('Presence of Specific Features' -> "
+        r"'Orientation and Direction'\)",
+    ):
         loaded = load_benchmark(data)
     assert [p.pattern for p in loaded.pairs] == list(PATTERNS)
 
@@ -328,41 +363,67 @@ def test_fp16_folder_is_scored_in_fp32_by_default(tiny_clip, tmp_path, capsys):
     bench = load_benchmark(data)
     reference = CLIPModel.from_pretrained(folder, dtype=torch.float16).float().eval()
     pixels = AutoImageProcessor.from_pretrained(folder)(
-        images=[Image.open(p).convert("RGB") for p in bench.images[:2]],
-        return_tensors="pt")["pixel_values"]
+        images=[Image.open(p).convert("RGB") for p in bench.images[:2]], return_tensors="pt"
+    )["pixel_values"]
     with torch.no_grad():
         out = reference.get_image_features(pixel_values=pixels)
         out = out if isinstance(out, torch.Tensor) else out.pooler_output
         expected = torch.nn.functional.normalize(out, dim=-1)
     assert torch.allclose(scorer.encode_images(bench.images[:2]), expected, atol=1e-6)
-    args = build_parser().parse_args(["eval", "mmvp-vlm", "--model", str(folder),
-                                      "--data", str(data)])
+    args = build_parser().parse_args(
+        ["eval", "mmvp-vlm", "--model", str(folder), "--data", str(data)]
+    )
     assert args.dtype == "float32"
     bf16 = load_scorer(folder, device="cpu", dtype="bfloat16")
     assert bf16.model.dtype == torch.bfloat16
     run_mmvp(bench, bf16)  # scores in the dtype asked for
     capsys.readouterr()  # drop the loaders' progress output
-    err = cli_error(capsys, ["eval", "mmvp-vlm", "--model", str(folder), "--data", str(data),
-                             "--dtype", "float16", "--device", "cpu"])
+    err = cli_error(
+        capsys,
+        [
+            "eval",
+            "mmvp-vlm",
+            "--model",
+            str(folder),
+            "--data",
+            str(data),
+            "--dtype",
+            "float16",
+            "--device",
+            "cpu",
+        ],
+    )
     assert "--dtype float16 on the CPU" in err
 
 
 def test_siglip_folder_without_tokenizer_is_one_line(capsys, bench, tiny_siglip):
     """`make-tiny-siglip` (like a vision export of a base without tokenizer files) writes no
     tokenizer; scoring texts needs one: a one-line error, not a sentencepiece traceback."""
-    err = cli_error(capsys, ["eval", "mmvp-vlm", "--model", str(tiny_siglip),
-                             "--data", str(bench)])
+    err = cli_error(capsys, ["eval", "mmvp-vlm", "--model", str(tiny_siglip), "--data", str(bench)])
     assert err.startswith(f"error: {tiny_siglip} has no tokenizer files (tokenizer.json, ")
     assert "copy the base model's tokenizer files into it" in err
 
 
 def test_compare_errors_name_its_own_flag(capsys, tiny_clip, tmp_path):
-    err = cli_error(capsys, ["eval", "compare", str(tiny_clip), str(tiny_clip),
-                             "--output", str(tmp_path / "o")])
+    err = cli_error(
+        capsys, ["eval", "compare", str(tiny_clip), str(tiny_clip), "--output", str(tmp_path / "o")]
+    )
     assert "pass --mmvp DIR (MMVP-VLM)" in err and "--data" not in err
-    err = cli_error(capsys, ["eval", "compare", str(tiny_clip), str(tiny_clip),
-                             "--mmvp", str(tmp_path / "nope"), "--output", str(tmp_path / "o")])
+    err = cli_error(
+        capsys,
+        [
+            "eval",
+            "compare",
+            str(tiny_clip),
+            str(tiny_clip),
+            "--mmvp",
+            str(tmp_path / "nope"),
+            "--output",
+            str(tmp_path / "o"),
+        ],
+    )
     assert err.endswith("does not exist; pass --mmvp DIR") and "--data" not in err
-    err = cli_error(capsys, ["eval", "mmvp-vlm", "--model", str(tiny_clip),
-                             "--data", str(tmp_path / "nope")])
+    err = cli_error(
+        capsys, ["eval", "mmvp-vlm", "--model", str(tiny_clip), "--data", str(tmp_path / "nope")]
+    )
     assert err.endswith("does not exist; pass --data DIR")

@@ -28,14 +28,31 @@ def _png(path: Path) -> tuple[int, int]:
         return image.size
 
 
-def test_mmvp_vlm_command_writes_table_json_csv_predictions_and_chart(capsys, data, tiny_clip,
-                                                                      tmp_path):
+def test_mmvp_vlm_command_writes_table_json_csv_predictions_and_chart(
+    capsys, data, tiny_clip, tmp_path
+):
     out = tmp_path / "mmvp"
-    main(["eval", "mmvp-vlm", "--model", str(tiny_clip), "--model", str(data["other"]),
-          "--data", str(data["bench"]), "--output", str(out), "--batch_size", "7"])
+    main(
+        [
+            "eval",
+            "mmvp-vlm",
+            "--model",
+            str(tiny_clip),
+            "--model",
+            str(data["other"]),
+            "--data",
+            str(data["bench"]),
+            "--output",
+            str(out),
+            "--batch_size",
+            "7",
+        ]
+    )
     stdout = capsys.readouterr().out
-    assert stdout.startswith("| Model | Orientation | Presence | State | Quantity | Position |"
-                             " Color | Structure | Text | Viewpoint | Average |")
+    assert stdout.startswith(
+        "| Model | Orientation | Presence | State | Quantity | Position |"
+        " Color | Structure | Text | Viewpoint | Average |"
+    )
     assert "| tiny-clip |" in stdout and "| other-clip |" in stdout and "| delta |" in stdout
     results = json.loads((out / "mmvp_vlm.json").read_text())
     assert [r["model"] for r in results] == ["tiny-clip", "other-clip"]
@@ -49,14 +66,23 @@ def test_mmvp_vlm_command_writes_table_json_csv_predictions_and_chart(capsys, da
     assert float(rows[1][-1]) == pytest.approx(results[0]["average"])
     predictions = [json.loads(line) for line in (out / "mmvp_vlm_predictions.jsonl").open()]
     assert len(predictions) == 2 * 36
-    assert {"model", "qid", "pattern", "statement", "prob_image1", "pred", "truth", "correct",
-            "pair_correct"} <= set(predictions[0])
+    assert {
+        "model",
+        "qid",
+        "pattern",
+        "statement",
+        "prob_image1",
+        "pred",
+        "truth",
+        "correct",
+        "pair_correct",
+    } <= set(predictions[0])
     for r in results:  # the table is the predictions' pair rule, per pattern
         for pattern in PATTERNS:
-            rows = [p for p in predictions if p["model"] == r["model"] and
-                    p["pattern"] == pattern]
-            pairs = sum(a["correct"] and b["correct"]
-                        for a, b in zip(rows[::2], rows[1::2], strict=True))
+            rows = [p for p in predictions if p["model"] == r["model"] and p["pattern"] == pattern]
+            pairs = sum(
+                a["correct"] and b["correct"] for a, b in zip(rows[::2], rows[1::2], strict=True)
+            )
             assert r["correct"][pattern] == pairs
     assert "| tiny-clip |" in (out / "mmvp_vlm.md").read_text()
     width, height = _png(out / "mmvp_vlm.png")
@@ -66,12 +92,24 @@ def test_mmvp_vlm_command_writes_table_json_csv_predictions_and_chart(capsys, da
     assert matplotlib.get_backend().lower() == "agg"
 
 
-def test_compare_writes_one_report_with_mmvp_and_zeroshot_deltas(capsys, data, tiny_clip,
-                                                                 tmp_path):
+def test_compare_writes_one_report_with_mmvp_and_zeroshot_deltas(capsys, data, tiny_clip, tmp_path):
     out = tmp_path / "compare"
-    main(["eval", "compare", str(tiny_clip), str(data["other"]), "--mmvp", str(data["bench"]),
-          "--classification", str(data["cls"]), "--retrieval", str(data["ret"]),
-          "--output", str(out)])
+    main(
+        [
+            "eval",
+            "compare",
+            str(tiny_clip),
+            str(data["other"]),
+            "--mmvp",
+            str(data["bench"]),
+            "--classification",
+            str(data["cls"]),
+            "--retrieval",
+            str(data["ret"]),
+            "--output",
+            str(out),
+        ]
+    )
     stdout = capsys.readouterr().out
     assert "| base |" in stdout and "| enhanced |" in stdout and "classification/top1" in stdout
     report = json.loads((out / "report.json").read_text())
@@ -79,11 +117,13 @@ def test_compare_writes_one_report_with_mmvp_and_zeroshot_deltas(capsys, data, t
     for p in PATTERNS:
         assert mmvp["delta"][p] == mmvp["enhanced"]["scores"][p] - mmvp["base"]["scores"][p]
     assert mmvp["delta_average"] == pytest.approx(
-        mmvp["enhanced"]["average"] - mmvp["base"]["average"])
-    assert set(zs["delta"]) == {"classification/top1", "classification/top5",
-                                *(f"retrieval/{d}_R@{k}" for d in ("image_to_text",
-                                                                   "text_to_image")
-                                  for k in (1, 5, 10))}
+        mmvp["enhanced"]["average"] - mmvp["base"]["average"]
+    )
+    assert set(zs["delta"]) == {
+        "classification/top1",
+        "classification/top5",
+        *(f"retrieval/{d}_R@{k}" for d in ("image_to_text", "text_to_image") for k in (1, 5, 10)),
+    }
     for m, d in zs["delta"].items():
         assert d == pytest.approx(zs["enhanced"]["metrics"][m] - zs["base"]["metrics"][m])
     markdown = (out / "report.md").read_text()
@@ -96,16 +136,38 @@ def test_compare_writes_one_report_with_mmvp_and_zeroshot_deltas(capsys, data, t
 def test_zeroshot_command(capsys, data, tiny_clip, tmp_path):
     templates = tmp_path / "templates.txt"
     templates.write_text("a {c}.\nan image of a {c}.\n")
-    main(["eval", "zeroshot", "--model", str(tiny_clip), "--classification", str(data["cls"]),
-          "--templates", str(templates), "--output", str(tmp_path / "zs")])
+    main(
+        [
+            "eval",
+            "zeroshot",
+            "--model",
+            str(tiny_clip),
+            "--classification",
+            str(data["cls"]),
+            "--templates",
+            str(templates),
+            "--output",
+            str(tmp_path / "zs"),
+        ]
+    )
     assert "| classification/top1 |" in capsys.readouterr().out
     results = json.loads((tmp_path / "zs" / "zeroshot.json").read_text())
     assert set(results[0]["metrics"]) == {"classification/top1", "classification/top5"}
 
 
 def test_make_benchmark_command_and_no_silent_overwrite(capsys, tmp_path):
-    main(["eval", "make-benchmark", str(tmp_path / "b"), "--pairs_per_pattern", "1",
-          "--image_size", "32", "--with_zeroshot"])
+    main(
+        [
+            "eval",
+            "make-benchmark",
+            str(tmp_path / "b"),
+            "--pairs_per_pattern",
+            "1",
+            "--image_size",
+            "32",
+            "--with_zeroshot",
+        ]
+    )
     assert "not MMVP-VLM" in capsys.readouterr().out
     assert len(list((tmp_path / "b").rglob("*.jpg"))) == 18
     assert (tmp_path / "b" / "zeroshot" / "retrieval" / "captions.json").is_file()
@@ -124,10 +186,14 @@ def test_demo_final_step_prints_the_mmvp_table_and_writes_the_chart(capsys, tmp_
     assert "== MMVP-VLM format, generated benchmark (a format fixture, not MMVP-VLM) ==" in stdout
     lines = stdout.splitlines()
     start = next(i for i, line in enumerate(lines) if line.startswith("| Model | Orientation |"))
-    table = lines[start:start + 5]
-    assert [line.split(" | ")[0] for line in table] == ["| Model", "|---|---|---|---|---|---"
-                                                        "|---|---|---|---|---|", "| base",
-                                                        "| enhanced", "| delta"]
+    table = lines[start : start + 5]
+    assert [line.split(" | ")[0] for line in table] == [
+        "| Model",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| base",
+        "| enhanced",
+        "| delta",
+    ]
     assert all(line.count("|") == 12 for line in table)  # model, 9 patterns, average
     chart = tmp_path / "eval" / "report" / "mmvp_vlm.png"
     assert f"bar chart: {chart}" in stdout and _png(chart)[0] > 400

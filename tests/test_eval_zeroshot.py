@@ -22,8 +22,7 @@ from genhancer_llava.evaluation.zeroshot import recall_at_k, topk_accuracy
 
 @pytest.fixture(scope="module")
 def fixture(tmp_path_factory) -> tuple[Path, Path]:
-    return make_zeroshot_fixture(tmp_path_factory.mktemp("zs"), images_per_class=3,
-                                 image_size=40)
+    return make_zeroshot_fixture(tmp_path_factory.mktemp("zs"), images_per_class=3, image_size=40)
 
 
 def test_metric_definitions_on_hand_made_scores():
@@ -41,16 +40,16 @@ def test_metric_definitions_on_hand_made_scores():
 
 def _direct(model, processor, tokenizer, images, texts):
     """transformers alone: one CLIPModel forward on all images and texts."""
-    pixels = processor(images=[Image.open(p).convert("RGB") for p in images],
-                       return_tensors="pt")["pixel_values"]
+    pixels = processor(images=[Image.open(p).convert("RGB") for p in images], return_tensors="pt")[
+        "pixel_values"
+    ]
     tokens = tokenizer(texts, padding=True, return_tensors="pt")
     with torch.no_grad():
         out = model(pixel_values=pixels, **tokens)
     return out
 
 
-def test_classification_and_retrieval_match_a_direct_transformers_computation(fixture,
-                                                                              tiny_clip):
+def test_classification_and_retrieval_match_a_direct_transformers_computation(fixture, tiny_clip):
     cls_dir, captions = fixture
     cls, ret = load_classification(cls_dir), load_retrieval(captions)
     assert len(cls.classnames) == 12 and len(cls.templates) == 2 and len(cls.images) == 36
@@ -84,9 +83,14 @@ def test_classification_and_retrieval_match_a_direct_transformers_computation(fi
         i2t = torch.stack([(owner[ranked[i]] == i).any() for i in range(len(ret.images))])
         assert result.metrics[f"retrieval/text_to_image_R@{k}"] == pytest.approx(100 * t2i.item())
         assert result.metrics[f"retrieval/image_to_text_R@{k}"] == pytest.approx(
-            100 * i2t.float().mean().item())
-    assert result.sizes == {"classification_images": 36, "classes": 12,
-                            "retrieval_images": 24, "captions": 48}
+            100 * i2t.float().mean().item()
+        )
+    assert result.sizes == {
+        "classification_images": 36,
+        "classes": 12,
+        "retrieval_images": 24,
+        "captions": 48,
+    }
 
 
 def test_class_names_from_folders_json_and_templates_argument(fixture, tmp_path):

@@ -69,12 +69,16 @@ def metaclip2_folder(tmp_path_factory):
     """A tiny random MetaClip2Model folder with a byte-level tokenizer and no image processor."""
     folder = tmp_path_factory.mktemp("metaclip2") / "tiny-metaclip2"
     tokenizer = byte_level_clip_tokenizer(folder)
-    common = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                  num_attention_heads=2)
+    common = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2)
     config = transformers.MetaClip2Config(
-        text_config=dict(common, vocab_size=len(tokenizer), max_position_embeddings=16,
-                         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-                         pad_token_id=tokenizer.pad_token_id),
+        text_config=dict(
+            common,
+            vocab_size=len(tokenizer),
+            max_position_embeddings=16,
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+        ),
         vision_config=dict(common, image_size=16, patch_size=8),
         projection_dim=24,
     )
@@ -113,7 +117,8 @@ def test_third_family_is_one_entry(third_family, metaclip2_folder, tmp_path):
     folder = metaclip2_folder
     # config validation and folder reading
     assert load_config("tiny", overrides=["encoder.family=metaclip2"]).encoder.family == (
-        "metaclip2")
+        "metaclip2"
+    )
     assert folder_family(folder) == ("metaclip2", "metaclip_2")
     vision, model_type, family = read_vision_config(folder, family="metaclip2")
     assert (model_type, family, vision.projection_dim) == ("metaclip_2", "metaclip2", 24)
@@ -134,20 +139,26 @@ def test_third_family_is_one_entry(third_family, metaclip2_folder, tmp_path):
     assert torch.equal(full.visual_projection.weight, encoder.model.visual_projection.weight)
 
     # the tower registry, swap and the LLaVA tower (these read the folder's processor)
-    transformers.CLIPImageProcessor(size={"shortest_edge": 16},
-                                    crop_size={"height": 16, "width": 16}).save_pretrained(folder)
+    transformers.CLIPImageProcessor(
+        size={"shortest_edge": 16}, crop_size={"height": 16, "width": 16}
+    ).save_pretrained(folder)
     spec = resolve_tower(f"genhancer:{folder}")
     assert tower_kind(folder, "x") == "metaclip2" and spec.has_cls_token
     assert encoder_geometry(folder).family == "metaclip2"
     tower = load_encoder_tower(folder)
     assert isinstance(tower, transformers.MetaClip2VisionModel)
-    hf = SimpleNamespace(vision_config=transformers.MetaClip2VisionConfig(
-        hidden_size=32, patch_size=8, image_size=16, num_hidden_layers=2, num_attention_heads=2))
+    hf = SimpleNamespace(
+        vision_config=transformers.MetaClip2VisionConfig(
+            hidden_size=32, patch_size=8, image_size=16, num_hidden_layers=2, num_attention_heads=2
+        )
+    )
     assert llava_hf_geometry(hf, "ckpt").family == "metaclip2"
     from llava_patches.towers import build_tower
 
-    llava_tower = build_tower(f"genhancer:{folder}", SimpleNamespace(
-        mm_vision_select_layer=-2, mm_vision_select_feature="patch"))
+    llava_tower = build_tower(
+        f"genhancer:{folder}",
+        SimpleNamespace(mm_vision_select_layer=-2, mm_vision_select_feature="patch"),
+    )
     assert isinstance(llava_tower.vision_tower, transformers.MetaClip2VisionModel)
     assert llava_tower(torch.randn(1, 3, 16, 16)).shape == (1, 4, 32)  # CLS dropped
 
@@ -157,6 +168,7 @@ def test_third_family_is_one_entry(third_family, metaclip2_folder, tmp_path):
     scorer = HFScorer(folder, device="cpu")
     assert isinstance(scorer.model, transformers.MetaClip2Model)
     assert scorer.text_inputs == ("input_ids", "attention_mask")
-    logits = scorer.logits_per_text(scorer.encode_texts(["a", "b c"]),
-                                    scorer.encode_images([tmp_path / "red.png"]))
+    logits = scorer.logits_per_text(
+        scorer.encode_texts(["a", "b c"]), scorer.encode_images([tmp_path / "red.png"])
+    )
     assert logits.shape == (2, 1)

@@ -54,8 +54,11 @@ def imported_modules(path: Path) -> list[tuple[int, str]]:
             func = node.func
             name = getattr(func, "attr", getattr(func, "id", None))
             first = node.args[0]
-            if name in ("import_module", "__import__") and isinstance(first, ast.Constant) \
-                    and isinstance(first.value, str):
+            if (
+                name in ("import_module", "__import__")
+                and isinstance(first, ast.Constant)
+                and isinstance(first.value, str)
+            ):
                 found.append((node.lineno, first.value))
     return found
 
@@ -73,32 +76,49 @@ def test_walker_sees_every_kind_of_import(tmp_path, monkeypatch):
         "import os\nfrom llava_hf import x\n"
         "def f():\n    import llava.model\n    from llava_patches import apply\n"
         "    import importlib\n    importlib.import_module('llava_patches.runner')\n"
-        "from .sub import y\nfrom ..other import z\n")
+        "from .sub import y\nfrom ..other import z\n"
+    )
     monkeypatch.setattr(sys.modules[__name__], "REPO", tmp_path)
-    assert sorted(m for _, m in imported_modules(pkg / "mod.py")) == sorted([
-        "os", "llava_hf", "llava.model", "llava_patches", "importlib", "pkg.sub", "other",
-        "llava_patches.runner"])
+    assert sorted(m for _, m in imported_modules(pkg / "mod.py")) == sorted(
+        [
+            "os",
+            "llava_hf",
+            "llava.model",
+            "llava_patches",
+            "importlib",
+            "pkg.sub",
+            "other",
+            "llava_patches.runner",
+        ]
+    )
     assert [m for _, m in imported_modules(pkg / "__init__.py")] == ["pkg"]
-    forbidden = sorted(m for _, m in imported_modules(pkg / "mod.py")
-                       if m.split(".")[0] in FORBIDDEN)
+    forbidden = sorted(
+        m for _, m in imported_modules(pkg / "mod.py") if m.split(".")[0] in FORBIDDEN
+    )
     assert forbidden == ["llava.model", "llava_patches", "llava_patches.runner"]
 
 
 def test_genhancer_llava_never_imports_llava_or_llava_patches():
     files = _files("genhancer_llava")
     assert len(files) > 30  # the walk found the package
-    bad = [f"{path.relative_to(REPO)}:{line}: {module}"
-           for path in files for line, module in imported_modules(path)
-           if module.split(".")[0] in FORBIDDEN]
+    bad = [
+        f"{path.relative_to(REPO)}:{line}: {module}"
+        for path in files
+        for line, module in imported_modules(path)
+        if module.split(".")[0] in FORBIDDEN
+    ]
     assert not bad, "genhancer_llava must not import llava / llava_patches:\n" + "\n".join(bad)
 
 
 def test_no_cycle_between_the_packages():
     """Package-level import graph: llava_patches -> genhancer_llava only."""
-    edges = {(package, module.split(".")[0])
-             for package in PACKAGES for path in _files(package)
-             for _, module in imported_modules(path)
-             if module.split(".")[0] in PACKAGES and module.split(".")[0] != package}
+    edges = {
+        (package, module.split(".")[0])
+        for package in PACKAGES
+        for path in _files(package)
+        for _, module in imported_modules(path)
+        if module.split(".")[0] in PACKAGES and module.split(".")[0] != package
+    }
     assert edges == {("llava_patches", "genhancer_llava")}
 
 

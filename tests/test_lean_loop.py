@@ -65,8 +65,7 @@ def test_fused_adamw_only_where_the_device_has_it(tiny_config):
 
 
 def test_one_host_sync_per_optimiser_step_not_per_micro_batch(tiny_config, monkeypatch):
-    cfg = tiny_config("optim.gradient_accumulation_steps=3", "stage1.steps=4",
-                      "run.log_every=4")
+    cfg = tiny_config("optim.gradient_accumulation_steps=3", "stage1.steps=4", "run.log_every=4")
     run = prepare_run_dir(cfg, False, False)
     trainer = StageTrainer(run.load_config(), run, "stage1")
     syncs = []

@@ -39,16 +39,27 @@ HF_TOWER = ("model.vision_tower.", "vision_tower.")
 # Images of several aspect ratios: wide, tall, square (several tiles each) and a small one.
 SIZES = [(700, 300), (300, 700), (500, 500), (40, 24)]
 EXPECTED = {  # family, kept feature selection, tokens per tile, tower depth
-    NEXT: ("LLaVA-NeXT (llava-hf)", {"vision_feature_layer": -2,
-                                      "vision_feature_select_strategy": "default"}, 576, 24),
-    ONEVISION: ("LLaVA-OneVision (llava-hf)", {"vision_feature_layer": -1,
-                                                "vision_feature_select_strategy": "full"}, 729, 26),
+    NEXT: (
+        "LLaVA-NeXT (llava-hf)",
+        {"vision_feature_layer": -2, "vision_feature_select_strategy": "default"},
+        576,
+        24,
+    ),
+    ONEVISION: (
+        "LLaVA-OneVision (llava-hf)",
+        {"vision_feature_layer": -1, "vision_feature_select_strategy": "full"},
+        729,
+        26,
+    ),
 }
 
 
 def _hashes(folder: Path) -> dict[str, str]:
-    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(folder.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
 
 
 def _bytes(t: torch.Tensor) -> bytes:
@@ -69,8 +80,9 @@ def parts(tmp_path_factory):
 
 def _generate(model, processor, size: tuple[int, int]) -> tuple[int, int]:
     """(tiles incl. the base view, new tokens) for one image of `size` and a question."""
-    messages = [{"role": "user", "content": [{"type": "image"},
-                                             {"type": "text", "text": "What is it?"}]}]
+    messages = [
+        {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "What is it?"}]}
+    ]
     prompt = processor.apply_chat_template(messages, add_generation_prompt=True)
     inputs = processor(images=Image.new("RGB", size, "red"), text=prompt, return_tensors="pt")
     out = model.generate(**inputs, max_new_tokens=4, do_sample=False, pad_token_id=0)
@@ -112,10 +124,13 @@ def test_swap_into_family(parts, tmp_path, capsys, name):
     record = json.loads((out / "genhancer.json").read_text())["swap"]
     assert record["family"] == family and record["kept"] == kept
     assert record["tower_layers"] == depth and record["replaced_weight_files"] == [
-        "model.safetensors"]
+        "model.safetensors"
+    ]
     if name == ONEVISION:  # SO400M's last layer and the pooling head are not LLaVA's
         assert record["unused_encoder_weights"] == [
-            f"encoder.layers.{depth}-{SO400M_LAYERS - 1}", "head (SigLIP pooling head)"]
+            f"encoder.layers.{depth}-{SO400M_LAYERS - 1}",
+            "head (SigLIP pooling head)",
+        ]
     else:
         assert record["unused_encoder_weights"] == []
 
@@ -124,8 +139,10 @@ def test_swap_into_family(parts, tmp_path, capsys, name):
     cls = CHECKPOINT_FAMILIES[family].transformers_class()
     model = cls.from_pretrained(out, dtype=torch.float32).eval()
     assert type(model).__name__ == CHECKPOINT_FAMILIES[family].model_class
-    assert (model.config.vision_feature_layer, model.config.vision_feature_select_strategy) == \
-        tuple(kept.values())
+    assert (
+        model.config.vision_feature_layer,
+        model.config.vision_feature_select_strategy,
+    ) == tuple(kept.values())
     size = model.config.vision_config.image_size
     assert (size // model.config.vision_config.patch_size) ** 2 == tokens
     pixels = torch.randn(1, 3, size, size)
@@ -160,8 +177,9 @@ def test_load_time_swap_runner(parts, name):
     tower = runner.model.model.vision_tower.state_dict()
     assert all(torch.equal(v, encoder[k]) for k, v in tower.items())
     for size in SIZES[:2]:
-        answer = runner.answer([Image.new("RGB", size, "blue")], "What is it?",
-                               {"max_new_tokens": 3, "temperature": 0})
+        answer = runner.answer(
+            [Image.new("RGB", size, "blue")], "What is it?", {"max_new_tokens": 3, "temperature": 0}
+        )
         assert isinstance(answer, str)
 
 
@@ -173,16 +191,30 @@ def _as_hub_upload(src: Path, dst: Path) -> Path:
     shutil.copytree(src, dst)
     state = load_file(dst / "model.safetensors")
     (dst / "model.safetensors").unlink()
-    state = {"vision_tower.vision_model." + k[len("vision_tower."):]
-             if k.startswith("vision_tower.") else k: v for k, v in state.items()}
-    shards = {"model-00001-of-00002.safetensors": [k for k in state if "vision_tower" not in k],
-              "model-00002-of-00002.safetensors": [k for k in state if "vision_tower" in k]}
+    state = {
+        "vision_tower.vision_model." + k[len("vision_tower.") :]
+        if k.startswith("vision_tower.")
+        else k: v
+        for k, v in state.items()
+    }
+    shards = {
+        "model-00001-of-00002.safetensors": [k for k in state if "vision_tower" not in k],
+        "model-00002-of-00002.safetensors": [k for k in state if "vision_tower" in k],
+    }
     for name, keys in shards.items():
         save_file({k: state[k] for k in keys}, dst / name, metadata={"format": "pt"})
     weight_map = {k: name for name, keys in shards.items() for k in keys}
-    (dst / "model.safetensors.index.json").write_text(json.dumps(
-        {"metadata": {"total_size": sum(v.numel() * v.element_size() for v in state.values())},
-         "weight_map": weight_map}, indent=2))
+    (dst / "model.safetensors.index.json").write_text(
+        json.dumps(
+            {
+                "metadata": {
+                    "total_size": sum(v.numel() * v.element_size() for v in state.values())
+                },
+                "weight_map": weight_map,
+            },
+            indent=2,
+        )
+    )
     return dst
 
 
@@ -202,8 +234,9 @@ def test_swap_hub_layout_sharded(parts, tmp_path):
     assert set(shard) == set(load_file(ckpt / "model-00002-of-00002.safetensors"))
     encoder = swap.load_encoder_tower(enc).state_dict()
     prefix = "vision_tower.vision_model."
-    assert all(torch.equal(v, encoder[k[len(prefix):]]) for k, v in shard.items()
-               if k.startswith(prefix))
+    assert all(
+        torch.equal(v, encoder[k[len(prefix) :]]) for k, v in shard.items() if k.startswith(prefix)
+    )
 
     from transformers import LlavaOnevisionForConditionalGeneration
 
@@ -219,9 +252,15 @@ def _meta_checkpoint(name: str):
     from transformers import AutoConfig
 
     config = published_config(name)
-    config["text_config"] = dict(model_type=config["text_config"]["model_type"], vocab_size=64,
-                                 hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                                 num_attention_heads=2, num_key_value_heads=2)
+    config["text_config"] = dict(
+        model_type=config["text_config"]["model_type"],
+        vocab_size=64,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+    )
     model_type = config.pop("model_type")
     config.pop("architectures")
     hf_config = AutoConfig.for_model(model_type, **config)
@@ -230,8 +269,9 @@ def _meta_checkpoint(name: str):
         return cls(hf_config)
 
 
-@pytest.mark.parametrize("name,tower,image_size", [(NEXT, "clip-l14", 336),
-                                                    (ONEVISION, "siglip-so400m", 384)])
+@pytest.mark.parametrize(
+    "name,tower,image_size", [(NEXT, "clip-l14", 336), (ONEVISION, "siglip-so400m", 384)]
+)
 def test_published_towers_fit(name, tower, image_size):
     """CLIP-L/14@336 fits NeXT; SO400M/14@384 (27 layers) fits OneVision's 26-layer tower."""
     from genhancer_llava.models.families import get_family
@@ -243,8 +283,14 @@ def test_published_towers_fit(name, tower, image_size):
     with torch.device("meta"):
         encoder = get_family(kind).cls("vision_model")(config)
     old = swap.llava_hf_geometry(model.config, name)
-    new = swap.geometry_of(kind, config.hidden_size, config.patch_size, config.image_size,
-                           config.num_hidden_layers, "encoder")
+    new = swap.geometry_of(
+        kind,
+        config.hidden_size,
+        config.patch_size,
+        config.image_size,
+        config.num_hidden_layers,
+        "encoder",
+    )
     swap.check_fits(old, new, family.dropped_last_layers)
     assert old.tokens == EXPECTED[name][2] and old.num_layers == EXPECTED[name][3]
     stored = {k: tuple(v.shape) for k, v in model.model.vision_tower.state_dict().items()}
@@ -261,8 +307,11 @@ def test_family_table_reads_config_not_names(tmp_path):
     for name in (NEXT, ONEVISION):
         family, _ = checkpoint_family(tmp_path, published_config(name))
         assert family.name == EXPECTED[name][0]
-    original = {"mm_vision_tower": "openai/clip-vit-large-patch14-336",
-                "image_aspect_ratio": "anyres", "mm_vision_select_layer": -2}
+    original = {
+        "mm_vision_tower": "openai/clip-vit-large-patch14-336",
+        "image_aspect_ratio": "anyres",
+        "mm_vision_select_layer": -2,
+    }
     assert checkpoint_family(tmp_path, original)[0].name == "LLaVA-NeXT (original)"
     original["image_aspect_ratio"] = "pad"
     assert checkpoint_family(tmp_path, original)[0].name == "LLaVA-1.5 (original)"
@@ -273,10 +322,10 @@ def test_family_table_reads_config_not_names(tmp_path):
 
 FITS = {  # what the error names as fitting each published checkpoint
     NEXT: "what fits: a clip encoder 1024 wide, patch 14, 336 px, a 24 x 24 grid (576 image "
-          "tokens), 24 layers (presets openai-clip-l14-336, openai-clip-l14-336-masked)",
+    "tokens), 24 layers (presets openai-clip-l14-336, openai-clip-l14-336-masked)",
     ONEVISION: "what fits: a siglip encoder 1152 wide, patch 14, 384 px, a 27 x 27 grid (729 "
-               "image tokens), 26 or 27 layers (presets siglip-so400m-384, "
-               "siglip-so400m-384-masked)",
+    "image tokens), 26 or 27 layers (presets siglip-so400m-384, "
+    "siglip-so400m-384-masked)",
 }
 
 
@@ -294,27 +343,51 @@ def _paper_encoder(folder: Path, tower: str, image_size: int) -> Path:
     from genhancer_llava.models.families import get_family
 
     kind, shape = PAPER_TOWERS[tower]
-    return _config_folder(folder, get_family(kind).cls("vision_config")(**shape,
-                                                                       image_size=image_size))
+    return _config_folder(
+        folder, get_family(kind).cls("vision_config")(**shape, image_size=image_size)
+    )
 
 
-@pytest.mark.parametrize("name,tower,image_size,expected", [
-    (ONEVISION, "clip-l14", 336,
-     "family: the checkpoint's tower is siglip, the encoder is clip"),
-    (NEXT, "clip-l14", 224, "token grid: the checkpoint's tower sees 336 px, a 24 x 24 grid (576 "
-                            "image tokens), what the LLM was trained on; the encoder 224 px, a "
-                            "16 x 16 grid (256 image tokens)"),
-    (ONEVISION, "siglip-so400m", 224, "token grid: the checkpoint's tower sees 384 px, a 27 x 27 "
-                                      "grid (729 image tokens), what the LLM was trained on; the "
-                                      "encoder 224 px, a 16 x 16 grid (256 image tokens)"),
-    (NEXT, "siglip-so400m", 384, "family: the checkpoint's tower is clip, the encoder is siglip"),
-])
+@pytest.mark.parametrize(
+    "name,tower,image_size,expected",
+    [
+        (
+            ONEVISION,
+            "clip-l14",
+            336,
+            "family: the checkpoint's tower is siglip, the encoder is clip",
+        ),
+        (
+            NEXT,
+            "clip-l14",
+            224,
+            "token grid: the checkpoint's tower sees 336 px, a 24 x 24 grid (576 "
+            "image tokens), what the LLM was trained on; the encoder 224 px, a "
+            "16 x 16 grid (256 image tokens)",
+        ),
+        (
+            ONEVISION,
+            "siglip-so400m",
+            224,
+            "token grid: the checkpoint's tower sees 384 px, a 27 x 27 "
+            "grid (729 image tokens), what the LLM was trained on; the "
+            "encoder 224 px, a 16 x 16 grid (256 image tokens)",
+        ),
+        (
+            NEXT,
+            "siglip-so400m",
+            384,
+            "family: the checkpoint's tower is clip, the encoder is siglip",
+        ),
+    ],
+)
 def test_encoder_that_does_not_fit(tmp_path, capsys, name, tower, image_size, expected):
     ckpt = _config_folder(tmp_path / name, published_config(name))
     enc = _paper_encoder(tmp_path / "enc", tower, image_size)
     out = tmp_path / "out"
-    err = cli_error(capsys, ["swap", "--llava", str(ckpt), "--vision-tower", str(enc),
-                             "--output", str(out)])
+    err = cli_error(
+        capsys, ["swap", "--llava", str(ckpt), "--vision-tower", str(enc), "--output", str(out)]
+    )
     assert expected in err, err
     assert FITS[name] in err, err
     assert not out.exists() and not out.with_name(out.name + ".tmp-swap").exists()
@@ -326,18 +399,40 @@ def test_depth_that_does_not_fit(parts, tmp_path, capsys):
     config["vision_config"]["num_hidden_layers"] = 25
     (enc / "config.json").write_text(json.dumps(config))
     capsys.readouterr()  # building the encoder printed progress
-    err = cli_error(capsys, ["swap", "--llava", str(parts[ONEVISION]), "--vision-tower",
-                             str(enc), "--output", str(tmp_path / "out")])
-    assert ("depth: 26 layers in the checkpoint's tower, 25 in the encoder" in err
-            and "encoders of 26 or 27 layers fit; this family keeps the first 26" in err), err
+    err = cli_error(
+        capsys,
+        [
+            "swap",
+            "--llava",
+            str(parts[ONEVISION]),
+            "--vision-tower",
+            str(enc),
+            "--output",
+            str(tmp_path / "out"),
+        ],
+    )
+    assert (
+        "depth: 26 layers in the checkpoint's tower, 25 in the encoder" in err
+        and "encoders of 26 or 27 layers fit; this family keeps the first 26" in err
+    ), err
 
 
 def test_unsupported_family(tmp_path, capsys):
     config = dict(published_config(NEXT), model_type="llava_next_video")
     ckpt = _config_folder(tmp_path / "video", config)
     enc = _paper_encoder(tmp_path / "enc", "clip-l14", 336)
-    err = cli_error(capsys, ["swap", "--llava", str(ckpt), "--vision-tower", str(enc),
-                             "--output", str(tmp_path / "out")])
+    err = cli_error(
+        capsys,
+        [
+            "swap",
+            "--llava",
+            str(ckpt),
+            "--vision-tower",
+            str(enc),
+            "--output",
+            str(tmp_path / "out"),
+        ],
+    )
     assert "model_type 'llava_next_video'" in err and "what fits:" in err
     for model_type in ("'llava'", "'llava_next'", "'llava_onevision'", "mm_vision_tower"):
         assert model_type in err, err
@@ -395,15 +490,22 @@ def test_original_format_next(tmp_path):
     encoder = swap.load_encoder_tower(enc).state_dict()
     assert all(torch.equal(tower.vision_tower.state_dict()[k], v) for k, v in encoder.items())
     tokenizer = AutoTokenizer.from_pretrained(out)
-    ids = tokenizer_image_token("USER: <image>\nWhat is it? ASSISTANT:", tokenizer,
-                                IMAGE_TOKEN_INDEX, return_tensors="pt").unsqueeze(0)
+    ids = tokenizer_image_token(
+        "USER: <image>\nWhat is it? ASSISTANT:", tokenizer, IMAGE_TOKEN_INDEX, return_tensors="pt"
+    ).unsqueeze(0)
     tiles = set()
     for size in [(70, 30), (30, 70), (50, 50)]:
         image = Image.new("RGB", size, "green")
         pixels = process_images([image], tower.image_processor, loaded.config)
         tiles.add(pixels[0].shape[0])
-        generated = loaded.generate(ids, images=pixels, image_sizes=[size], do_sample=False,
-                                    max_new_tokens=3, pad_token_id=0)
+        generated = loaded.generate(
+            ids,
+            images=pixels,
+            image_sizes=[size],
+            do_sample=False,
+            max_new_tokens=3,
+            pad_token_id=0,
+        )
         assert 1 <= generated.shape[1] <= 3
     assert max(tiles) >= 3  # a base view + at least two tiles
 
@@ -412,14 +514,21 @@ def test_original_format_next(tmp_path):
     from genhancer_llava.mllm.runner import load_llava
 
     stored = swap.stored_tower_state(ckpt)
-    for folder, tower_arg, expected in ((out, None, encoder), (ckpt, str(enc), encoder),
-                                        (ckpt, None, stored)):
+    for folder, tower_arg, expected in (
+        (out, None, encoder),
+        (ckpt, str(enc), encoder),
+        (ckpt, None, stored),
+    ):
         runner = load_llava(folder, vision_tower=tower_arg, device="cpu", dtype="float32")
         assert runner.format == "original" and runner.family.name == "LLaVA-NeXT (original)"
         weights = runner.model.get_vision_tower().vision_tower.state_dict()
         assert all(torch.equal(weights[k], v) for k, v in expected.items())
-        answer = runner.answer([Image.new("RGB", (70, 30), "red")], "What is it?",
-                               {"max_new_tokens": 2, "temperature": 0})
+        answer = runner.answer(
+            [Image.new("RGB", (70, 30), "red")],
+            "What is it?",
+            {"max_new_tokens": 2, "temperature": 0},
+        )
         assert isinstance(answer, str)
-    assert not torch.equal(stored["embeddings.patch_embedding.weight"],
-                           encoder["embeddings.patch_embedding.weight"])
+    assert not torch.equal(
+        stored["embeddings.patch_embedding.weight"], encoder["embeddings.patch_embedding.weight"]
+    )

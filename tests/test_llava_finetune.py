@@ -36,8 +36,14 @@ TOWER_PREFIX = "model.vision_tower.vision_tower."
 
 def run_script(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
     env = dict(os.environ, PYTHON=sys.executable, PYTHONUNBUFFERED="1", DS_ACCELERATOR="cpu")
-    return subprocess.run(["bash", str(SCRIPT), *args], cwd=REPO, env=env, capture_output=True,
-                          text=True, timeout=timeout)
+    return subprocess.run(
+        ["bash", str(SCRIPT), *args],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -52,17 +58,32 @@ def inputs(tmp_path_factory):
         "enc_b": make_exported_encoder(root / "enc-b", seed=2),
         "data": data,
         "images": images,
-        "pretrain": ("--pretrain_data", str(pretrain_data), "--pretrain_images",
-                     str(pretrain_images)),
+        "pretrain": (
+            "--pretrain_data",
+            str(pretrain_data),
+            "--pretrain_images",
+            str(pretrain_images),
+        ),
     }
 
 
 def retrain(inputs, tower: Path, out: Path) -> subprocess.CompletedProcess:
     """Both LLaVA-1.5 stages on the tiny LLM and data with `tower`; asserts success."""
-    result = run_script("--vision_tower", f"genhancer:{tower}", "--preset", "tiny",
-                        "--llm", str(inputs["llm"]), "--data", str(inputs["data"]),
-                        "--images", str(inputs["images"]), *inputs["pretrain"],
-                        "--output", str(out))
+    result = run_script(
+        "--vision_tower",
+        f"genhancer:{tower}",
+        "--preset",
+        "tiny",
+        "--llm",
+        str(inputs["llm"]),
+        "--data",
+        str(inputs["data"]),
+        "--images",
+        str(inputs["images"]),
+        *inputs["pretrain"],
+        "--output",
+        str(out),
+    )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
     return result
 
@@ -85,8 +106,9 @@ def test_pretrain_then_finetune_through_llava_and_deepspeed(trained, inputs):
     assert "pretrain: " in log and "zero2.json" in log and "zero3.json" in log
     pretrain, finetune = out / "llava-pretrain", out / "llava-finetune"
     projector = torch.load(pretrain / "mm_projector.bin", map_location="cpu")
-    assert sorted(projector) == [f"model.mm_projector.{i}.{p}" for i in (0, 2)
-                                 for p in ("bias", "weight")]
+    assert sorted(projector) == [
+        f"model.mm_projector.{i}.{p}" for i in (0, 2) for p in ("bias", "weight")
+    ]
     assert f"--pretrain_mm_mlp_adapter={pretrain / 'mm_projector.bin'}" in log
     config = json.loads((finetune / "config.json").read_text())
     assert config["mm_vision_tower"] == f"genhancer:{inputs['enc_a']}"
@@ -96,8 +118,9 @@ def test_pretrain_then_finetune_through_llava_and_deepspeed(trained, inputs):
     for stage in ("llava-pretrain", "llava-finetune"):
         state = json.loads((out / stage / "trainer_state.json").read_text())
         assert state["global_step"] == 2
-        assert all(torch.isfinite(torch.tensor(h["loss"])) for h in state["log_history"]
-                   if "loss" in h)
+        assert all(
+            torch.isfinite(torch.tensor(h["loss"])) for h in state["log_history"] if "loss" in h
+        )
     trained_llm = load_file(finetune / "model.safetensors")
     base_llm = load_file(inputs["llm"] / "model.safetensors")
     key = "model.layers.0.mlp.up_proj.weight"
@@ -117,13 +140,13 @@ def test_checkpoint_reloads_in_a_fresh_process(trained, inputs):
         from transformers import CLIPVisionModel
 
         tokenizer, model, processor, _ = load_pretrained_model(
-            "{out / 'llava-finetune'}", None, "llava-finetune", device="cpu", device_map="cpu")
+            "{out / "llava-finetune"}", None, "llava-finetune", device="cpu", device_map="cpu")
         tower = model.get_vision_tower()
-        ref = CLIPVisionModel.from_pretrained("{inputs['enc_a']}").state_dict()
+        ref = CLIPVisionModel.from_pretrained("{inputs["enc_a"]}").state_dict()
         mine = tower.vision_tower.state_dict()
         same = mine.keys() == ref.keys() and all(
             torch.equal(mine[k], ref[k].to(mine[k].dtype)) for k in ref)
-        image = Image.open("{inputs['images'] / '000.png'}").convert("RGB")
+        image = Image.open("{inputs["images"] / "000.png"}").convert("RGB")
         images = process_images([image], processor, model.config).to(model.dtype)
         conv = conv_templates["v1"].copy()
         conv.append_message(conv.roles[0], "<image>\\nWhat is the colour of the image?")
@@ -135,8 +158,9 @@ def test_checkpoint_reloads_in_a_fresh_process(trained, inputs):
                           "tokens": out[0].tolist(), "images": list(images.shape)}}))
     """)
     env = dict(os.environ, DS_ACCELERATOR="cpu")
-    result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True,
-                            text=True, timeout=300, env=env)
+    result = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=300, env=env
+    )
     assert result.returncode == 0, result.stderr[-5000:]
     report = json.loads(result.stdout.strip().splitlines()[-1])
     assert report["tower"] == "GenhancerCLIPTower" and report["same"]
@@ -147,17 +171,32 @@ def test_checkpoint_reloads_in_a_fresh_process(trained, inputs):
 def test_continuing_from_a_checkpoint_with_another_tower_trains_the_new_one(trained, inputs):
     """The pitfall: LLaVA alone would train and save tower A's weights under B's name."""
     out, _ = trained
-    result = run_script("--vision_tower", f"genhancer:{inputs['enc_b']}", "--preset", "tiny",
-                        "--stage", "finetune", "--llm", str(out / "llava-finetune"),
-                        "--data", str(inputs["data"]), "--images", str(inputs["images"]),
-                        "--output", str(inputs["root"] / "run-b"))
+    result = run_script(
+        "--vision_tower",
+        f"genhancer:{inputs['enc_b']}",
+        "--preset",
+        "tiny",
+        "--stage",
+        "finetune",
+        "--llm",
+        str(out / "llava-finetune"),
+        "--data",
+        str(inputs["data"]),
+        "--images",
+        str(inputs["images"]),
+        "--output",
+        str(inputs["root"] / "run-b"),
+    )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
     assert "vision tower 'genhancer:" in result.stdout + result.stderr
     folder = inputs["root"] / "run-b" / "llava-finetune"
     config = json.loads((folder / "config.json").read_text())
     assert config["mm_vision_tower"] == f"genhancer:{inputs['enc_b']}"
-    saved = {k[len(TOWER_PREFIX):]: v for k, v in load_file(folder / "model.safetensors").items()
-             if k.startswith(TOWER_PREFIX)}
+    saved = {
+        k[len(TOWER_PREFIX) :]: v
+        for k, v in load_file(folder / "model.safetensors").items()
+        if k.startswith(TOWER_PREFIX)
+    }
     tower_b, tower_a = _tower_state(inputs["enc_b"]), _tower_state(inputs["enc_a"])
     assert saved.keys() == tower_b.keys()
     assert all(torch.equal(saved[k], tower_b[k].to(saved[k].dtype)) for k in tower_b)
@@ -180,29 +219,66 @@ def test_siglip_tower_retrains_on_data_with_text_only_samples(inputs):
 
 
 def test_unknown_tower_name_is_a_one_line_error(inputs, tmp_path):
-    result = run_script("--vision_tower", "genhancer:nope", "--preset", "tiny",
-                        "--llm", str(inputs["llm"]), "--data", str(inputs["data"]),
-                        "--images", str(inputs["images"]), "--output", str(tmp_path))
+    result = run_script(
+        "--vision_tower",
+        "genhancer:nope",
+        "--preset",
+        "tiny",
+        "--llm",
+        str(inputs["llm"]),
+        "--data",
+        str(inputs["data"]),
+        "--images",
+        str(inputs["images"]),
+        "--output",
+        str(tmp_path),
+    )
     assert result.returncode == 2
-    assert result.stderr.strip().splitlines() == [
-        result.stderr.strip().splitlines()[-1]
-    ] and "unknown genhancer tower 'nope'" in result.stderr
+    assert (
+        result.stderr.strip().splitlines() == [result.stderr.strip().splitlines()[-1]]
+        and "unknown genhancer tower 'nope'" in result.stderr
+    )
 
 
 def test_finetune_stage_needs_a_projector(inputs, tmp_path):
-    result = run_script("--vision_tower", f"genhancer:{inputs['enc_a']}", "--preset", "tiny",
-                        "--stage", "finetune", "--llm", str(inputs["llm"]),
-                        "--data", str(inputs["data"]), "--images", str(inputs["images"]),
-                        "--output", str(tmp_path))
+    result = run_script(
+        "--vision_tower",
+        f"genhancer:{inputs['enc_a']}",
+        "--preset",
+        "tiny",
+        "--stage",
+        "finetune",
+        "--llm",
+        str(inputs["llm"]),
+        "--data",
+        str(inputs["data"]),
+        "--images",
+        str(inputs["images"]),
+        "--output",
+        str(tmp_path),
+    )
     assert result.returncode == 2 and "needs --projector" in result.stderr
 
 
 def test_siglip_with_patch_select_feature_stops_before_training(inputs, tmp_path):
     siglip = make_tiny_siglip(tmp_path / "siglip")
-    result = run_script("--vision_tower", f"genhancer:{siglip}", "--preset", "tiny",
-                        "--llm", str(inputs["llm"]), "--data", str(inputs["data"]),
-                        "--images", str(inputs["images"]), "--output", str(tmp_path / "out"),
-                        "--", "--mm_vision_select_feature", "patch")
+    result = run_script(
+        "--vision_tower",
+        f"genhancer:{siglip}",
+        "--preset",
+        "tiny",
+        "--llm",
+        str(inputs["llm"]),
+        "--data",
+        str(inputs["data"]),
+        "--images",
+        str(inputs["images"]),
+        "--output",
+        str(tmp_path / "out"),
+        "--",
+        "--mm_vision_select_feature",
+        "patch",
+    )
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert "without a CLS token" in lines[-1] and "cls_patch" in lines[-1]
@@ -215,10 +291,17 @@ def test_siglip_tower_gets_cls_patch_in_the_recipe(inputs, tmp_path):
     from llava_patches.finetune import PRESETS, stage_args
 
     siglip = make_tiny_siglip(tmp_path / "siglip")
-    args = argparse.Namespace(vision_tower=f"genhancer:{siglip}", llm=inputs["llm"],
-                              data=inputs["data"], images=inputs["images"], output=tmp_path,
-                              pretrain_data=None, pretrain_images=None, projector=None,
-                              stage="both", llava_args=[])
+    args = argparse.Namespace(
+        vision_tower=f"genhancer:{siglip}",
+        llm=inputs["llm"],
+        data=inputs["data"],
+        images=inputs["images"],
+        output=tmp_path,
+        pretrain_data=None,
+        pretrain_images=None,
+        projector=None,
+        stage="both",
+        llava_args=[],
+    )
     for stage in ("pretrain", "finetune"):
-        assert "--mm_vision_select_feature=cls_patch" in stage_args(stage, args, PRESETS["tiny"],
-                                                                    1)
+        assert "--mm_vision_select_feature=cls_patch" in stage_args(stage, args, PRESETS["tiny"], 1)

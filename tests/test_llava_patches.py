@@ -90,17 +90,19 @@ def test_without_apply_genhancer_fails_as_llava_does(parts):
     code = textwrap.dedent(f"""
         from types import SimpleNamespace
         from llava.model.llava_arch import build_vision_tower
-        for name in ("genhancer", "genhancer:{parts['enc_a']}"):
+        for name in ("genhancer", "genhancer:{parts["enc_a"]}"):
             try:
                 build_vision_tower(SimpleNamespace(vision_tower=name))
             except ValueError as exc:
                 print(exc)
     """)
-    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True,
-                         timeout=120)
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120
+    )
     assert out.returncode == 0, out.stderr
     assert out.stdout.splitlines() == [
-        "Unknown vision tower: genhancer", f"Unknown vision tower: genhancer:{parts['enc_a']}"
+        "Unknown vision tower: genhancer",
+        f"Unknown vision tower: genhancer:{parts['enc_a']}",
     ]
 
 
@@ -120,8 +122,9 @@ def test_clip_tower_loads_the_encoder_and_selects_tokens(parts):
     assert tower.hidden_size == 64 and tower.num_patches == 16 and tower.num_patches_per_side == 4
     images = torch.randn(2, 3, 32, 32)
     assert tower(images).shape == (2, 16, 64)  # patch: CLS dropped
-    keep = hook.build_vision_tower(model_args(f"genhancer:{parts['enc_a']}",
-                                              mm_vision_select_feature="cls_patch"))
+    keep = hook.build_vision_tower(
+        model_args(f"genhancer:{parts['enc_a']}", mm_vision_select_feature="cls_patch")
+    )
     assert keep(images).shape == (2, 17, 64)
     assert [f.shape for f in tower([images[0], images[1]])] == [(1, 16, 64)] * 2
 
@@ -141,8 +144,7 @@ def test_tower_gradients_follow_requires_grad(parts):
     assert not tower(images).requires_grad
     tower.vision_tower.requires_grad_(True)
     tower(images).sum().backward()
-    grad = dict(tower.vision_tower.named_parameters())[
-        "embeddings.patch_embedding.weight"].grad
+    grad = dict(tower.vision_tower.named_parameters())["embeddings.patch_embedding.weight"].grad
     assert grad is not None and grad.abs().sum() > 0
 
 
@@ -163,11 +165,13 @@ def test_towers_processors_have_the_crop_size_llavas_text_only_samples_read(part
 
     assert AutoImageProcessor.from_pretrained(parts["siglip"]).crop_size is None
     for folder, feature in ((parts["siglip"], "cls_patch"), (parts["enc_a"], "patch")):
-        tower = hook.build_vision_tower(model_args(f"genhancer:{folder}",
-                                                   mm_vision_select_feature=feature))
+        tower = hook.build_vision_tower(
+            model_args(f"genhancer:{folder}", mm_vision_select_feature=feature)
+        )
         assert tower.image_processor.crop_size == {"height": 32, "width": 32}
-        pixels = tower.image_processor(images=[Image.new("RGB", (40, 24))],
-                                       return_tensors="pt")["pixel_values"]
+        pixels = tower.image_processor(images=[Image.new("RGB", (40, 24))], return_tensors="pt")[
+            "pixel_values"
+        ]
         assert pixels.shape[-2:] == (32, 32)  # the zero image matches real ones in a batch
 
 
@@ -232,8 +236,9 @@ def _trainer(parts, tmp_path, **args):
 
     tokenizer = AutoTokenizer.from_pretrained(parts["llm"])
     model = tiny_llava(parts["llm"], f"genhancer:{parts['enc_a']}")
-    training = TrainingArguments(output_dir=str(tmp_path), report_to="none",
-                                 per_device_train_batch_size=2, **args)
+    training = TrainingArguments(
+        output_dir=str(tmp_path), report_to="none", per_device_train_batch_size=2, **args
+    )
     return LLaVATrainer(model=model, tokenizer=tokenizer, args=training), tokenizer
 
 
@@ -269,11 +274,9 @@ def test_shim_generate_cache_kwargs(parts):
     model = tiny_llava(parts["llm"], f"genhancer:{parts['enc_a']}").eval()
     images = torch.randn(1, 3, 32, 32)
     ids = torch.tensor([[1, 30, 40, -200, 50, 60]])  # -200: LLaVA's image token
-    out = model.generate(ids, images=images, do_sample=False, max_new_tokens=5,
-                         pad_token_id=0)
+    out = model.generate(ids, images=images, do_sample=False, max_new_tokens=5, pad_token_id=0)
     with torch.no_grad():
-        embeds = model.prepare_inputs_labels_for_multimodal(ids, None, None, None, None,
-                                                            images)[4]
+        embeds = model.prepare_inputs_labels_for_multimodal(ids, None, None, None, None, images)[4]
         expected = []
         for _ in range(5):
             token = model(inputs_embeds=embeds, use_cache=False).logits[0, -1].argmax()
@@ -315,8 +318,7 @@ def test_shim_save_without_cuda(monkeypatch, tmp_path):
             saved.append(output_dir)
 
     synchronize = torch.cuda.synchronize
-    llava_train.safe_save_model_for_hf_trainer(trainer=DeepSpeedTrainer(),
-                                               output_dir=str(tmp_path))
+    llava_train.safe_save_model_for_hf_trainer(trainer=DeepSpeedTrainer(), output_dir=str(tmp_path))
     assert saved == [str(tmp_path)]
     assert torch.cuda.synchronize is synchronize
 
@@ -326,8 +328,16 @@ def test_legacy_flags_parse_with_llavas_arguments(tmp_path):
     from transformers import HfArgumentParser
 
     argv = shims.translate_legacy_flags(
-        ["--output_dir", str(tmp_path), "--evaluation_strategy", "no", "--warmup_ratio", "0.03",
-         "--report_to", "none"]
+        [
+            "--output_dir",
+            str(tmp_path),
+            "--evaluation_strategy",
+            "no",
+            "--warmup_ratio",
+            "0.03",
+            "--report_to",
+            "none",
+        ]
     )
     assert argv[2:4] == ["--eval_strategy", "no"] and "--warmup_steps=0.03" in argv
     parser = HfArgumentParser((ModelArguments, DataArguments, TrainingArguments))
@@ -345,8 +355,9 @@ def test_siglip_tower_in_a_llava_model(parts):
     from llava.mm_utils import process_images
     from PIL import Image
 
-    model = tiny_llava(parts["llm"], f"genhancer:{parts['siglip']}",
-                       mm_vision_select_feature="cls_patch")
+    model = tiny_llava(
+        parts["llm"], f"genhancer:{parts['siglip']}", mm_vision_select_feature="cls_patch"
+    )
     assert model.config.mm_hidden_size == 32
     model.config.image_aspect_ratio = "pad"
     processor = model.get_vision_tower().image_processor

@@ -16,11 +16,18 @@ from .llava_tiny import make_exported_encoder
 @pytest.fixture
 def args(tmp_path):
     enc = make_exported_encoder(tmp_path / "enc")
-    return argparse.Namespace(vision_tower=f"genhancer:{enc}", llm=tmp_path / "vicuna",
-                              data=tmp_path / "mix665k.json", images=tmp_path / "img",
-                              output=tmp_path / "ckpt", pretrain_data=tmp_path / "558k.json",
-                              pretrain_images=tmp_path / "pre-img", projector=None,
-                              stage="both", llava_args=[])
+    return argparse.Namespace(
+        vision_tower=f"genhancer:{enc}",
+        llm=tmp_path / "vicuna",
+        data=tmp_path / "mix665k.json",
+        images=tmp_path / "img",
+        output=tmp_path / "ckpt",
+        pretrain_data=tmp_path / "558k.json",
+        pretrain_images=tmp_path / "pre-img",
+        projector=None,
+        stage="both",
+        llava_args=[],
+    )
 
 
 def _flags(argv):
@@ -33,12 +40,16 @@ def test_llava15_pretrain_and_finetune_flags(args):
     assert pre["deepspeed"] == str(SCRIPTS / "zero2.json")
     assert fin["deepspeed"] == str(SCRIPTS / "zero3.json")
     assert (pre["tune_mm_mlp_adapter"], pre["version"], pre["learning_rate"]) == (
-        "True", "plain", "1e-3")
+        "True",
+        "plain",
+        "1e-3",
+    )
     assert "tune_mm_mlp_adapter" not in fin and fin["version"] == "v1"
     assert fin["learning_rate"] == "2e-5"
     assert pre["data_path"].endswith("558k.json") and fin["data_path"].endswith("mix665k.json")
-    assert fin["pretrain_mm_mlp_adapter"] == str(args.output / "llava-pretrain" /
-                                                  "mm_projector.bin")
+    assert fin["pretrain_mm_mlp_adapter"] == str(
+        args.output / "llava-pretrain" / "mm_projector.bin"
+    )
     assert fin["output_dir"] == str(args.output / "llava-finetune")
     assert (fin["image_aspect_ratio"], fin["group_by_modality_length"]) == ("pad", "True")
     for flags in (pre, fin):
@@ -47,13 +58,18 @@ def test_llava15_pretrain_and_finetune_flags(args):
         assert flags["mm_vision_select_layer"] == "-2"
         assert flags["mm_use_im_start_end"] == flags["mm_use_im_patch_token"] == "False"
         assert (flags["bf16"], flags["model_max_length"], flags["warmup_ratio"]) == (
-            "True", "2048", "0.03")
+            "True",
+            "2048",
+            "0.03",
+        )
         assert flags["lr_scheduler_type"] == "cosine" and flags["num_train_epochs"] == "1"
     # global batch 256 / 128 on 8 processes
-    assert int(pre["per_device_train_batch_size"]) * 8 * int(
-        pre["gradient_accumulation_steps"]) == 256
-    assert int(fin["per_device_train_batch_size"]) * 8 * int(
-        fin["gradient_accumulation_steps"]) == 128
+    assert (
+        int(pre["per_device_train_batch_size"]) * 8 * int(pre["gradient_accumulation_steps"]) == 256
+    )
+    assert (
+        int(fin["per_device_train_batch_size"]) * 8 * int(fin["gradient_accumulation_steps"]) == 128
+    )
 
 
 def test_global_batch_is_kept_on_fewer_devices(args):

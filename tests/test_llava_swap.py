@@ -29,8 +29,11 @@ TOWER = swap.ORIGINAL_TOWER_PREFIX
 
 
 def _hashes(folder: Path) -> dict[str, str]:
-    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(folder.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
 
 
 def _encoder_state(folder: Path) -> dict[str, torch.Tensor]:
@@ -55,8 +58,9 @@ def parts(tmp_path_factory):
         "enc_narrow": make_tiny_clip(root / "enc-narrow", hidden_size=32, seed=3),
         "hf": make_tiny_llava_hf(root / "llava-hf", llm, old),
         "orig": make_tiny_llava_original(root / "llava-orig", llm, str(old)),
-        "orig_bare": make_tiny_llava_original(root / "llava-orig-bare", llm, str(old),
-                                              strip_tower=True),
+        "orig_bare": make_tiny_llava_original(
+            root / "llava-orig-bare", llm, str(old), strip_tower=True
+        ),
     }
 
 
@@ -67,8 +71,17 @@ def test_swap_into_llava_hf(parts, tmp_path, capsys, monkeypatch):
     out = tmp_path / "swapped"
     monkeypatch.setattr(swap, "_WARNED", False)
     with pytest.warns(UserWarning, match="llava_finetune.sh"):
-        main(["swap", "--llava", str(parts["hf"]), "--vision-tower", str(parts["enc"]),
-              "--output", str(out)])
+        main(
+            [
+                "swap",
+                "--llava",
+                str(parts["hf"]),
+                "--vision-tower",
+                str(parts["enc"]),
+                "--output",
+                str(out),
+            ]
+        )
     assert "swapped checkpoint" in capsys.readouterr().out
     assert _hashes(parts["hf"]) == before  # CKPT untouched
 
@@ -78,24 +91,26 @@ def test_swap_into_llava_hf(parts, tmp_path, capsys, monkeypatch):
     encoder = _encoder_state(parts["enc"])
     assert swapped.keys() == original.keys()
     tower_keys = {k for k in swapped if k.startswith("model.vision_tower.")}
-    assert {k[len("model.vision_tower."):] for k in tower_keys} == set(encoder)
+    assert {k[len("model.vision_tower.") :] for k in tower_keys} == set(encoder)
     for key in tower_keys:
-        assert torch.equal(swapped[key], encoder[key[len("model.vision_tower."):]]), key
+        assert torch.equal(swapped[key], encoder[key[len("model.vision_tower.") :]]), key
     for key in swapped.keys() - tower_keys:
         assert torch.equal(swapped[key], original[key]), key
-    assert not torch.equal(original["model.vision_tower.embeddings.patch_embedding.weight"],
-                           swapped["model.vision_tower.embeddings.patch_embedding.weight"])
+    assert not torch.equal(
+        original["model.vision_tower.embeddings.patch_embedding.weight"],
+        swapped["model.vision_tower.embeddings.patch_embedding.weight"],
+    )
 
     record = json.loads((out / "genhancer.json").read_text())["swap"]
     assert record["format"] == "llava-hf" and record["encoder"] == str(parts["enc"].resolve())
     assert record["retrained"] is False and record["encoder_provenance"]["family"] == "clip"
 
     processor = AutoProcessor.from_pretrained(out)  # saved with the model
-    messages = [{"role": "user", "content": [{"type": "image"},
-                                             {"type": "text", "text": "What is it?"}]}]
+    messages = [
+        {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "What is it?"}]}
+    ]
     prompt = processor.apply_chat_template(messages, add_generation_prompt=True)
-    inputs = processor(images=Image.new("RGB", (40, 24), "red"), text=prompt,
-                       return_tensors="pt")
+    inputs = processor(images=Image.new("RGB", (40, 24), "red"), text=prompt, return_tensors="pt")
     generated = model.generate(**inputs, max_new_tokens=4, do_sample=False)
     assert generated.shape[1] > inputs["input_ids"].shape[1]
 
@@ -114,12 +129,20 @@ def _generate_original(folder: Path) -> tuple[object, torch.Tensor]:
     if not tower.is_loaded:
         tower.load_model()
     tokenizer = AutoTokenizer.from_pretrained(folder)
-    images = process_images([Image.new("RGB", (40, 24), "blue")], tower.image_processor,
-                            model.config)
-    ids = tokenizer_image_token("USER: <image>\nWhat is it? ASSISTANT:", tokenizer,
-                                IMAGE_TOKEN_INDEX, return_tensors="pt").unsqueeze(0)
-    out = model.generate(ids, images=images, image_sizes=[(40, 24)], do_sample=False,
-                         max_new_tokens=4, pad_token_id=0)
+    images = process_images(
+        [Image.new("RGB", (40, 24), "blue")], tower.image_processor, model.config
+    )
+    ids = tokenizer_image_token(
+        "USER: <image>\nWhat is it? ASSISTANT:", tokenizer, IMAGE_TOKEN_INDEX, return_tensors="pt"
+    ).unsqueeze(0)
+    out = model.generate(
+        ids,
+        images=images,
+        image_sizes=[(40, 24)],
+        do_sample=False,
+        max_new_tokens=4,
+        pad_token_id=0,
+    )
     return model, out
 
 
@@ -136,15 +159,16 @@ def test_swap_into_original_format(parts, tmp_path, which):
     config = json.loads((out / "config.json").read_text())
     assert config["mm_vision_tower"] == f"genhancer:{parts['enc'].resolve()}"
     old_config = json.loads((ckpt / "config.json").read_text())
-    assert {k: v for k, v in config.items() if k != "mm_vision_tower"} == \
-        {k: v for k, v in old_config.items() if k != "mm_vision_tower"}
+    assert {k: v for k, v in config.items() if k != "mm_vision_tower"} == {
+        k: v for k, v in old_config.items() if k != "mm_vision_tower"
+    }
     original, swapped = load_file(ckpt / "model.safetensors"), load_file(out / "model.safetensors")
     encoder = _encoder_state(parts["enc"])
     assert swapped.keys() == original.keys()
     tower_keys = {k for k in swapped if k.startswith(TOWER)}
     assert bool(tower_keys) == (which == "orig")
     for key in tower_keys:
-        assert torch.equal(swapped[key], encoder[key[len(TOWER):]]), key
+        assert torch.equal(swapped[key], encoder[key[len(TOWER) :]]), key
     for key in swapped.keys() - tower_keys:
         assert torch.equal(swapped[key], original[key]), key
     record = json.loads((out / "genhancer.json").read_text())["swap"]
@@ -173,8 +197,18 @@ def test_projector_warning_once(monkeypatch):
 
 def _refused(capsys, parts, ckpt_key: str, tower: Path, out: Path) -> str:
     before = _hashes(parts[ckpt_key])
-    err = cli_error(capsys, ["swap", "--llava", str(parts[ckpt_key]), "--vision-tower",
-                             str(tower), "--output", str(out)])
+    err = cli_error(
+        capsys,
+        [
+            "swap",
+            "--llava",
+            str(parts[ckpt_key]),
+            "--vision-tower",
+            str(tower),
+            "--output",
+            str(out),
+        ],
+    )
     assert _hashes(parts[ckpt_key]) == before
     assert not out.exists() and not out.with_name(out.name + ".tmp-swap").exists()
     return err
@@ -204,8 +238,18 @@ def test_existing_output_folder(parts, tmp_path, capsys):
     out = tmp_path / "exists"
     out.mkdir()
     before = _hashes(parts["hf"])
-    err = cli_error(capsys, ["swap", "--llava", str(parts["hf"]), "--vision-tower",
-                             str(parts["enc"]), "--output", str(out)])
+    err = cli_error(
+        capsys,
+        [
+            "swap",
+            "--llava",
+            str(parts["hf"]),
+            "--vision-tower",
+            str(parts["enc"]),
+            "--output",
+            str(out),
+        ],
+    )
     assert "already exists" in err and _hashes(parts["hf"]) == before
     assert list(out.iterdir()) == []
 
@@ -225,8 +269,7 @@ def test_siglip_384_patch_14_into_an_original_checkpoint_storing_its_tower(parts
     model = tiny_llava(parts["llm"], f"genhancer:{old}", mm_vision_select_feature="cls_patch")
     model.save_pretrained(ckpt)
     AutoTokenizer.from_pretrained(parts["llm"]).save_pretrained(ckpt)
-    stored = {k: v for k, v in load_file(ckpt / "model.safetensors").items()
-              if k.startswith(TOWER)}
+    stored = {k: v for k, v in load_file(ckpt / "model.safetensors").items() if k.startswith(TOWER)}
     positions = next(v for k, v in stored.items() if k.endswith("position_embedding.weight"))
     assert positions.shape[0] == 27 * 27  # stored weights show a 27 x 27 grid (378 px)
     out = tmp_path / "swapped"
@@ -235,7 +278,7 @@ def test_siglip_384_patch_14_into_an_original_checkpoint_storing_its_tower(parts
         swap.swap_checkpoint(ckpt, new, out)
     swapped, encoder = load_file(out / "model.safetensors"), _encoder_state(new)
     for key in stored:
-        assert torch.equal(swapped[key], encoder[swap.tower_key(key[len(TOWER):])]), key
+        assert torch.equal(swapped[key], encoder[swap.tower_key(key[len(TOWER) :])]), key
 
 
 def test_original_checkpoint_naming_another_tower_than_it_stores(parts, tmp_path, capsys):

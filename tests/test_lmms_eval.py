@@ -37,8 +37,16 @@ from .llava_tiny import (  # noqa: E402
 )
 from .lmms_fixtures import ROWS, offline_env  # noqa: E402
 
-ALL_TASKS = ["mmvp", "cv_bench", "cv_bench_2d", "cv_bench_3d", "pope", "pope_adv", "pope_pop",
-             "pope_random"]
+ALL_TASKS = [
+    "mmvp",
+    "cv_bench",
+    "cv_bench_2d",
+    "cv_bench_3d",
+    "pope",
+    "pope_adv",
+    "pope_pop",
+    "pope_random",
+]
 
 
 @pytest.fixture(scope="module")
@@ -60,17 +68,42 @@ def setup(tmp_path_factory):
         warnings.simplefilter("ignore")
         swapped = swap_checkpoint(orig, enc, root / "llava-orig-genhancer")
     env = offline_env(root)
-    return {"root": root, "enc": enc, "hf": make_tiny_llava_hf(root / "llava-hf", llm, old),
-            "orig": swapped, "env": env}
+    return {
+        "root": root,
+        "enc": enc,
+        "hf": make_tiny_llava_hf(root / "llava-hf", llm, old),
+        "orig": swapped,
+        "env": env,
+    }
 
 
 def lmms_eval(setup, model_args: str, tasks: str, out: Path, *extra: str):
-    cmd = [sys.executable, "-m", "lmms_eval", "--model", "genhancer_llava",
-           "--model_args", model_args, "--tasks", tasks, "--batch_size", "1",
-           "--device", "cpu", "--log_samples", "--output_path", str(out),
-           "--verbosity", "DEBUG", "--gen_kwargs", "max_new_tokens=6", *extra]
-    proc = subprocess.run(cmd, cwd=setup["root"], env=setup["env"], capture_output=True,
-                          text=True, timeout=600)
+    cmd = [
+        sys.executable,
+        "-m",
+        "lmms_eval",
+        "--model",
+        "genhancer_llava",
+        "--model_args",
+        model_args,
+        "--tasks",
+        tasks,
+        "--batch_size",
+        "1",
+        "--device",
+        "cpu",
+        "--log_samples",
+        "--output_path",
+        str(out),
+        "--verbosity",
+        "DEBUG",
+        "--gen_kwargs",
+        "max_new_tokens=6",
+        *extra,
+    ]
+    proc = subprocess.run(
+        cmd, cwd=setup["root"], env=setup["env"], capture_output=True, text=True, timeout=600
+    )
     log = proc.stdout + proc.stderr
     assert proc.returncode == 0, log[-4000:]
     assert "Traceback" not in log, log[-4000:]
@@ -91,8 +124,9 @@ def check_consistent(run, tasks: list[str]) -> None:
         assert len(samples) == ROWS, (task, len(samples))
         assert all(isinstance(s["filtered_resps"], str) for s in samples)
     if "mmvp" in tasks:
-        assert _close(scores["mmvp"]["exact"]["pair_accuracy"],
-                      reported["mmvp"]["mmvp_pair_accuracy"])
+        assert _close(
+            scores["mmvp"]["exact"]["pair_accuracy"], reported["mmvp"]["mmvp_pair_accuracy"]
+        )
         assert _close(scores["mmvp"]["exact"]["accuracy"], reported["mmvp"]["mmvp_accuracy"])
         assert scores["mmvp"]["exact"]["pairs"] == ROWS // 2
     for task in [t for t in tasks if t.startswith("cv_bench")]:
@@ -104,19 +138,28 @@ def check_consistent(run, tasks: list[str]) -> None:
         from genhancer_llava.evaluation.lmms_report import _pope
 
         exact = _pope(run.samples[task])["exact"]
-        for ours, theirs in (("accuracy", "pope_accuracy"), ("precision", "pope_precision"),
-                             ("recall", "pope_recall"), ("f1", "pope_f1_score")):
+        for ours, theirs in (
+            ("accuracy", "pope_accuracy"),
+            ("precision", "pope_precision"),
+            ("recall", "pope_recall"),
+            ("f1", "pope_f1_score"),
+        ):
             assert _close(exact[ours], reported[task][theirs]), (task, ours)
         truths = [s["pope_accuracy"]["ground_truth"] for s in run.samples[task]]
-        assert _close(100 * truths.count("yes") / len(truths),
-                      reported[task]["ground_truth_yes_ratio"])
+        assert _close(
+            100 * truths.count("yes") / len(truths), reported[task]["ground_truth_yes_ratio"]
+        )
 
 
 def test_llava_hf_with_load_time_swap_chat_mode(setup, tmp_path, capsys):
     """`--tasks mmvp,cv_bench,cv_bench_2d,cv_bench_3d,pope,pope_full` as users type it."""
     out = tmp_path / "out"
-    log = lmms_eval(setup, f"pretrained={setup['hf']},vision_tower={setup['enc']}",
-                    "mmvp,cv_bench,cv_bench_2d,cv_bench_3d,pope,pope_full", out)
+    log = lmms_eval(
+        setup,
+        f"pretrained={setup['hf']},vision_tower={setup['enc']}",
+        "mmvp,cv_bench,cv_bench_2d,cv_bench_3d,pope,pope_full",
+        out,
+    )
     assert "genhancer_llava: llava-hf checkpoint" in log
     assert f"vision tower swapped to {setup['enc']}" in log
     assert "llava_finetune.sh" in log  # the one-time projector warning
@@ -128,11 +171,17 @@ def test_llava_hf_with_load_time_swap_chat_mode(setup, tmp_path, capsys):
     assert {r["source"] for r in cv["cv_bench"]} == {"ADE20K", "COCO", "Omni3D"}
     assert {r["type"] for r in cv["cv_bench_2d"]} == {"2D"}
     assert {r["source"] for r in cv["cv_bench_3d"]} == {"Omni3D"}
-    ids = {t: sorted(s["pope_accuracy"]["question_id"] for s in run.samples[t])
-           for t in ALL_TASKS if t.startswith("pope")}
-    assert ids == {"pope": ["0", "1", "2", "3"], "pope_adv": ["100", "101", "102", "103"],
-                   "pope_pop": ["200", "201", "202", "203"],
-                   "pope_random": ["300", "301", "302", "303"]}
+    ids = {
+        t: sorted(s["pope_accuracy"]["question_id"] for s in run.samples[t])
+        for t in ALL_TASKS
+        if t.startswith("pope")
+    }
+    assert ids == {
+        "pope": ["0", "1", "2", "3"],
+        "pope_adv": ["100", "101", "102", "103"],
+        "pope_pop": ["200", "201", "202", "203"],
+        "pope_random": ["300", "301", "302", "303"],
+    }
     assert [s["target"] for s in run.samples["mmvp"]] == ["A", "B", "B", "A"]
 
     # ... and the report reads it: CV-Bench 2D/3D/overall and POPE's mean F1 are defined.
@@ -148,8 +197,9 @@ def test_llava_hf_with_load_time_swap_chat_mode(setup, tmp_path, capsys):
 def test_original_format_simple_mode(setup, tmp_path):
     """A swapped original-format checkpoint, through llava_patches, with --force_simple."""
     out = tmp_path / "out"
-    log = lmms_eval(setup, f"pretrained={setup['orig']},dtype=float32", "mmvp,pope_full", out,
-                    "--force_simple")
+    log = lmms_eval(
+        setup, f"pretrained={setup['orig']},dtype=float32", "mmvp,pope_full", out, "--force_simple"
+    )
     assert "genhancer_llava: original checkpoint" in log
     check_consistent(load_lmms_run(out), ["mmvp", "pope_adv", "pope_pop", "pope_random"])
 
@@ -170,14 +220,27 @@ def test_manifest_registers_twice():
 
 
 def test_gen_kwargs_cleaned_before_generate():
-    greedy = clean_gen_kwargs({"until": ["\n\n", "USER:"], "max_new_tokens": 16,
-                               "temperature": 0, "top_p": 0, "num_beams": 1,
-                               "do_sample": False, "image_sizes": [(3, 4)]})
+    greedy = clean_gen_kwargs(
+        {
+            "until": ["\n\n", "USER:"],
+            "max_new_tokens": 16,
+            "temperature": 0,
+            "top_p": 0,
+            "num_beams": 1,
+            "do_sample": False,
+            "image_sizes": [(3, 4)],
+        }
+    )
     assert greedy.kwargs == {"max_new_tokens": 16, "do_sample": False, "num_beams": 1}
     assert greedy.until == ["\n\n", "USER:"] and greedy.dropped == ["image_sizes"]
     sampled = clean_gen_kwargs({"until": "###", "temperature": 0.7, "top_p": 0.9})
-    assert sampled.kwargs == {"max_new_tokens": 1024, "do_sample": True, "num_beams": 1,
-                              "temperature": 0.7, "top_p": 0.9}
+    assert sampled.kwargs == {
+        "max_new_tokens": 1024,
+        "do_sample": True,
+        "num_beams": 1,
+        "temperature": 0.7,
+        "top_p": 0.9,
+    }
     assert sampled.until == ["###"]
     assert apply_until("Yes.\n\nUSER: more", greedy.until) == "Yes."
 
@@ -187,15 +250,38 @@ def test_eval_llava_script(setup, tmp_path):
     out = tmp_path / "eval"
     env = dict(setup["env"], PYTHON=sys.executable)
     proc = subprocess.run(
-        ["bash", str(REPO / "scripts" / "eval_llava.sh"), "--base", str(setup["hf"]),
-         "--vision_tower", str(setup["enc"]), "--output", str(out), "--tasks", "mmvp",
-         "--device", "cpu", "--", "--gen_kwargs", "max_new_tokens=4"],
-        cwd=setup["root"], env=env, capture_output=True, text=True, timeout=600)
+        [
+            "bash",
+            str(REPO / "scripts" / "eval_llava.sh"),
+            "--base",
+            str(setup["hf"]),
+            "--vision_tower",
+            str(setup["enc"]),
+            "--output",
+            str(out),
+            "--tasks",
+            "mmvp",
+            "--device",
+            "cpu",
+            "--",
+            "--gen_kwargs",
+            "max_new_tokens=4",
+        ],
+        cwd=setup["root"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
     assert "| base |" in proc.stdout and "| enhanced |" in proc.stdout
     report = json.loads((out / "report" / "report.json").read_text())
     assert [r["model"] for r in report] == ["base", "enhanced"]
     assert all(r["mmvp"]["exact"]["pairs"] == ROWS // 2 for r in report)
-    bad = subprocess.run(["bash", str(REPO / "scripts" / "eval_llava.sh"), "--base", "x"],
-                         capture_output=True, text=True, env=env)
+    bad = subprocess.run(
+        ["bash", str(REPO / "scripts" / "eval_llava.sh"), "--base", "x"],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
     assert bad.returncode == 2 and bad.stderr.startswith("error: pass --base")

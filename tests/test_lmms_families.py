@@ -41,10 +41,14 @@ pytestmark = pytest.mark.slow
 def setup(tmp_path_factory):
     root = tmp_path_factory.mktemp("lmms-families")
     env = offline_env(root)
-    return {"root": root, "env": env,
-            NEXT: make_tiny_next(root / NEXT), ONEVISION: make_tiny_onevision(root / ONEVISION),
-            "enc-" + NEXT: make_next_encoder(root / "clip-336"),
-            "enc-" + ONEVISION: make_onevision_encoder(root / "siglip-384")}
+    return {
+        "root": root,
+        "env": env,
+        NEXT: make_tiny_next(root / NEXT),
+        ONEVISION: make_tiny_onevision(root / ONEVISION),
+        "enc-" + NEXT: make_next_encoder(root / "clip-336"),
+        "enc-" + ONEVISION: make_onevision_encoder(root / "siglip-384"),
+    }
 
 
 def test_llava_next_load_time_swap(setup, tmp_path):
@@ -70,10 +74,29 @@ def test_llava_onevision_through_eval_script(setup, tmp_path):
     env = dict(setup["env"], PYTHON=sys.executable, LMMS_VERBOSITY="DEBUG")
     enc = setup["enc-" + ONEVISION]
     proc = subprocess.run(
-        ["bash", str(REPO / "scripts" / "eval_llava.sh"), "--base", str(setup[ONEVISION]),
-         "--vision_tower", str(enc), "--output", str(out), "--tasks", TASKS,
-         "--device", "cpu", "--", "--gen_kwargs", "max_new_tokens=6"],
-        cwd=setup["root"], env=env, capture_output=True, text=True, timeout=900)
+        [
+            "bash",
+            str(REPO / "scripts" / "eval_llava.sh"),
+            "--base",
+            str(setup[ONEVISION]),
+            "--vision_tower",
+            str(enc),
+            "--output",
+            str(out),
+            "--tasks",
+            TASKS,
+            "--device",
+            "cpu",
+            "--",
+            "--gen_kwargs",
+            "max_new_tokens=6",
+        ],
+        cwd=setup["root"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     log = proc.stdout + proc.stderr
     assert proc.returncode == 0, log[-4000:]
     assert "Traceback" not in log, log[-4000:]

@@ -24,50 +24,101 @@ DATE = "20260101_000000"
 
 
 def _mmvp(i: int, gt: str, reply: str, exact_ok: bool) -> dict:
-    rec = {"index": i, "pair_index": i // 2, "pred": reply, "pred_letter": "", "gt": gt,
-           "is_correct": exact_ok}
-    return {"doc_id": i, "target": gt, "filtered_resps": reply, "mmvp_accuracy": rec,
-            "mmvp_pair_accuracy": rec}
+    rec = {
+        "index": i,
+        "pair_index": i // 2,
+        "pred": reply,
+        "pred_letter": "",
+        "gt": gt,
+        "is_correct": exact_ok,
+    }
+    return {
+        "doc_id": i,
+        "target": gt,
+        "filtered_resps": reply,
+        "mmvp_accuracy": rec,
+        "mmvp_pair_accuracy": rec,
+    }
 
 
 def _cv(i: int, source: str, gt: str, reply: str) -> dict:
     first = reply.strip().lstrip("( ")[:1].upper()  # lmms-eval's parse: the first letter
-    rec = {"id": i, "gt_content": gt, "pred_parsed": first, "pred": reply,
-           "type": "3D" if source == "Omni3D" else "2D", "task": "Count", "source": source,
-           "is_correct": first == gt}
+    rec = {
+        "id": i,
+        "gt_content": gt,
+        "pred_parsed": first,
+        "pred": reply,
+        "type": "3D" if source == "Omni3D" else "2D",
+        "task": "Count",
+        "source": source,
+        "is_correct": first == gt,
+    }
     return {"doc_id": i, "target": f"({gt})", "filtered_resps": reply, "cv_bench_acc": rec}
 
 
 def _pope(i: int, gt: str, reply: str) -> dict:
     pred = reply.lower().strip()
-    rec = {"question_id": str(i), "score": float(pred == gt), "prediction": pred,
-           "ground_truth": gt}
-    return {"doc_id": i, "target": gt, "filtered_resps": reply,
-            **{k: rec for k in ("pope_accuracy", "pope_precision", "pope_recall",
-                                "pope_f1_score", "pope_yes_ratio")}}
+    rec = {
+        "question_id": str(i),
+        "score": float(pred == gt),
+        "prediction": pred,
+        "ground_truth": gt,
+    }
+    return {
+        "doc_id": i,
+        "target": gt,
+        "filtered_resps": reply,
+        **{
+            k: rec
+            for k in (
+                "pope_accuracy",
+                "pope_precision",
+                "pope_recall",
+                "pope_f1_score",
+                "pope_yes_ratio",
+            )
+        },
+    }
 
 
 MMVP = [  # 3 pairs; lmms-eval's own parse already reads all of these replies
-    _mmvp(0, "A", "A", True), _mmvp(1, "B", "(B)", True),
-    _mmvp(2, "B", "The answer is (B)", True), _mmvp(3, "A", "B", False),
-    _mmvp(4, "A", "a.", True), _mmvp(5, "B", "Option B is right", True),
+    _mmvp(0, "A", "A", True),
+    _mmvp(1, "B", "(B)", True),
+    _mmvp(2, "B", "The answer is (B)", True),
+    _mmvp(3, "A", "B", False),
+    _mmvp(4, "A", "a.", True),
+    _mmvp(5, "B", "Option B is right", True),
 ]
 CV = [
     _cv(0, "ADE20K", "B", "The answer is (B)"),  # lmms-eval reads "T"
     _cv(1, "ADE20K", "A", "(A)"),
-    _cv(2, "COCO", "C", "C"), _cv(3, "COCO", "A", "B"), _cv(4, "COCO", "A", "A"),
+    _cv(2, "COCO", "C", "C"),
+    _cv(3, "COCO", "A", "B"),
+    _cv(4, "COCO", "A", "A"),
     _cv(5, "Omni3D", "A", "A. closer"),
     _cv(6, "Omni3D", "B", "answer: B"),  # lmms-eval reads "A"
     _cv(7, "Omni3D", "B", "A"),
     _cv(8, "Omni3D", "A", "The answer is (B)"),
 ]
 POPE = {
-    "pope_adv": [_pope(0, "yes", "Yes."), _pope(1, "no", "No"), _pope(2, "yes", "yes"),
-                 _pope(3, "no", "There is no dog.")],
-    "pope_pop": [_pope(0, "yes", "Yes, there is."), _pope(1, "yes", "No."),
-                 _pope(2, "no", "yes"), _pope(3, "no", "no")],
-    "pope_random": [_pope(0, "yes", "yes"), _pope(1, "no", "no"), _pope(2, "yes", "no"),
-                    _pope(3, "no", "yes")],
+    "pope_adv": [
+        _pope(0, "yes", "Yes."),
+        _pope(1, "no", "No"),
+        _pope(2, "yes", "yes"),
+        _pope(3, "no", "There is no dog."),
+    ],
+    "pope_pop": [
+        _pope(0, "yes", "Yes, there is."),
+        _pope(1, "yes", "No."),
+        _pope(2, "no", "yes"),
+        _pope(3, "no", "no"),
+    ],
+    "pope_random": [
+        _pope(0, "yes", "yes"),
+        _pope(1, "no", "no"),
+        _pope(2, "yes", "no"),
+        _pope(3, "no", "yes"),
+    ],
 }
 
 
@@ -76,12 +127,15 @@ def write_logs(folder: Path) -> Path:
     sub = folder / "checkpoints__llava"
     sub.mkdir(parents=True)
     tasks = {"mmvp": MMVP, "cv_bench": CV, **POPE}
-    results = {"results": {t: {"alias": t, "dummy,none": 0.5} for t in tasks},
-               "model_name": "checkpoints/llava"}
+    results = {
+        "results": {t: {"alias": t, "dummy,none": 0.5} for t in tasks},
+        "model_name": "checkpoints/llava",
+    }
     (sub / f"{DATE}_results.json").write_text(json.dumps(results))
     for task, samples in tasks.items():
         (sub / f"{DATE}_samples_{task}.jsonl").write_text(
-            "".join(json.dumps(s) + "\n" for s in samples))
+            "".join(json.dumps(s) + "\n" for s in samples)
+        )
     return folder
 
 
@@ -96,25 +150,49 @@ def test_parsers():
 def test_paper_metrics_from_known_answers(tmp_path):
     scores = score_run(load_lmms_run(write_logs(tmp_path / "run")))
     mmvp = scores["mmvp"]
-    assert mmvp["exact"] == mmvp["lenient"] == {"pair_accuracy": 66.67, "accuracy": 83.33,
-                                                 "pairs": 3}
+    assert (
+        mmvp["exact"] == mmvp["lenient"] == {"pair_accuracy": 66.67, "accuracy": 83.33, "pairs": 3}
+    )
     cv = scores["cv_bench"]
     # exact: ADE20K 1/2, COCO 2/3 -> 2D 58.33; Omni3D 1/4 -> 3D 25; overall 41.67 (samples 4/9)
-    assert cv["exact"] == {"2D": 58.33, "3D": 25.0, "overall": 41.67, "sample_accuracy": 44.44,
-                           "ADE20K": 50.0, "COCO": 66.67, "Omni3D": 25.0}
+    assert cv["exact"] == {
+        "2D": 58.33,
+        "3D": 25.0,
+        "overall": 41.67,
+        "sample_accuracy": 44.44,
+        "ADE20K": 50.0,
+        "COCO": 66.67,
+        "Omni3D": 25.0,
+    }
     # lenient: ADE20K 2/2, COCO 2/3 -> 2D 83.33; Omni3D 2/4 -> 3D 50; overall 66.67
-    assert cv["lenient"] == {"2D": 83.33, "3D": 50.0, "overall": 66.67,
-                             "sample_accuracy": 66.67, "ADE20K": 100.0, "COCO": 66.67,
-                             "Omni3D": 50.0}
+    assert cv["lenient"] == {
+        "2D": 83.33,
+        "3D": 50.0,
+        "overall": 66.67,
+        "sample_accuracy": 66.67,
+        "ADE20K": 100.0,
+        "COCO": 66.67,
+        "Omni3D": 50.0,
+    }
     pope = scores["pope"]
     # adversarial: "Yes." and "There is no dog." fail exact match; lenient gets all four.
     assert pope["adversarial"]["exact"]["accuracy"] == 50.0
     assert pope["adversarial"]["exact"]["f1"] == 100.0  # lmms-eval's recall ignores non-"no"
-    assert pope["adversarial"]["lenient"] == {"accuracy": 100.0, "precision": 100.0,
-                                              "recall": 100.0, "f1": 100.0, "model_yes_ratio": 50.0}
+    assert pope["adversarial"]["lenient"] == {
+        "accuracy": 100.0,
+        "precision": 100.0,
+        "recall": 100.0,
+        "f1": 100.0,
+        "model_yes_ratio": 50.0,
+    }
     assert pope["popular"]["exact"]["accuracy"] == 25.0 and pope["popular"]["exact"]["f1"] == 0
-    assert pope["popular"]["lenient"] == {"accuracy": 50.0, "precision": 50.0, "recall": 50.0,
-                                          "f1": 50.0, "model_yes_ratio": 50.0}
+    assert pope["popular"]["lenient"] == {
+        "accuracy": 50.0,
+        "precision": 50.0,
+        "recall": 50.0,
+        "f1": 50.0,
+        "model_yes_ratio": 50.0,
+    }
     assert pope["random"]["exact"]["f1"] == pope["random"]["lenient"]["f1"] == 50.0
     assert pope["mean_f1_exact"] == 50.0 and pope["mean_f1_lenient"] == 66.67
     assert scores["lmms_eval_reported"]["mmvp"] == {"dummy": 50.0}
@@ -164,13 +242,26 @@ def test_report_refuses_a_folder_of_several_models(tmp_path, capsys):
     results = tmp_path / "results"
     base, enhanced = write_logs(results / "base"), write_logs(results / "enhanced")
     err = cli_error(capsys, ["eval", "report", str(results), "--output", str(tmp_path / "o")])
-    assert err == (f"error: {results} holds lmms-eval runs of 2 models "
-                   "(base/checkpoints__llava, enhanced/checkpoints__llava); pass one RESULTS_DIR "
-                   "per model (one row each): genhancer eval lmms-report "
-                   f"{base / 'checkpoints__llava'} {enhanced / 'checkpoints__llava'}")
+    assert err == (
+        f"error: {results} holds lmms-eval runs of 2 models "
+        "(base/checkpoints__llava, enhanced/checkpoints__llava); pass one RESULTS_DIR "
+        "per model (one row each): genhancer eval lmms-report "
+        f"{base / 'checkpoints__llava'} {enhanced / 'checkpoints__llava'}"
+    )
     assert not (tmp_path / "o").exists()
-    main(["eval", "lmms-report", str(base / "checkpoints__llava"),
-          str(enhanced / "checkpoints__llava"), "--name", "base", "--name", "enhanced",
-          "--output", str(tmp_path / "o")])
+    main(
+        [
+            "eval",
+            "lmms-report",
+            str(base / "checkpoints__llava"),
+            str(enhanced / "checkpoints__llava"),
+            "--name",
+            "base",
+            "--name",
+            "enhanced",
+            "--output",
+            str(tmp_path / "o"),
+        ]
+    )
     rows = [r for r in capsys.readouterr().out.splitlines() if r.startswith("| ")]
     assert [r.split(" | ")[0] for r in rows[1:]] == ["| base", "| enhanced", "| delta"]

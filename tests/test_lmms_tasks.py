@@ -24,18 +24,25 @@ TASKS_DIR = REPO / "eval" / "lmms_tasks"
 
 
 def _cv_doc(idx: int, source: str, answer: str) -> dict:
-    return {"idx": idx, "source": source, "type": "3D" if source == "Omni3D" else "2D",
-            "answer": answer}
+    return {
+        "idx": idx,
+        "source": source,
+        "type": "3D" if source == "Omni3D" else "2D",
+        "answer": answer,
+    }
 
 
 def test_cv_bench_hooks_give_cambrians_overall():
-    samples = [(_cv_doc(0, "ADE20K", "(B)"), "(B) left"),       # right
-               (_cv_doc(1, "ADE20K", "(A)"), "B"),              # wrong
-               (_cv_doc(2, "COCO", "(A)"), "The answer is A."),  # right (first letter: T)
-               (_cv_doc(3, "Omni3D", "(C)"), "(A)"),            # wrong
-               (_cv_doc(4, "Omni3D", "(D)"), "no idea")]        # wrong: no letter
-    records = [hooks.cv_bench_process_results(doc, [reply])["cv_bench_overall"]
-               for doc, reply in samples]
+    samples = [
+        (_cv_doc(0, "ADE20K", "(B)"), "(B) left"),  # right
+        (_cv_doc(1, "ADE20K", "(A)"), "B"),  # wrong
+        (_cv_doc(2, "COCO", "(A)"), "The answer is A."),  # right (first letter: T)
+        (_cv_doc(3, "Omni3D", "(C)"), "(A)"),  # wrong
+        (_cv_doc(4, "Omni3D", "(D)"), "no idea"),
+    ]  # wrong: no letter
+    records = [
+        hooks.cv_bench_process_results(doc, [reply])["cv_bench_overall"] for doc, reply in samples
+    ]
     assert [r["correct"] for r in records] == [True, False, True, False, False]
     assert hooks.cv_bench_2d(records) == pytest.approx((0.5 + 1.0) / 2)
     assert hooks.cv_bench_3d(records) == 0.0
@@ -46,8 +53,10 @@ def test_cv_bench_hooks_give_cambrians_overall():
 def test_pope_hooks_use_llavas_parse():
     replies = ["Yes.", "No, there is not.", "There is a cat.", "Yes, it is."]
     truths = ["yes", "no", "no", "yes"]
-    records = [hooks.pope_process_results({"question_id": str(i), "answer": t}, [r])
-               ["pope_llava_f1"] for i, (r, t) in enumerate(zip(replies, truths, strict=True))]
+    records = [
+        hooks.pope_process_results({"question_id": str(i), "answer": t}, [r])["pope_llava_f1"]
+        for i, (r, t) in enumerate(zip(replies, truths, strict=True))
+    ]
     assert [r["prediction"] for r in records] == ["yes", "no", "yes", "yes"]
     # tp 2, fp 1, fn 0 (lmms-eval's exact match would score "Yes." as wrong)
     assert hooks.pope_precision(records) == pytest.approx(2 / 3)
@@ -71,18 +80,22 @@ def test_lmms_eval_reads_the_yamls_as_the_projects_hooks():
     cv = config("cv_bench_cambrian")
     assert cv["process_results"] is hooks.cv_bench_process_results
     assert {m["metric"]: m["aggregation"] for m in cv["metric_list"]} == {
-        "cv_bench_overall": hooks.cv_bench_overall, "cv_bench_2d": hooks.cv_bench_2d,
-        "cv_bench_3d": hooks.cv_bench_3d}
+        "cv_bench_overall": hooks.cv_bench_overall,
+        "cv_bench_2d": hooks.cv_bench_2d,
+        "cv_bench_3d": hooks.cv_bench_3d,
+    }
     assert cv["doc_to_text"].__module__ == "lmms_eval.tasks.cv_bench.utils"  # the stock prompt
     for name in ("pope_llava", "pope_llava_adv", "pope_llava_pop", "pope_llava_random"):
         pope = config(name)
         assert pope["process_results"] is hooks.pope_process_results, name
         assert {m["metric"]: m["aggregation"] for m in pope["metric_list"]}[
-            "pope_llava_f1"] is hooks.pope_f1, name
+            "pope_llava_f1"
+        ] is hooks.pope_f1, name
     group = config("pope_llava_full")
     assert group["task"] == ["pope_llava_adv", "pope_llava_pop", "pope_llava_random"]
     assert group["aggregate_metric_list"] == [
-        {"metric": "pope_llava_f1", "aggregation": "mean", "weight_by_size": False}]
+        {"metric": "pope_llava_f1", "aggregation": "mean", "weight_by_size": False}
+    ]
 
 
 # --- the real lmms-eval on the fixtures ------------------------------------------------------
@@ -97,15 +110,35 @@ def lmms_run(tmp_path_factory):
     from .lmms_fixtures import offline_env
 
     root = tmp_path_factory.mktemp("lmms-tasks")
-    llava = make_tiny_llava_hf(root / "llava-hf", make_tiny_llama(root / "llm"),
-                               make_tiny_clip(root / "clip", seed=3))
+    llava = make_tiny_llava_hf(
+        root / "llava-hf", make_tiny_llama(root / "llm"), make_tiny_clip(root / "clip", seed=3)
+    )
     env = offline_env(root)
     out = root / "out"
-    cmd = [sys.executable, "-m", "lmms_eval", "--model", "genhancer_llava",
-           "--model_args", f"pretrained={llava}", "--include_path", str(TASKS_DIR),
-           "--tasks", "cv_bench_cambrian,pope_llava,pope_llava_full", "--batch_size", "1",
-           "--device", "cpu", "--log_samples", "--output_path", str(out),
-           "--verbosity", "DEBUG", "--gen_kwargs", "max_new_tokens=6"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "lmms_eval",
+        "--model",
+        "genhancer_llava",
+        "--model_args",
+        f"pretrained={llava}",
+        "--include_path",
+        str(TASKS_DIR),
+        "--tasks",
+        "cv_bench_cambrian,pope_llava,pope_llava_full",
+        "--batch_size",
+        "1",
+        "--device",
+        "cpu",
+        "--log_samples",
+        "--output_path",
+        str(out),
+        "--verbosity",
+        "DEBUG",
+        "--gen_kwargs",
+        "max_new_tokens=6",
+    ]
     proc = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True, timeout=600)
     log = proc.stdout + proc.stderr
     assert proc.returncode == 0 and "Traceback" not in log, log[-4000:]
@@ -154,9 +187,11 @@ def _f1(logged: list[dict]) -> dict[str, float]:
     fn = sum(p == "no" and t == "yes" for p, t in zip(preds, truths, strict=True))
     precision = tp / (tp + fp) if tp + fp else 0.0
     recall = tp / (tp + fn) if tp + fn else 0.0
-    return {"f1": 2 * precision * recall / (precision + recall) if precision + recall else 0.0,
-            "yes_ratio": preds.count("yes") / len(preds),
-            "accuracy": _mean(p == t for p, t in zip(preds, truths, strict=True))}
+    return {
+        "f1": 2 * precision * recall / (precision + recall) if precision + recall else 0.0,
+        "yes_ratio": preds.count("yes") / len(preds),
+        "accuracy": _mean(p == t for p, t in zip(preds, truths, strict=True)),
+    }
 
 
 def test_pope_llava_tasks_and_the_mean_f1_of_the_three_splits(lmms_run):

@@ -35,9 +35,16 @@ def tiny_vq(tmp_path_factory):
 @pytest.fixture
 def masked_config(tiny_clip, tiny_vq, tmp_path):
     def build(*overrides):
-        return load_config("tiny-masked", overrides=[
-            f"encoder.path={tiny_clip}", f"target.path={tiny_vq}",
-            f"run.output_dir={tmp_path / 'run'}", *overrides])
+        return load_config(
+            "tiny-masked",
+            overrides=[
+                f"encoder.path={tiny_clip}",
+                f"target.path={tiny_vq}",
+                f"run.output_dir={tmp_path / 'run'}",
+                *overrides,
+            ],
+        )
+
     return build
 
 
@@ -80,19 +87,24 @@ def test_vq_target_gives_token_grids(tiny_vq):
 
 def test_bad_vq_folders_and_sizes_are_one_line_errors(tiny_vq, tmp_path):
     def target(*overrides):
-        return build_target(load_config("tiny-masked", overrides=[
-            f"target.path={tiny_vq}", *overrides]).target)
+        return build_target(
+            load_config("tiny-masked", overrides=[f"target.path={tiny_vq}", *overrides]).target
+        )
 
-    with pytest.raises(GenhancerError, match="num_vq_embeddings=32 and 4x down-sampling, the "
-                                             "config says 1024 and 4; set "
-                                             "target.codebook_size=32"):
+    with pytest.raises(
+        GenhancerError,
+        match="num_vq_embeddings=32 and 4x down-sampling, the "
+        "config says 1024 and 4; set "
+        "target.codebook_size=32",
+    ):
         target("target.codebook_size=1024")
     with pytest.raises(GenhancerError, match="set target.codebook_size=32 target.downsample=4"):
         target("target.downsample=8")
     with pytest.raises(GenhancerError, match="does not exist; set target.path"):
         target(f"target.path={tmp_path / 'nope'}")
-    with pytest.raises(ConfigError, match="encoder.image_size=30 is not a multiple of the "
-                                          "target's token stride 4"):
+    with pytest.raises(
+        ConfigError, match="encoder.image_size=30 is not a multiple of the target's token stride 4"
+    ):
         load_config("tiny-masked", overrides=["encoder.image_size=30"])
     with pytest.raises(ConfigError, match="denoiser.kind=masked reconstructs vq targets"):
         load_config("tiny-masked", overrides=["target.kind=pixels"])
@@ -139,18 +151,21 @@ def test_stage2_lora_only_changes_only_lora(masked_config):
 def test_maskgit_sampling_fills_every_position(masked_config):
     enhancer = build_enhancer(masked_config()).eval()
     _, context = enhancer.condition(torch.randn(2, 3, 32, 32))
-    ids = enhancer.denoiser.sample(None, context, steps=4,
-                                   generator=torch.Generator().manual_seed(0))
+    ids = enhancer.denoiser.sample(
+        None, context, steps=4, generator=torch.Generator().manual_seed(0)
+    )
     assert ids.shape == (2, 64) and (ids < 32).all() and (ids >= 0).all()
 
 
 MASKED = [(p + "-masked", *rest) for p, *rest in PAPER_BACKBONES]
 
 
-@pytest.mark.parametrize("preset,family,tower,size,tokens,width", MASKED,
-                         ids=[b[0] for b in MASKED])
-def test_paper_masked_presets_build_at_paper_shapes_on_meta(preset, family, tower, size,
-                                                            tokens, width):
+@pytest.mark.parametrize(
+    "preset,family,tower,size,tokens,width", MASKED, ids=[b[0] for b in MASKED]
+)
+def test_paper_masked_presets_build_at_paper_shapes_on_meta(
+    preset, family, tower, size, tokens, width
+):
     cfg = load_config(preset)
     with torch.device("meta"):
         enhancer = build_enhancer(cfg, encoder=_meta_encoder(tower, size))
@@ -173,8 +188,13 @@ def test_enhance_clip_sh_tiny_masked_runs_both_stages_and_exports(tiny_clip, tin
 
     out = tmp_path / "run"
     proc = run_python_bash(
-        "scripts/enhance_clip.sh", "--preset", "tiny-masked", "--output", str(out),
-        f"encoder.path={tiny_clip}", f"target.path={tiny_vq}",
+        "scripts/enhance_clip.sh",
+        "--preset",
+        "tiny-masked",
+        "--output",
+        str(out),
+        f"encoder.path={tiny_clip}",
+        f"target.path={tiny_vq}",
     )
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
     assert "mask_loss" in proc.stdout

@@ -17,6 +17,7 @@ from genhancer_llava.models.timesteps import sample_timesteps
 
 FLUX_DENOISER_PARAMS = 1_310_154_816  # 2 double + 4 single FLUX blocks, 24 x 128 heads
 
+
 def _meta_encoder(tower: str, image_size: int):
     """A paper backbone's vision tower on the meta device (no weights, no memory)."""
     with torch.device("meta"):
@@ -38,12 +39,16 @@ PAPER_BACKBONES = [
 ]
 
 
-@pytest.mark.parametrize("preset,family,tower,size,tokens,width", PAPER_BACKBONES,
-                         ids=[b[0] for b in PAPER_BACKBONES])
+@pytest.mark.parametrize(
+    "preset,family,tower,size,tokens,width", PAPER_BACKBONES, ids=[b[0] for b in PAPER_BACKBONES]
+)
 def test_paper_presets_build_at_paper_shapes_on_meta(preset, family, tower, size, tokens, width):
     cfg = load_config(preset)
     assert (cfg.encoder.family, cfg.encoder.image_size, cfg.encoder.global_dim) == (
-        family, size, width)
+        family,
+        size,
+        width,
+    )
     assert preset_tower(preset) == tower and PAPER_TOWERS[tower][0] == family
     with torch.device("meta"):
         enhancer = build_enhancer(cfg, encoder=_meta_encoder(tower, size))
@@ -56,9 +61,15 @@ def test_paper_presets_build_at_paper_shapes_on_meta(preset, family, tower, size
     assert enhancer.encoder.global_dim == width
     pooled, context = enhancer.projector.pooled, enhancer.projector.context
     assert (pooled[1].in_features, pooled[1].out_features, pooled[3].out_features) == (
-        width, 768, 768)
+        width,
+        768,
+        768,
+    )
     assert (context[1].in_features, context[1].out_features, context[3].out_features) == (
-        width, 4096, 4096)
+        width,
+        4096,
+        4096,
+    )
     projector_params = sum(p.numel() for p in enhancer.projector.parameters())
     assert projector_params == _mlp_params(width, 768) + _mlp_params(width, 4096)
     if width == 768:
@@ -70,12 +81,12 @@ def test_paper_presets_build_at_paper_shapes_on_meta(preset, family, tower, size
 
 def test_preset_with_another_backbone_is_refused():
     cfg = load_config("metaclip-h14-224")  # expects a 1024-d global token
-    with pytest.raises(GenhancerError, match="encoder.global_dim=1024 but the clip encoder's "
-                                             "global token is 768-d"):
+    with pytest.raises(
+        GenhancerError, match="encoder.global_dim=1024 but the clip encoder's global token is 768-d"
+    ):
         build_enhancer(cfg, encoder=_meta_encoder("clip-l14", 224))
     with pytest.raises(GenhancerError, match="encoder.family=siglip but the encoder is a clip"):
-        build_enhancer(load_config("siglip-so400m-224"),
-                       encoder=_meta_encoder("clip-l14", 224))
+        build_enhancer(load_config("siglip-so400m-224"), encoder=_meta_encoder("clip-l14", 224))
 
 
 def test_encoder_global_token_is_projected_pooler_and_text_tower_absent(tiny_clip):
@@ -84,7 +95,8 @@ def test_encoder_global_token_is_projected_pooler_and_text_tower_absent(tiny_cli
     x = torch.randn(2, 3, 32, 32)
     out = encoder(x)
     reference = CLIPVisionModelWithProjection.from_pretrained(
-        tiny_clip, config=encoder.model.config).eval()
+        tiny_clip, config=encoder.model.config
+    ).eval()
     assert torch.allclose(out.global_token, reference(pixel_values=x).image_embeds, atol=1e-6)
     assert out.global_token.shape == (2, 32) and out.local_tokens is None
 
@@ -102,8 +114,9 @@ def _lora_tower_and_hf_global(tiny_config, *overrides):
                 param.normal_(std=0.1)
 
     def hf_global(x):
-        return encoder.model.visual_projection(encoder.model.vision_model(pixel_values=x)
-                                               .pooler_output)
+        return encoder.model.visual_projection(
+            encoder.model.vision_model(pixel_values=x).pooler_output
+        )
 
     return encoder, hf_global
 
@@ -175,9 +188,15 @@ def test_flow_loss_is_mse_to_noise_minus_x(tiny_config):
     x_t = (1 - t[:, None, None]) * target + t[:, None, None] * noise
     pooled, context = enhancer.condition(pixels)
     v = enhancer.denoiser.transformer(
-        hidden_states=x_t, encoder_hidden_states=context, pooled_projections=pooled,
-        timestep=t, img_ids=image_ids((8, 8)), txt_ids=torch.zeros(1, 3),
-        guidance=torch.full((2,), 4.0), return_dict=False)[0]
+        hidden_states=x_t,
+        encoder_hidden_states=context,
+        pooled_projections=pooled,
+        timestep=t,
+        img_ids=image_ids((8, 8)),
+        txt_ids=torch.zeros(1, 3),
+        guidance=torch.full((2,), 4.0),
+        return_dict=False,
+    )[0]
     assert torch.allclose(loss, F.mse_loss(v, noise - target), atol=1e-6)
 
 

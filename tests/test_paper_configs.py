@@ -51,8 +51,9 @@ def test_preset_matches_its_checkpoints_config(preset):
     family = "siglip" if config.model_type == "siglip" else "clip"
     assert cfg.encoder.family == family
     # the global token: visual_projection's output (CLIP), the pooled 1152-d head (SigLIP)
-    assert cfg.encoder.global_dim == (config.projection_dim if family == "clip"
-                                      else vision.hidden_size)
+    assert cfg.encoder.global_dim == (
+        config.projection_dim if family == "clip" else vision.hidden_size
+    )
     tower_family, shape = PAPER_TOWERS[preset_tower(preset)]
     assert tower_family == family
     for key, value in shape.items():
@@ -67,15 +68,23 @@ def test_flux_autoencoder_matches_the_flow_presets():
         assert target.kind == "flux_vae"
         assert target.latent_channels == vae["latent_channels"] == 16
         assert target.downsample == 2 ** (len(vae["block_out_channels"]) - 1) == 8
-        assert (target.scaling_factor, target.shift_factor) == (vae["scaling_factor"],
-                                                                vae["shift_factor"])
+        assert (target.scaling_factor, target.shift_factor) == (
+            vae["scaling_factor"],
+            vae["shift_factor"],
+        )
 
 
 def test_llava_15_tower_is_clip_l14_336_in_both_formats():
     tower = full_config("openai/clip-vit-large-patch14-336").vision_config
     hf = LlavaConfig(**fixture("llava-hf/llava-1.5-7b-hf"))
-    for key in ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
-                "patch_size", "image_size"):
+    for key in (
+        "hidden_size",
+        "intermediate_size",
+        "num_hidden_layers",
+        "num_attention_heads",
+        "patch_size",
+        "image_size",
+    ):
         assert getattr(hf.vision_config, key) == getattr(tower, key), key
     assert hf.vision_feature_layer == -2 and hf.vision_feature_select_strategy == "default"
     original = fixture("liuhaotian/llava-v1.5-7b")
@@ -84,12 +93,16 @@ def test_llava_15_tower_is_clip_l14_336_in_both_formats():
     assert original["mm_vision_select_feature"] == "patch"
     # what swap knows of the released checkpoint's tower (it stores only the name)
     known = swap.geometry_of(*swap.KNOWN_TOWERS[original["mm_vision_tower"]])
-    assert known == swap.geometry_of("clip", tower.hidden_size, tower.patch_size,
-                                     tower.image_size, tower.num_hidden_layers)
+    assert known == swap.geometry_of(
+        "clip", tower.hidden_size, tower.patch_size, tower.image_size, tower.num_hidden_layers
+    )
     assert known.grid == 24 and known.tokens == 576
     plain = full_config("openai/clip-vit-large-patch14").vision_config
-    assert swap.geometry_of(*swap.KNOWN_TOWERS["openai/clip-vit-large-patch14"]).grid == \
-        plain.image_size // plain.patch_size == 16
+    assert (
+        swap.geometry_of(*swap.KNOWN_TOWERS["openai/clip-vit-large-patch14"]).grid
+        == plain.image_size // plain.patch_size
+        == 16
+    )
 
 
 def test_siglip_384_grid_is_27_patches_covering_378_px():

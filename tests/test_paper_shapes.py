@@ -17,11 +17,19 @@ pytestmark = pytest.mark.slow
 
 def test_paper_shapes_for_llava_15_tower_and_siglip_384():
     presets = ["openai-clip-l14-336-masked", "siglip-so400m-384-masked"]
-    proc = run_python(str(REPO / "benchmarks" / "paper_shapes.py"), "--presets",
-                      ",".join(presets), "--lean", timeout=1200)
+    proc = run_python(
+        str(REPO / "benchmarks" / "paper_shapes.py"),
+        "--presets",
+        ",".join(presets),
+        "--lean",
+        timeout=1200,
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    lines = {line.split()[0]: line for line in proc.stdout.splitlines()
-             if line.split() and line.split()[0] in presets}
+    lines = {
+        line.split()[0]: line
+        for line in proc.stdout.splitlines()
+        if line.split() and line.split()[0] in presets
+    }
     assert set(lines) == set(presets), proc.stdout
     clip, siglip = lines["openai-clip-l14-336-masked"], lines["siglip-so400m-384-masked"]
     # 336 px / f16 -> 21 x 21 VQ ids; LLaVA's 'patch' feature: 24 x 24 patch tokens (CLS dropped)

@@ -27,10 +27,15 @@ def finished_run(tiny_clip, tmp_path_factory):
     from genhancer_llava.config import load_config
 
     out = tmp_path_factory.mktemp("pipeline") / "run"
-    cfg = load_config("tiny", overrides=[
-        f"encoder.path={tiny_clip}", f"run.output_dir={out}", "run.save_every=2",
-        "stage2.lr=1e-3",  # big enough that the merged weights visibly move
-    ])
+    cfg = load_config(
+        "tiny",
+        overrides=[
+            f"encoder.path={tiny_clip}",
+            f"run.output_dir={out}",
+            "run.save_every=2",
+            "stage2.lr=1e-3",  # big enough that the merged weights visibly move
+        ],
+    )
     run = prepare_run_dir(cfg, overwrite=False, resume=False)
     logs = {}
     for stage in ("stage1", "stage2"):
@@ -52,7 +57,10 @@ def test_stages_leave_their_state_and_summaries(finished_run):
     assert "[stage1] stage1: flow_loss" in logs["stage1"]
     final1 = run.final("stage1")
     assert {p.name for p in final1.iterdir()} == {
-        "projector.safetensors", "denoiser.safetensors", "summary.json"}
+        "projector.safetensors",
+        "denoiser.safetensors",
+        "summary.json",
+    }
     assert (run.final("stage2") / "adapter" / "adapter_config.json").is_file()
     # periodic checkpoints (every 2 steps, the last 2 kept) with their step recorded
     kept = sorted(p.name for p in run.checkpoints("stage1").iterdir())
@@ -80,8 +88,9 @@ def test_export_equals_the_lora_model_and_keeps_the_text_tower(finished_run, tin
     x = torch.randn(3, 3, 32, 32)
 
     base = load_encoder(tiny_clip, 32).model.eval()
-    lora = PeftModel.from_pretrained(load_encoder(tiny_clip, 32).model,
-                                     run.final("stage2") / "adapter").eval()
+    lora = PeftModel.from_pretrained(
+        load_encoder(tiny_clip, 32).model, run.final("stage2") / "adapter"
+    ).eval()
     full = CLIPModel.from_pretrained(exported).eval()
     vision = CLIPVisionModel.from_pretrained(exported).eval()
     with torch.no_grad():
@@ -121,9 +130,11 @@ def test_export_after_enhance_says_so_and_overwrite_exports_again(finished_run, 
     """The README's `genhancer export RUN_DIR` on a run the enhance already exported."""
     run, _ = finished_run
     err = cli_error(capsys, ["export", str(run.root)])
-    assert err == (f"error: {run.encoder_dir} already holds an export of this run (genhancer "
-                   "enhance exports when it finishes); pass --overwrite to export it again, or "
-                   "--output DIR for a copy")
+    assert err == (
+        f"error: {run.encoder_dir} already holds an export of this run (genhancer "
+        "enhance exports when it finishes); pass --overwrite to export it again, or "
+        "--output DIR for a copy"
+    )
     before = json.loads((run.encoder_dir / "genhancer.json").read_text())
     main(["export", str(run.root), "--overwrite"])
     assert capsys.readouterr().out.strip() == f"enhanced encoder: {run.encoder_dir}"
@@ -151,8 +162,16 @@ def test_export_loads_in_a_plain_process_without_this_package(finished_run, tmp_
 def test_enhance_clip_sh_runs_both_stages_on_deepspeed_zero2(tiny_clip, tmp_path):
     out = tmp_path / "run"
     proc = run_python_bash(
-        "scripts/enhance_clip.sh", "--preset", "tiny", "--num_processes", "1", "--zero", "2",
-        "--output", str(out), f"encoder.path={tiny_clip}",
+        "scripts/enhance_clip.sh",
+        "--preset",
+        "tiny",
+        "--num_processes",
+        "1",
+        "--zero",
+        "2",
+        "--output",
+        str(out),
+        f"encoder.path={tiny_clip}",
     )
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
     run = RunDir(out)
@@ -169,8 +188,17 @@ def test_zero_0_runs_both_stages_as_one_plain_accelerate_process(tiny_clip, tmp_
     """`--zero 0`: accelerate launch without DeepSpeed; the checkpoints record it for resume."""
     out = tmp_path / "run"
     proc = run_python_bash(
-        "scripts/enhance_clip.sh", "--preset", "tiny", "--zero", "0", "--output", str(out),
-        f"encoder.path={tiny_clip}", "stage1.steps=4", "stage2.steps=4", "run.save_every=2",
+        "scripts/enhance_clip.sh",
+        "--preset",
+        "tiny",
+        "--zero",
+        "0",
+        "--output",
+        str(out),
+        f"encoder.path={tiny_clip}",
+        "stage1.steps=4",
+        "stage2.steps=4",
+        "run.save_every=2",
     )
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
     run = RunDir(out)
@@ -187,8 +215,9 @@ def run_python_bash(*args):
     import subprocess
 
     env = dict(os.environ, PYTHONUNBUFFERED="1")
-    return subprocess.run(["bash", *args], cwd=REPO, env=env, capture_output=True, text=True,
-                          timeout=900)
+    return subprocess.run(
+        ["bash", *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=900
+    )
 
 
 def test_resume_latest_continues_from_the_newest_checkpoint(finished_run, tmp_path):
@@ -198,8 +227,16 @@ def test_resume_latest_continues_from_the_newest_checkpoint(finished_run, tmp_pa
     copy = RunDir(tmp_path / "copy")
     shutil.copytree(run.root, copy.root)
     shutil.rmtree(copy.final("stage1"))  # as if stopped after the step-4 checkpoint
-    proc = run_python("-m", "genhancer_llava.train", "--run_dir", str(copy.root),
-                      "--stage", "stage1", "--resume", "latest")
+    proc = run_python(
+        "-m",
+        "genhancer_llava.train",
+        "--run_dir",
+        str(copy.root),
+        "--stage",
+        "stage1",
+        "--resume",
+        "latest",
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "resumed from" in proc.stdout and "at step 4" in proc.stdout
     summary = copy.summary("stage1")
@@ -207,8 +244,9 @@ def test_resume_latest_continues_from_the_newest_checkpoint(finished_run, tmp_pa
 
 
 def test_step_ratio_benchmark_runs_and_prints_a_ratio():
-    proc = run_python("benchmarks/step_ratio.py", "--preset", "demo", "--repeats", "1",
-                      "--batch", "2")
+    proc = run_python(
+        "benchmarks/step_ratio.py", "--preset", "demo", "--repeats", "1", "--batch", "2"
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "ours / reference step = " in proc.stdout  # a smoke test: no timing is asserted
 
@@ -229,7 +267,9 @@ def test_readme_run_folder_names_what_a_run_writes(finished_run):
         pattern = re.sub(r"step-\d{8}", "step-" + "[0-9]" * 8, path.removeprefix("OUT/"))
         assert list(run.root.glob(pattern.rstrip("/"))), f"the README lists {path}; not written"
     folders = [p.removeprefix("OUT/") for p in listed if p.endswith("/")]
-    events = [str(p.relative_to(run.root).parent).replace("stage2", "stage1") + "/"
-              for p in run.root.rglob("events.out.tfevents.*")]
+    events = [
+        str(p.relative_to(run.root).parent).replace("stage2", "stage1") + "/"
+        for p in run.root.rglob("events.out.tfevents.*")
+    ]
     shallowest = min(events, key=len)  # the scalars' folder (hparams go one level down)
     assert shallowest in folders and all(e.startswith(shallowest) for e in events), events

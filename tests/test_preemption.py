@@ -26,8 +26,9 @@ from .conftest import REPO, run_python
 
 
 def _config(tiny_clip, out, *overrides):
-    return load_config("tiny", overrides=[f"encoder.path={tiny_clip}", f"run.output_dir={out}",
-                                          *overrides])
+    return load_config(
+        "tiny", overrides=[f"encoder.path={tiny_clip}", f"run.output_dir={out}", *overrides]
+    )
 
 
 def _env(**extra: str) -> dict[str, str]:
@@ -35,9 +36,23 @@ def _env(**extra: str) -> dict[str, str]:
 
 
 def _train(run_dir, *extra, **env):
-    return subprocess.run([sys.executable, "-m", "genhancer_llava.train", "--run_dir",
-                           str(run_dir), "--stage", "stage1", *extra], cwd=REPO,
-                          env=_env(**env), capture_output=True, text=True, timeout=600)
+    return subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "genhancer_llava.train",
+            "--run_dir",
+            str(run_dir),
+            "--stage",
+            "stage1",
+            *extra,
+        ],
+        cwd=REPO,
+        env=_env(**env),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
 
 
 def _processes_of(marker: str) -> list[psutil.Process]:
@@ -65,18 +80,33 @@ def _wait_for(predicate, timeout: float, what: str, proc: subprocess.Popen | Non
 
 def _first_checkpoint(run_dir: Path):
     folder = run_dir / "stage1" / "checkpoints"
-    return sorted(p for p in folder.glob("step-*") if not p.name.endswith(".tmp")) \
-        if folder.is_dir() else []
+    return (
+        sorted(p for p in folder.glob("step-*") if not p.name.endswith(".tmp"))
+        if folder.is_dir()
+        else []
+    )
 
 
 def _start_enhance(tiny_clip, out: Path, log: Path, *extra: str) -> subprocess.Popen:
     """`genhancer enhance` on a long tiny run, in a session of its own (a process group to kill)."""
-    cmd = [sys.executable, "-m", "genhancer_llava.cli", "enhance", "--output", str(out),
-           "--preset", "tiny", f"encoder.path={tiny_clip}", "stage1.steps=100000",
-           "run.save_every=2", *extra]
+    cmd = [
+        sys.executable,
+        "-m",
+        "genhancer_llava.cli",
+        "enhance",
+        "--output",
+        str(out),
+        "--preset",
+        "tiny",
+        f"encoder.path={tiny_clip}",
+        "stage1.steps=100000",
+        "run.save_every=2",
+        *extra,
+    ]
     with log.open("w") as f:
-        return subprocess.Popen(cmd, cwd=REPO, env=_env(), stdout=f, stderr=subprocess.STDOUT,
-                                start_new_session=True)
+        return subprocess.Popen(
+            cmd, cwd=REPO, env=_env(), stdout=f, stderr=subprocess.STDOUT, start_new_session=True
+        )
 
 
 # ---- one writer per run folder ---------------------------------------------------------------
@@ -94,14 +124,18 @@ time.sleep(600)
 
 
 def _hold(folder: Path, name: str = OWNER_LOCK) -> subprocess.Popen:
-    proc = subprocess.Popen([sys.executable, "-c", _HOLD, str(folder), name], cwd=REPO,
-                            env=_env(), stdout=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _HOLD, str(folder), name],
+        cwd=REPO,
+        env=_env(),
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     assert proc.stdout.readline().strip() == "held"
     return proc
 
 
-def test_second_writer_is_refused_naming_pid_and_host_then_stale_lock_taken_over(
-        tmp_path, capsys):
+def test_second_writer_is_refused_naming_pid_and_host_then_stale_lock_taken_over(tmp_path, capsys):
     import socket
 
     from genhancer_llava.cli.main import main
@@ -137,8 +171,18 @@ def test_a_training_rank_0_holds_the_folder_against_enhance(tiny_clip, tmp_path,
     holder = _hold(tmp_path / "run", TRAIN_LOCK)  # as rank 0 of a worker the CLI lost
     try:
         with pytest.raises(SystemExit):
-            main(["enhance", "--preset", "tiny", f"encoder.path={tiny_clip}", "--output",
-                  str(tmp_path / "run"), "--resume", "latest"])
+            main(
+                [
+                    "enhance",
+                    "--preset",
+                    "tiny",
+                    f"encoder.path={tiny_clip}",
+                    "--output",
+                    str(tmp_path / "run"),
+                    "--resume",
+                    "latest",
+                ]
+            )
         err = capsys.readouterr().err.strip()
         assert err.startswith("error: ") and f"pid {holder.pid}" in err and "\n" not in err
     finally:
@@ -153,13 +197,25 @@ def test_concurrent_second_enhance_and_export_are_refused(tiny_clip, tmp_path):
     first = _start_enhance(tiny_clip, out, tmp_path / "first.log")
     try:
         _wait_for(lambda: _first_checkpoint(out), 300, "the first checkpoint", first)
-        for argv in (["enhance", "--preset", "tiny", f"encoder.path={tiny_clip}", "--output",
-                      str(out), "--resume", "latest"], ["export", str(out)]):
+        for argv in (
+            [
+                "enhance",
+                "--preset",
+                "tiny",
+                f"encoder.path={tiny_clip}",
+                "--output",
+                str(out),
+                "--resume",
+                "latest",
+            ],
+            ["export", str(out)],
+        ):
             second = run_python("-m", "genhancer_llava.cli", *argv)
             assert second.returncode == 2, second.stderr[-2000:]
             last = second.stderr.strip().splitlines()[-1]
-            assert last.startswith(f"error: {out} is in use by genhancer enhance (pid "
-                                   f"{first.pid} on host "), last
+            assert last.startswith(
+                f"error: {out} is in use by genhancer enhance (pid {first.pid} on host "
+            ), last
     finally:
         os.killpg(first.pid, signal.SIGKILL)
         first.wait()
@@ -170,17 +226,28 @@ def test_concurrent_second_enhance_and_export_are_refused(tiny_clip, tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("sig,target", [
-    (signal.SIGKILL, "cli"), (signal.SIGKILL, "group"), (signal.SIGKILL, "launcher"),
-    (signal.SIGTERM, "cli"), (signal.SIGTERM, "group"),
-], ids=["kill-cli", "kill-group", "kill-launcher", "term-cli", "term-group"])
+@pytest.mark.parametrize(
+    "sig,target",
+    [
+        (signal.SIGKILL, "cli"),
+        (signal.SIGKILL, "group"),
+        (signal.SIGKILL, "launcher"),
+        (signal.SIGTERM, "cli"),
+        (signal.SIGTERM, "group"),
+    ],
+    ids=["kill-cli", "kill-group", "kill-launcher", "term-cli", "term-group"],
+)
 def test_no_orphans_whatever_kills_the_cli(tiny_clip, tmp_path, sig, target):
     out = tmp_path / "run"
     cli = _start_enhance(tiny_clip, out, tmp_path / "cli.log")
     try:
         _wait_for(lambda: _first_checkpoint(out), 300, "the first checkpoint", cli)
-        workers = [p for p in _processes_of(str(out)) if "genhancer_llava.train" in p.cmdline()
-                   and "accelerate.commands.launch" not in " ".join(p.cmdline())]
+        workers = [
+            p
+            for p in _processes_of(str(out))
+            if "genhancer_llava.train" in p.cmdline()
+            and "accelerate.commands.launch" not in " ".join(p.cmdline())
+        ]
         assert workers, "no training worker found"
         if target == "cli":
             os.kill(cli.pid, sig)
@@ -202,9 +269,11 @@ def test_no_orphans_whatever_kills_the_cli(tiny_clip, tmp_path, sig, target):
         assert code == STOPPED_EXIT, log[-3000:]
         last = log.strip().splitlines()[-1]
         assert last.startswith("stopped: [stage1] SIGTERM received: stopped after step "), last
-        assert last.endswith(f"continue with: genhancer enhance --output {out} --preset tiny "
-                             f"encoder.path={tiny_clip} stage1.steps=100000 "
-                             "run.save_every=2 --resume latest"), last
+        assert last.endswith(
+            f"continue with: genhancer enhance --output {out} --preset tiny "
+            f"encoder.path={tiny_clip} stage1.steps=100000 "
+            "run.save_every=2 --resume latest"
+        ), last
         step = int(last.split("stopped after step ")[1].split()[0])
         assert latest_checkpoint_of(out).name == f"step-{step:08d}"
     else:
@@ -220,10 +289,10 @@ def latest_checkpoint_of(out: Path):
 
 
 @pytest.mark.slow
-def test_sigterm_on_one_rank_stops_both_ranks_at_the_same_step_and_resumes(tiny_clip,
-                                                                          tmp_path):
-    cfg = _config(tiny_clip, tmp_path / "run", "stage1.steps=5", "run.save_every=100",
-                  "data.num_images=64")
+def test_sigterm_on_one_rank_stops_both_ranks_at_the_same_step_and_resumes(tiny_clip, tmp_path):
+    cfg = _config(
+        tiny_clip, tmp_path / "run", "stage1.steps=5", "run.save_every=100", "data.num_images=64"
+    )
     run = prepare_run_dir(cfg, overwrite=False, resume=False)
     os.environ.update(GENHANCER_FAULT="sigterm-after-step:2", GENHANCER_FAULT_RANK="1")
     try:
@@ -276,8 +345,9 @@ def _fake_checkpoint(root: Path, step: int) -> Path:
     folder = root / f"step-{step:08d}"
     folder.mkdir(parents=True)
     (folder / "model.safetensors").write_bytes(b"x" * 100)
-    (folder / "progress.json").write_text(json.dumps(
-        {"step": step, "batches_per_rank": [step], "files": {"model.safetensors": 100}}))
+    (folder / "progress.json").write_text(
+        json.dumps({"step": step, "batches_per_rank": [step], "files": {"model.safetensors": 100}})
+    )
     return folder
 
 
@@ -309,8 +379,10 @@ def test_resume_skips_a_damaged_checkpoint_for_the_previous_one(tiny_clip, tmp_p
         weights.unlink()
     resumed = _train(run.root, "--resume", "latest")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert ("warning: [stage1] skipping checkpoint step-00000004: model.safetensors is "
-            + ("truncated (1000 of " if damage == "truncate" else "missing")) in resumed.stdout
+    assert (
+        "warning: [stage1] skipping checkpoint step-00000004: model.safetensors is "
+        + ("truncated (1000 of " if damage == "truncate" else "missing")
+    ) in resumed.stdout
     assert "step-00000002 at step 2" in resumed.stdout
     assert run.summary("stage1")["steps"] == 6
 
@@ -325,9 +397,11 @@ def test_disk_full_in_a_checkpoint_stops_in_one_line_and_keeps_the_previous(tiny
     assert proc.returncode == 2
     last = proc.stderr.strip().splitlines()[-1]
     previous = run.checkpoints("stage1") / "step-00000002"
-    assert last == (f"error: [stage1] could not write the checkpoint of step 4 in "
-                    f"{run.checkpoints('stage1')} (No space left on device); {previous} is kept; "
-                    "free space there and continue with --resume latest")
+    assert last == (
+        f"error: [stage1] could not write the checkpoint of step 4 in "
+        f"{run.checkpoints('stage1')} (No space left on device); {previous} is kept; "
+        "free space there and continue with --resume latest"
+    )
     assert sorted(p.name for p in run.checkpoints("stage1").iterdir()) == ["step-00000002"]
     resumed = _train(run.root, "--resume", "latest")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
@@ -339,11 +413,16 @@ def small_tmpfs(tmp_path):
     """A 4.5 MB tmpfs (room for one tiny checkpoint, not two); needs root and mount rights."""
     folder = tmp_path / "small"
     folder.mkdir()
-    mount = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4500k", "tmpfs", str(folder)],
-                           capture_output=True, text=True)
+    mount = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=4500k", "tmpfs", str(folder)],
+        capture_output=True,
+        text=True,
+    )
     if mount.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here ({mount.stderr.strip()}); the fault-hook "
-                    "test above covers the same path")
+        pytest.skip(
+            f"cannot mount a tmpfs here ({mount.stderr.strip()}); the fault-hook "
+            "test above covers the same path"
+        )
     try:
         yield folder
     finally:
@@ -352,8 +431,7 @@ def small_tmpfs(tmp_path):
 
 @pytest.mark.slow
 def test_a_really_full_disk_stops_in_one_line_and_keeps_the_previous(tiny_clip, small_tmpfs):
-    run = prepare_run_dir(_config(tiny_clip, small_tmpfs / "run", "run.save_every=2"), False,
-                          False)
+    run = prepare_run_dir(_config(tiny_clip, small_tmpfs / "run", "run.save_every=2"), False, False)
     proc = _train(run.root)
     assert proc.returncode == 2, proc.stderr[-3000:]
     last = proc.stderr.strip().splitlines()[-1]

@@ -29,10 +29,12 @@ def test_small_images_are_enlarged_with_nearest_and_rows_are_labelled():
     image = render_grid(rows, title="stage1, step 4 of 6")
     tile = 128  # 32 px enlarged 4x to reach MIN_TILE
     assert MIN_TILE == 128 and image.size == grid_size(2, 32, rows=3) == (
-        LABEL_WIDTH + 2 * tile, TITLE_HEIGHT + 3 * tile + 2 * 4)
+        LABEL_WIDTH + 2 * tile,
+        TITLE_HEIGHT + 3 * tile + 2 * 4,
+    )
     pixels = np.asarray(image)
     first = ((rows[0][1][0].clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 0).numpy()
-    block = pixels[TITLE_HEIGHT:TITLE_HEIGHT + tile, LABEL_WIDTH:LABEL_WIDTH + tile]
+    block = pixels[TITLE_HEIGHT : TITLE_HEIGHT + tile, LABEL_WIDTH : LABEL_WIDTH + tile]
     assert np.array_equal(block[::4, ::4], first)  # each source pixel is a 4x4 block
     assert np.array_equal(block[3::4, 3::4], first)
     for i in range(3):  # a label (dark text) left of every row, and the title above
@@ -60,7 +62,7 @@ def test_preview_rows_are_input_own_and_next_condition(tiny_config, tmp_path):
 
     def tile_at(row: int, col: int) -> np.ndarray:
         top, left = row * (tile + 4), LABEL_WIDTH + col * tile
-        return array[top:top + tile:4, left:left + tile:4]
+        return array[top : top + tile : 4, left : left + tile : 4]
 
     def as_pixels(batch: torch.Tensor, col: int) -> np.ndarray:
         return ((batch[col].clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 0).numpy()

@@ -28,8 +28,14 @@ from .conftest import run_python
 @pytest.fixture
 def siglip_config(tiny_siglip, tmp_path):
     def build(*overrides: str):
-        return load_config("tiny-siglip", overrides=[
-            f"encoder.path={tiny_siglip}", f"run.output_dir={tmp_path / 'run'}", *overrides])
+        return load_config(
+            "tiny-siglip",
+            overrides=[
+                f"encoder.path={tiny_siglip}",
+                f"run.output_dir={tmp_path / 'run'}",
+                *overrides,
+            ],
+        )
 
     return build
 
@@ -61,39 +67,60 @@ def test_lora_reaches_layers_and_the_pooling_head(siglip_config):
     cfg = siglip_config()
     enhancer = build_enhancer(cfg)
     apply_stage_policy(enhancer, "lora-only", cfg.lora)
-    adapted = {n.split(".lora_")[0].replace("base_model.model.", "").replace("model.", "", 1)
-               for n, p in enhancer.encoder.named_parameters() if "lora_" in n}
+    adapted = {
+        n.split(".lora_")[0].replace("base_model.model.", "").replace("model.", "", 1)
+        for n, p in enhancer.encoder.named_parameters()
+        if "lora_" in n
+    }
     for i in range(2):
-        for name in ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj",
-                     "self_attn.out_proj", "mlp.fc1", "mlp.fc2"):
+        for name in (
+            "self_attn.q_proj",
+            "self_attn.k_proj",
+            "self_attn.v_proj",
+            "self_attn.out_proj",
+            "mlp.fc1",
+            "mlp.fc2",
+        ):
             assert f"encoder.layers.{i}.{name}" in adapted
     # the head's MultiheadAttention (fused in-projection and out_proj) and its MLP
-    assert {"head.attention", "head.attention.base_layer.out_proj", "head.mlp.fc1",
-            "head.mlp.fc2"} <= adapted
+    assert {
+        "head.attention",
+        "head.attention.base_layer.out_proj",
+        "head.mlp.fc1",
+        "head.mlp.fc2",
+    } <= adapted
     assert all(p.requires_grad for n, p in enhancer.encoder.named_parameters() if "lora_" in n)
     # a loss on the global token reaches every adapter
     for name, param in enhancer.encoder.named_parameters():
         if "lora_B" in name:
             torch.nn.init.normal_(param, std=0.1)
     enhancer.encoder(torch.randn(2, 3, 32, 32)).global_token.square().sum().backward()
-    assert all(p.grad is not None and p.grad.abs().sum() > 0
-               for n, p in enhancer.encoder.named_parameters() if "lora_A" in n)
+    assert all(
+        p.grad is not None and p.grad.abs().sum() > 0
+        for n, p in enhancer.encoder.named_parameters()
+        if "lora_A" in n
+    )
 
 
 def _tower_name(name: str) -> str:
     """A parameter's name inside the vision tower (no peft wrapper, no `vision_model.` level)."""
     name = name.split("base_model.model.")[-1]
-    return name[len("vision_model."):] if name.startswith("vision_model.") else name
+    return name[len("vision_model.") :] if name.startswith("vision_model.") else name
 
 
 def _vision_trainable(model, full: bool = False) -> set[str]:
     """Trainable parameter names of the vision tower (of a full SiglipModel when `full`)."""
-    return {_tower_name(n) for n, p in model.named_parameters() if p.requires_grad
-            and (not full or n.split("base_model.model.")[-1].startswith("vision_model."))}
+    return {
+        _tower_name(n)
+        for n, p in model.named_parameters()
+        if p.requires_grad
+        and (not full or n.split("base_model.model.")[-1].startswith("vision_model."))
+    }
 
 
-def test_reference_head_attention_reproduces_the_reference_trainable_set(siglip_config,
-                                                                         tiny_siglip):
+def test_reference_head_attention_reproduces_the_reference_trainable_set(
+    siglip_config, tiny_siglip
+):
     """lora.head_attention=reference trains what the paper's peft config trains on SigLIP's
     vision side; the head's out_proj LoRA is bypassed by nn.MultiheadAttention (no gradient),
     so only its bias learns there."""
@@ -105,9 +132,16 @@ def test_reference_head_attention_reproduces_the_reference_trainable_set(siglip_
     ours = _vision_trainable(enhancer.encoder.model)
 
     # the paper's stage-2 LoRA on the whole SiglipModel: module names, bias "lora_only"
-    reference = get_peft_model(SiglipModel.from_pretrained(tiny_siglip), LoraConfig(
-        r=cfg.lora.r, lora_alpha=cfg.lora.alpha, lora_dropout=cfg.lora.dropout, bias="lora_only",
-        target_modules=list(cfg.lora.target_modules)))
+    reference = get_peft_model(
+        SiglipModel.from_pretrained(tiny_siglip),
+        LoraConfig(
+            r=cfg.lora.r,
+            lora_alpha=cfg.lora.alpha,
+            lora_dropout=cfg.lora.dropout,
+            bias="lora_only",
+            target_modules=list(cfg.lora.target_modules),
+        ),
+    )
     assert ours == _vision_trainable(reference, full=True)
     assert "head.attention.out_proj.lora_A.default.weight" in ours
     assert not any("in_proj" in n for n in ours)
@@ -116,8 +150,11 @@ def test_reference_head_attention_reproduces_the_reference_trainable_set(siglip_
         if "lora_B" in name:
             torch.nn.init.normal_(param, std=0.1)
     enhancer.encoder(torch.randn(2, 3, 32, 32)).global_token.square().sum().backward()
-    grads = {_tower_name(n): p.grad for n, p in
-             enhancer.encoder.model.named_parameters() if "head.attention" in n and p.requires_grad}
+    grads = {
+        _tower_name(n): p.grad
+        for n, p in enhancer.encoder.model.named_parameters()
+        if "head.attention" in n and p.requires_grad
+    }
     assert grads["head.attention.out_proj.lora_A.default.weight"] is None  # bypassed
     assert grads["head.attention.out_proj.base_layer.bias"].abs().sum() > 0
 
@@ -130,7 +167,8 @@ def test_full_head_attention_trains_more_than_the_reference(siglip_config):
         apply_stage_policy(enhancer, "lora-only", cfg.lora)
         trainable[mode] = _vision_trainable(enhancer.encoder.model)
     assert trainable["reference"] - trainable["full"] <= {
-        n for n in trainable["reference"] if n.startswith("head.attention.out_proj")}
+        n for n in trainable["reference"] if n.startswith("head.attention.out_proj")
+    }
     assert any("head.attention.lora_A" in n for n in trainable["full"])  # fused in-projection
     assert load_config("siglip-so400m-384").lora.head_attention == "full"
 
@@ -150,8 +188,9 @@ def test_family_mismatch_is_a_one_line_error_both_ways(tiny_siglip, tiny_clip):
 def test_cli_names_the_family_mismatch(capsys, request, tmp_path, preset, folder):
     path = request.getfixturevalue(folder)
     with pytest.raises(SystemExit):
-        main(["enhance", "--preset", preset, f"encoder.path={path}",
-              "--output", str(tmp_path / "o")])
+        main(
+            ["enhance", "--preset", preset, f"encoder.path={path}", "--output", str(tmp_path / "o")]
+        )
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: encoder.family=") and "\n" not in err, err
     assert not (tmp_path / "o").exists()
@@ -166,8 +205,10 @@ def test_resolution_the_position_embeddings_do_not_cover(tiny_siglip):
 
 
 def test_global_dim_of_the_preset_is_checked(siglip_config):
-    with pytest.raises(GenhancerError, match="encoder.global_dim=1152 but the siglip encoder's "
-                                             "global token is 64-d"):
+    with pytest.raises(
+        GenhancerError,
+        match="encoder.global_dim=1152 but the siglip encoder's global token is 64-d",
+    ):
         build_enhancer(siglip_config("encoder.global_dim=1152"))
 
 
@@ -183,8 +224,10 @@ def test_siglip_has_no_projection_to_adapt(siglip_config):
 @pytest.fixture(scope="module")
 def siglip_run(tiny_siglip, tmp_path_factory):
     out = tmp_path_factory.mktemp("siglip-pipeline") / "run"
-    cfg = load_config("tiny-siglip", overrides=[
-        f"encoder.path={tiny_siglip}", f"run.output_dir={out}", "stage2.lr=1e-3"])
+    cfg = load_config(
+        "tiny-siglip",
+        overrides=[f"encoder.path={tiny_siglip}", f"run.output_dir={out}", "stage2.lr=1e-3"],
+    )
     run = prepare_run_dir(cfg, overwrite=False, resume=False)
     for stage in ("stage1", "stage2"):
         proc = run_python("-m", "genhancer_llava.train", "--run_dir", str(out), "--stage", stage)
@@ -204,8 +247,9 @@ def test_siglip_stages_run_and_export_loads_as_siglip_model(siglip_run, tiny_sig
     full = SiglipModel.from_pretrained(exported).eval()
     vision = SiglipVisionModel.from_pretrained(exported).eval()
     base = load_encoder(tiny_siglip, 32).model.eval()
-    lora = PeftModel.from_pretrained(load_encoder(tiny_siglip, 32).model,
-                                     run.final("stage2") / "adapter").eval()
+    lora = PeftModel.from_pretrained(
+        load_encoder(tiny_siglip, 32).model, run.final("stage2") / "adapter"
+    ).eval()
     x = torch.randn(3, 3, 32, 32)
     with torch.no_grad():
         lora_pooled = lora(pixel_values=x).pooler_output
@@ -254,8 +298,11 @@ def test_vision_only_siglip_base_exports_a_siglip_vision_model(siglip_run, tmp_p
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
         a = SiglipVisionModel.from_pretrained(out).eval()(pixel_values=x).pooler_output
-        b = SiglipVisionModel.from_pretrained(siglip_run.encoder_dir).eval()(
-            pixel_values=x).pooler_output
+        b = (
+            SiglipVisionModel.from_pretrained(siglip_run.encoder_dir)
+            .eval()(pixel_values=x)
+            .pooler_output
+        )
     assert (a - b).abs().max() < 1e-5
 
 
@@ -269,9 +316,23 @@ def test_enhance_clip_sh_runs_a_siglip_on_deepspeed_zero2(tiny_siglip, tmp_path)
 
     out = tmp_path / "run"
     proc = subprocess.run(
-        ["bash", "scripts/enhance_clip.sh", "--preset", "tiny-siglip", "--num_processes", "1",
-         "--zero", "2", "--output", str(out), f"encoder.path={tiny_siglip}"],
-        cwd=REPO, env=dict(os.environ, PYTHONUNBUFFERED="1"), capture_output=True, text=True,
+        [
+            "bash",
+            "scripts/enhance_clip.sh",
+            "--preset",
+            "tiny-siglip",
+            "--num_processes",
+            "1",
+            "--zero",
+            "2",
+            "--output",
+            str(out),
+            f"encoder.path={tiny_siglip}",
+        ],
+        cwd=REPO,
+        env=dict(os.environ, PYTHONUNBUFFERED="1"),
+        capture_output=True,
+        text=True,
         timeout=900,
     )
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]

@@ -18,16 +18,20 @@ def _tiny(tiny_config, *overrides):
 
 
 def _lora_bias_count(enhancer):
-    adapted = {n.split(".lora_")[0] for n, _ in enhancer.encoder.named_parameters()
-               if "lora_" in n}
-    return sum(p.numel() for n, p in enhancer.encoder.named_parameters()
-               if n.endswith(".base_layer.bias") and n.rsplit(".base_layer", 1)[0] in adapted)
+    adapted = {n.split(".lora_")[0] for n, _ in enhancer.encoder.named_parameters() if "lora_" in n}
+    return sum(
+        p.numel()
+        for n, p in enhancer.encoder.named_parameters()
+        if n.endswith(".base_layer.bias") and n.rsplit(".base_layer", 1)[0] in adapted
+    )
 
 
 def test_policy_table():
     assert STAGE_POLICIES["stage1"].encoder_lora is False
-    assert {k: (v.encoder_lora, v.projector, v.denoiser, v.from_stage1)
-            for k, v in STAGE_POLICIES.items()} == {
+    assert {
+        k: (v.encoder_lora, v.projector, v.denoiser, v.from_stage1)
+        for k, v in STAGE_POLICIES.items()
+    } == {
         "stage1": (False, True, True, False),
         "lora-only": (True, False, False, True),
         "all": (True, True, True, True),
@@ -50,16 +54,25 @@ def test_trainable_parameter_table_per_policy(tiny_config, policy):
         assert table["encoder"]["trainable"] == _lora_bias_count(enhancer) > 0
         # r=4 adapters on q/k/v/out (64x64) and fc1/fc2 (64x256) in 2 layers, and on
         # visual_projection (64 -> 32): the CLIP presets adapt the global token's layer
-        assert table["encoder.lora"]["total"] == (2 * (4 * 4 * (64 + 64) + 2 * 4 * (64 + 256))
-                                                  + 4 * (64 + 32))
+        assert table["encoder.lora"]["total"] == (
+            2 * (4 * 4 * (64 + 64) + 2 * 4 * (64 + 256)) + 4 * (64 + 32)
+        )
     else:
         assert "encoder.lora" not in table and table["encoder"]["trainable"] == 0
 
 
-@pytest.mark.parametrize("preset", ["openai-clip-l14-224", "openai-clip-l14-336",
-                                    "metaclip-l14-224", "metaclip-h14-224",
-                                    "openai-clip-l14-224-masked", "metaclip-h14-224-masked",
-                                    "tiny"])
+@pytest.mark.parametrize(
+    "preset",
+    [
+        "openai-clip-l14-224",
+        "openai-clip-l14-336",
+        "metaclip-l14-224",
+        "metaclip-h14-224",
+        "openai-clip-l14-224-masked",
+        "metaclip-h14-224-masked",
+        "tiny",
+    ],
+)
 def test_clip_presets_adapt_visual_projection(preset):
     """The reference's all-linear LoRA covers visual_projection, the global token's layer."""
     assert load_config(preset).lora.include_projection is True
@@ -68,8 +81,9 @@ def test_clip_presets_adapt_visual_projection(preset):
 def test_stage2_adapts_and_updates_visual_projection(tiny_config):
     cfg, enhancer = _tiny(tiny_config)  # the preset's default, no override
     apply_stage_policy(enhancer, "lora-only", cfg.lora)
-    projection = {n: p for n, p in enhancer.encoder.named_parameters()
-                  if "visual_projection.lora_" in n}
+    projection = {
+        n: p for n, p in enhancer.encoder.named_parameters() if "visual_projection.lora_" in n
+    }
     assert len(projection) == 2 and all(p.requires_grad for p in projection.values())
     before = {n: p.detach().clone() for n, p in projection.items()}
     _train(enhancer.train(), 2, 1e-3)  # lora_B starts at 0: step 1 moves B, step 2 moves A too
@@ -79,8 +93,11 @@ def test_stage2_adapts_and_updates_visual_projection(tiny_config):
 def test_lora_targets_only_vision_layers_and_optionally_the_projection(tiny_config):
     cfg, enhancer = _tiny(tiny_config)
     apply_stage_policy(enhancer, "lora-only", cfg.lora)
-    adapted = {n.split(".lora_")[0].split("base_model.model.")[-1]
-               for n, _ in enhancer.encoder.named_parameters() if "lora_" in n}
+    adapted = {
+        n.split(".lora_")[0].split("base_model.model.")[-1]
+        for n, _ in enhancer.encoder.named_parameters()
+        if "lora_" in n
+    }
     assert "visual_projection" in adapted
     assert len(adapted) == 2 * 6 + 1
     layers = adapted - {"visual_projection"}

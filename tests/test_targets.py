@@ -53,14 +53,16 @@ def test_flux_target_samples_the_posterior(tiny_vae):
 
 
 def test_mismatched_autoencoder_is_a_one_line_error(tiny_vae, tmp_path):
-    with pytest.raises(GenhancerError,
-                       match="latent_channels=16 and 8x down-sampling.*target.latent_channels=16"):
+    with pytest.raises(
+        GenhancerError, match="latent_channels=16 and 8x down-sampling.*target.latent_channels=16"
+    ):
         build_target(TargetConfig(kind="flux_vae", path=str(tiny_vae), latent_channels=4))
     with pytest.raises(GenhancerError, match="does not exist; set target.path"):
         build_target(TargetConfig(kind="flux_vae", path=str(tmp_path / "missing")))
     other = tmp_path / "unet"
     other.mkdir()
     (other / "config.json").write_text(json.dumps({"_class_name": "UNet2DModel"}))
-    with pytest.raises(GenhancerError,
-                       match="holds a UNet2DModel; target.kind=flux_vae needs an? AutoencoderKL"):
+    with pytest.raises(
+        GenhancerError, match="holds a UNet2DModel; target.kind=flux_vae needs an? AutoencoderKL"
+    ):
         build_target(TargetConfig(kind="flux_vae", path=str(other)))

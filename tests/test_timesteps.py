@@ -16,8 +16,9 @@ def test_logit_normal_quantiles_match_sigmoid_of_scaled_normal(scale):
     t = sample_timesteps(100_000, "logit_normal", scale, generator=g).double()
     qs = torch.tensor([0.05, 0.25, 0.5, 0.75, 0.95], dtype=torch.float64)
     empirical = torch.quantile(t, qs)
-    expected = torch.tensor([logit_normal_quantile(q.item(), scale) for q in qs],
-                            dtype=torch.float64)
+    expected = torch.tensor(
+        [logit_normal_quantile(q.item(), scale) for q in qs], dtype=torch.float64
+    )
     assert torch.allclose(empirical, expected, atol=5e-3)
     assert 0.0 < t.min() and t.max() < 1.0
 

@@ -27,8 +27,11 @@ from genhancer_llava.toy.world import (
 def count_objects(image) -> int:
     """Objects sit in separate cells: the occupied cells are the objects."""
     occupied = np.asarray(image).astype(int).sum(-1) > 0
-    return sum(int(occupied[r * CELL:(r + 1) * CELL, c * CELL:(c + 1) * CELL].any())
-               for r in range(2) for c in range(2))
+    return sum(
+        int(occupied[r * CELL : (r + 1) * CELL, c * CELL : (c + 1) * CELL].any())
+        for r in range(2)
+        for c in range(2)
+    )
 
 
 def seen_attributes(image, colour: str) -> dict[str, int]:
@@ -46,8 +49,13 @@ def seen_attributes(image, colour: str) -> dict[str, int]:
         orientation = 3 if dx > 0 else 1
     area = (ys.max() - ys.min() + 1) * (xs.max() - xs.min() + 1)
     hollow = int(mask.sum() / area < 0.4)
-    return {"position": position, "orientation": orientation, "state": hollow,
-            "colour": list(COLOURS).index(colour), "count": count_objects(image) - 1}
+    return {
+        "position": position,
+        "orientation": orientation,
+        "state": hollow,
+        "colour": list(COLOURS).index(colour),
+        "count": count_objects(image) - 1,
+    }
 
 
 def test_attributes_recorded_are_the_attributes_drawn():
@@ -139,16 +147,16 @@ def test_quick_study_runs_enhance_and_writes_the_report(tmp_path):
     from genhancer_llava.cli.main import main
 
     out = tmp_path / "study"
-    main(["toy", "study", "--quick", "--output", str(out), "--seeds", "0",
-          "--settings", "global"])
+    main(["toy", "study", "--quick", "--output", str(out), "--seeds", "0", "--settings", "global"])
     results = json.loads((out / "report" / "results.json").read_text())
     run = results["runs"]["global"]["0"]
     assert set(run["scores"]["probe"]) == set(ATTRIBUTES)
     assert set(run["stages"]) == {"stage1", "stage2"}
     gap = run["stages"]["stage1"]["shuffle_gap"]
     assert {"gap", "loss_true", "loss_shuffled", "gap_t0.95"} <= set(gap)
-    summary = json.loads((out / "runs" / "global-seed0" / "stage2" / "final" /
-                          "summary.json").read_text())
+    summary = json.loads(
+        (out / "runs" / "global-seed0" / "stage2" / "final" / "summary.json").read_text()
+    )
     assert "gap" in summary["shuffle_gap"]
     report = (out / "report" / "report.md").read_text()
     assert "| base |" in report and "| global |" in report

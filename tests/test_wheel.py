@@ -54,8 +54,23 @@ def build_wheel(tmp: Path) -> Path:
         shutil.copytree(REPO / package, src / package, ignore=ignore)
     for name in ("pyproject.toml", "README.md"):
         shutil.copy(REPO / name, src / name)
-    _run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation",
-          "--no-index", "-q", "-w", str(tmp / "dist"), str(src)], cwd=tmp, env=dict(os.environ))
+    _run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "--no-index",
+            "-q",
+            "-w",
+            str(tmp / "dist"),
+            str(src),
+        ],
+        cwd=tmp,
+        env=dict(os.environ),
+    )
     (wheel,) = (tmp / "dist").glob("genhancer_llava-*.whl")
     return wheel
 
@@ -66,13 +81,30 @@ def fresh_venv(tmp: Path, wheel: Path) -> Path:
     base = getattr(sys, "_base_executable", sys.executable)
     _run([base, "-m", "venv", "--without-pip", str(venv)], cwd=tmp, env=dict(os.environ))
     python = venv / "bin" / "python"
-    purelib = subprocess.run([str(python), "-c", "import sysconfig; "
-                              "print(sysconfig.get_paths()['purelib'])"],
-                             capture_output=True, text=True, check=True).stdout.strip()
+    purelib = subprocess.run(
+        [str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
     shared = Path(sysconfig.get_paths()["purelib"])
     (Path(purelib) / "shared_site_packages.pth").write_text(f"{shared}\n")
-    _run([sys.executable, "-m", "pip", "--python", str(python), "install", "--no-deps",
-          "--no-index", "-q", str(wheel)], cwd=tmp, env=dict(os.environ))
+    _run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "--python",
+            str(python),
+            "install",
+            "--no-deps",
+            "--no-index",
+            "-q",
+            str(wheel),
+        ],
+        cwd=tmp,
+        env=dict(os.environ),
+    )
     return venv
 
 
@@ -95,13 +127,22 @@ def test_wheel_installs_and_runs_enhance_and_swap_outside_the_checkout(tiny_clip
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
     env.update(PYTHONUNBUFFERED="1", PATH=f"{venv / 'bin'}{os.pathsep}{env.get('PATH', '')}")
 
-    where = _run([str(venv / "bin" / "python"), "-c", (
-        "import json, genhancer_llava, llava_patches.finetune as ft, "
-        "genhancer_llava.train.launch as launch, genhancer_llava.config as config\n"
-        "from genhancer_llava.mllm.runner import runner_class\n"
-        "print(json.dumps({'ours': genhancer_llava.__file__, 'patches': str(ft.SCRIPTS),"
-        " 'launch': str(launch.LAUNCH_CONFIGS), 'presets': str(config.available_presets()),"
-        " 'original': runner_class('original').__module__}))")], cwd=work, env=env)
+    where = _run(
+        [
+            str(venv / "bin" / "python"),
+            "-c",
+            (
+                "import json, genhancer_llava, llava_patches.finetune as ft, "
+                "genhancer_llava.train.launch as launch, genhancer_llava.config as config\n"
+                "from genhancer_llava.mllm.runner import runner_class\n"
+                "print(json.dumps({'ours': genhancer_llava.__file__, 'patches': str(ft.SCRIPTS),"
+                " 'launch': str(launch.LAUNCH_CONFIGS), 'presets': str(config.available_presets()),"
+                " 'original': runner_class('original').__module__}))"
+            ),
+        ],
+        cwd=work,
+        env=env,
+    )
     paths = json.loads(where.stdout.strip().splitlines()[-1])
     for key in ("ours", "patches", "launch"):
         assert Path(paths[key]).resolve().is_relative_to(venv.resolve()), paths
@@ -110,18 +151,40 @@ def test_wheel_installs_and_runs_enhance_and_swap_outside_the_checkout(tiny_clip
 
     genhancer = str(venv / "bin" / "genhancer")  # the wheel's console script
     run = work / "run"
-    proc = _run([genhancer, "enhance", "--preset", "tiny", "--output", str(run),
-                 f"encoder.path={tiny_clip}"], cwd=work, env=env)
+    proc = _run(
+        [
+            genhancer,
+            "enhance",
+            "--preset",
+            "tiny",
+            "--output",
+            str(run),
+            f"encoder.path={tiny_clip}",
+        ],
+        cwd=work,
+        env=env,
+    )
     assert f"enhanced encoder: {run / 'encoder'}" in proc.stdout, proc.stdout[-2000:]
     from transformers import CLIPVisionModel
 
     assert CLIPVisionModel.from_pretrained(run / "encoder").config.image_size == 32
 
-    llava = make_tiny_llava_hf(tmp_path / "llava-hf", make_tiny_llama(tmp_path / "llm"),
-                               tiny_clip)
+    llava = make_tiny_llava_hf(tmp_path / "llava-hf", make_tiny_llama(tmp_path / "llm"), tiny_clip)
     swapped = work / "llava-swapped"
-    _run([genhancer, "swap", "--llava", str(llava), "--vision-tower", str(run / "encoder"),
-          "--output", str(swapped)], cwd=work, env=env)
+    _run(
+        [
+            genhancer,
+            "swap",
+            "--llava",
+            str(llava),
+            "--vision-tower",
+            str(run / "encoder"),
+            "--output",
+            str(swapped),
+        ],
+        cwd=work,
+        env=env,
+    )
     info = json.loads((swapped / "genhancer.json").read_text())
     assert info["swap"]["format"] == "llava-hf", info
     from transformers import LlavaForConditionalGeneration

@@ -101,8 +101,15 @@ def cmd_cache(args: argparse.Namespace) -> None:
         check_data(cfg)
     from ..cache import write_cache
 
-    out = write_cache(cfg, args.cache_dir, args.crops, args.batch_size,
-                      args.per_shard, args.device, args.overwrite)
+    out = write_cache(
+        cfg,
+        args.cache_dir,
+        args.crops,
+        args.batch_size,
+        args.per_shard,
+        args.device,
+        args.overwrite,
+    )
     print(f"cache: {out} (train with data.kind=cached data.path={out})")
 
 
@@ -117,32 +124,51 @@ def cmd_config(args: argparse.Namespace) -> None:
 def cmd_make_tiny_clip(args: argparse.Namespace) -> None:
     from ..models.tiny import make_tiny_clip
 
-    folder = make_tiny_clip(args.folder, image_size=args.image_size, patch_size=args.patch_size,
-                            hidden_size=args.hidden_size, projection_dim=args.projection_dim)
+    folder = make_tiny_clip(
+        args.folder,
+        image_size=args.image_size,
+        patch_size=args.patch_size,
+        hidden_size=args.hidden_size,
+        projection_dim=args.projection_dim,
+    )
     print(f"tiny CLIP written to {folder}")
 
 
 def cmd_make_tiny_siglip(args: argparse.Namespace) -> None:
     from ..models.tiny import make_tiny_siglip
 
-    folder = make_tiny_siglip(args.folder, image_size=args.image_size, patch_size=args.patch_size,
-                              hidden_size=args.hidden_size, vision_only=args.vision_only)
+    folder = make_tiny_siglip(
+        args.folder,
+        image_size=args.image_size,
+        patch_size=args.patch_size,
+        hidden_size=args.hidden_size,
+        vision_only=args.vision_only,
+    )
     print(f"tiny SigLIP written to {folder}")
 
 
 def cmd_make_tiny_vq(args: argparse.Namespace) -> None:
     from ..models.tiny import make_tiny_vq
 
-    folder = make_tiny_vq(args.folder, codebook_size=args.codebook_size,
-                          downsample=args.downsample, latent_channels=args.latent_channels)
+    folder = make_tiny_vq(
+        args.folder,
+        codebook_size=args.codebook_size,
+        downsample=args.downsample,
+        latent_channels=args.latent_channels,
+    )
     print(f"tiny VQModel written to {folder} (target.path for the *-masked tiny presets)")
 
 
 def cmd_convert_open_clip(args: argparse.Namespace) -> None:
     from ..models.convert import convert_open_clip
 
-    out = convert_open_clip(args.checkpoint, args.output, arch=args.arch,
-                            force_quick_gelu=args.force_quick_gelu, overwrite=args.overwrite)
+    out = convert_open_clip(
+        args.checkpoint,
+        args.output,
+        arch=args.arch,
+        force_quick_gelu=args.force_quick_gelu,
+        overwrite=args.overwrite,
+    )
     print(f"CLIPModel folder: {out}")
 
 
@@ -160,17 +186,23 @@ def cmd_swap(args: argparse.Namespace) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="genhancer", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="genhancer", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("enhance", help="stage 1 + stage 2 through accelerate, then export")
     _add_config_args(p)
     p.add_argument("--output", help="run folder (sets run.output_dir)")
     p.add_argument("--num_processes", type=int, default=1)
-    p.add_argument("--zero", type=int, default=2, choices=[0, 2, 3],
-                   help="DeepSpeed ZeRO stage (default 2, the paper's); 0: one process, no "
-                   "DeepSpeed (faster for a single GPU or CPU)")
+    p.add_argument(
+        "--zero",
+        type=int,
+        default=2,
+        choices=[0, 2, 3],
+        help="DeepSpeed ZeRO stage (default 2, the paper's); 0: one process, no "
+        "DeepSpeed (faster for a single GPU or CPU)",
+    )
     p.add_argument("--overwrite", action="store_true", help="start over in an existing run folder")
     p.add_argument("--resume", help="'latest' or a checkpoint folder: continue a run")
     p.add_argument("--accelerate_config", help="an accelerate config instead of the shipped one")
@@ -189,15 +221,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, help="sampler steps (default run.preview_sample_steps)")
     p.set_defaults(func=cmd_preview)
 
-    p = sub.add_parser("cache", help="encode a dataset once: targets and frozen-encoder tokens "
-                                     "for data.kind=cached")
+    p = sub.add_parser(
+        "cache",
+        help="encode a dataset once: targets and frozen-encoder tokens for data.kind=cached",
+    )
     _add_config_args(p)
     p.add_argument("--output", dest="cache_dir", required=True, help="the cache folder to write")
-    p.add_argument("--crops", type=int, default=1,
-                   help="crops per image; epoch e trains on crop e %% K")
+    p.add_argument(
+        "--crops", type=int, default=1, help="crops per image; epoch e trains on crop e %% K"
+    )
     p.add_argument("--batch_size", type=int, default=16)
-    p.add_argument("--per_shard", type=int, default=1000,
-                   help="records per shard (folder and synthetic sources)")
+    p.add_argument(
+        "--per_shard",
+        type=int,
+        default=1000,
+        help="records per shard (folder and synthetic sources)",
+    )
     p.add_argument("--device", help="default: this process's GPU, else CPU")
     p.add_argument("--overwrite", action="store_true")
     p.set_defaults(func=cmd_cache)
@@ -225,23 +264,34 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--vision_only", action="store_true", help="a SiglipVisionModel folder")
     p.set_defaults(func=cmd_make_tiny_siglip)
 
-    p = sub.add_parser("make-tiny-vq",
-                       help="write a tiny random VQModel folder (tiny-masked presets' target)")
+    p = sub.add_parser(
+        "make-tiny-vq", help="write a tiny random VQModel folder (tiny-masked presets' target)"
+    )
     p.add_argument("folder")
     p.add_argument("--codebook_size", type=int, default=32)
     p.add_argument("--downsample", type=int, default=4, help="spatial factor, a power of two")
     p.add_argument("--latent_channels", type=int, default=4)
     p.set_defaults(func=cmd_make_tiny_vq)
 
-    p = sub.add_parser("convert-open-clip",
-                       help="convert a local open_clip checkpoint into an HF CLIPModel folder")
-    p.add_argument("checkpoint", help="a weights file (with --arch) or a local open_clip folder "
-                                      "holding open_clip_config.json")
+    p = sub.add_parser(
+        "convert-open-clip", help="convert a local open_clip checkpoint into an HF CLIPModel folder"
+    )
+    p.add_argument(
+        "checkpoint",
+        help="a weights file (with --arch) or a local open_clip folder "
+        "holding open_clip_config.json",
+    )
     p.add_argument("output", help="the CLIPModel folder to write")
-    p.add_argument("--arch", help="open_clip architecture, e.g. ViT-L-14-quickgelu (MetaCLIP L), "
-                                  "ViT-H-14-quickgelu (MetaCLIP H)")
-    p.add_argument("--force_quick_gelu", action="store_true",
-                   help="QuickGELU whatever the architecture says (OpenAI / MetaCLIP weights)")
+    p.add_argument(
+        "--arch",
+        help="open_clip architecture, e.g. ViT-L-14-quickgelu (MetaCLIP L), "
+        "ViT-H-14-quickgelu (MetaCLIP H)",
+    )
+    p.add_argument(
+        "--force_quick_gelu",
+        action="store_true",
+        help="QuickGELU whatever the architecture says (OpenAI / MetaCLIP weights)",
+    )
     p.add_argument("--overwrite", action="store_true")
     p.set_defaults(func=cmd_convert_open_clip)
 
@@ -251,11 +301,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("swap", help="put an enhanced encoder into an existing LLaVA checkpoint")
-    p.add_argument("--llava", required=True,
-                   help="a LLaVA checkpoint folder (only read): llava-hf LLaVA-1.5, LLaVA-NeXT "
-                        "or LLaVA-OneVision, or original-format LLaVA-1.5 / llava-v1.6")
-    p.add_argument("--vision-tower", "--vision_tower", dest="vision_tower", required=True,
-                   help="the encoder folder (genhancer export) or a genhancer[:NAME|:PATH] name")
+    p.add_argument(
+        "--llava",
+        required=True,
+        help="a LLaVA checkpoint folder (only read): llava-hf LLaVA-1.5, LLaVA-NeXT "
+        "or LLaVA-OneVision, or original-format LLaVA-1.5 / llava-v1.6",
+    )
+    p.add_argument(
+        "--vision-tower",
+        "--vision_tower",
+        dest="vision_tower",
+        required=True,
+        help="the encoder folder (genhancer export) or a genhancer[:NAME|:PATH] name",
+    )
     p.add_argument("--output", required=True, help="the folder to write (must not exist)")
     p.set_defaults(func=cmd_swap)
 

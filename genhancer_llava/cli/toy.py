@@ -10,9 +10,15 @@ __all__ = ["add_toy_parsers"]
 def cmd_pretrain_clip(args: argparse.Namespace) -> None:
     from ..toy.clip_pretrain import PretrainConfig, pretrain_clip
 
-    cfg = PretrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr,
-                         num_images=args.num_images, fine_p=args.fine_p,
-                         position_init_std=args.position_init_std, seed=args.seed)
+    cfg = PretrainConfig(
+        steps=args.steps,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        num_images=args.num_images,
+        fine_p=args.fine_p,
+        position_init_std=args.position_init_std,
+        seed=args.seed,
+    )
     out = pretrain_clip(args.output, cfg)
     print(f"toy CLIP: {out} (CLIPModel folder, word-level tokenizer)")
 
@@ -21,18 +27,26 @@ def cmd_study(args: argparse.Namespace) -> None:
     from ..toy.clip_pretrain import PretrainConfig
     from ..toy.study import StudyConfig, run_study
 
-    cfg = StudyConfig(output=args.output, base=args.base, seeds=args.seeds,
-                      overrides=args.overrides, jobs=args.jobs,
-                      pretrain=PretrainConfig(fine_p=args.fine_p))
+    cfg = StudyConfig(
+        output=args.output,
+        base=args.base,
+        seeds=args.seeds,
+        overrides=args.overrides,
+        jobs=args.jobs,
+        pretrain=PretrainConfig(fine_p=args.fine_p),
+    )
     if args.settings:
         cfg.settings = args.settings
     if args.quick:  # the test's end-to-end run: minutes, numbers that mean nothing
-        cfg.pretrain = PretrainConfig(steps=30, batch_size=64, num_images=1000,
-                                      fine_p=args.fine_p)
+        cfg.pretrain = PretrainConfig(steps=30, batch_size=64, num_images=1000, fine_p=args.fine_p)
         cfg.train_images, cfg.probe_train, cfg.probe_test = 256, 300, 300
         cfg.mmvp_pairs, cfg.zeroshot_per_class = 10, 10
-        cfg.overrides = ["stage1.steps=10", "stage2.steps=6", "optim.per_device_batch_size=16",
-                         *cfg.overrides]
+        cfg.overrides = [
+            "stage1.steps=10",
+            "stage2.steps=6",
+            "optim.per_device_batch_size=16",
+            *cfg.overrides,
+        ]
     run_study(cfg)
 
 
@@ -46,8 +60,12 @@ def add_toy_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch_size", type=int, default=256)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--num_images", type=int, default=40_000)
-    p.add_argument("--fine_p", type=float, default=0.3,
-                   help="probability that a caption names one fine attribute")
+    p.add_argument(
+        "--fine_p",
+        type=float,
+        default=0.3,
+        help="probability that a caption names one fine attribute",
+    )
     p.add_argument("--position_init_std", type=float, default=0.3)
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_pretrain_clip)

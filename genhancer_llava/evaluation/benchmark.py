@@ -28,8 +28,12 @@ from .mmvp import FIXTURE_MARKER, IMAGE_DIR_NAMES, PATTERNS
 __all__ = ["make_mmvp_benchmark", "make_zeroshot_fixture", "COLOURS"]
 
 COLOURS = {
-    "red": (220, 40, 40), "green": (40, 170, 60), "blue": (40, 80, 220),
-    "yellow": (235, 210, 40), "purple": (140, 60, 180), "orange": (240, 140, 30),
+    "red": (220, 40, 40),
+    "green": (40, 170, 60),
+    "blue": (40, 80, 220),
+    "yellow": (235, 210, 40),
+    "purple": (140, 60, 180),
+    "orange": (240, 140, 30),
 }
 _BACKGROUNDS = ((245, 245, 245), (225, 235, 245), (245, 238, 220), (232, 245, 232))
 _WORDS = (("STOP", "OPEN"), ("CAT", "DOG"), ("SALE", "EXIT"), ("LEFT", "RIGHT"), ("YES", "NO"))
@@ -62,8 +66,12 @@ def _orientation(rng: random.Random, s: int) -> Pair:
         draw.rectangle([min(tail, neck), cy - s * 0.06, max(tail, neck), cy + s * 0.06], fill=fill)
         draw.polygon([(tip, cy), (neck, cy - s * 0.18), (neck, cy + s * 0.18)], fill=fill)
         out.append(image)
-    return (out[0], out[1], f"{_a(name)} arrow pointing to the left",
-            f"{_a(name)} arrow pointing to the right")
+    return (
+        out[0],
+        out[1],
+        f"{_a(name)} arrow pointing to the left",
+        f"{_a(name)} arrow pointing to the right",
+    )
 
 
 def _presence(rng: random.Random, s: int) -> Pair:
@@ -77,8 +85,12 @@ def _presence(rng: random.Random, s: int) -> Pair:
             d = r * 0.35
             draw.ellipse([s / 2 - d, s / 2 - d, s / 2 + d, s / 2 + d], fill=(20, 20, 20))
         out.append(image)
-    return (out[0], out[1], f"{_a(name)} disc with a black dot in its centre",
-            f"a plain {name} disc without any dot")
+    return (
+        out[0],
+        out[1],
+        f"{_a(name)} disc with a black dot in its centre",
+        f"a plain {name} disc without any dot",
+    )
 
 
 def _state(rng: random.Random, s: int) -> Pair:
@@ -121,8 +133,12 @@ def _position(rng: random.Random, s: int) -> Pair:
         draw.rectangle([xs[0] - r, cy - r, xs[0] + r, cy + r], fill=fa)
         draw.ellipse([xs[1] - r, cy - r, xs[1] + r, cy + r], fill=fb)
         out.append(image)
-    return (out[0], out[1], f"{_a(a)} square to the left of {_a(b)} circle",
-            f"{_a(a)} square to the right of {_a(b)} circle")
+    return (
+        out[0],
+        out[1],
+        f"{_a(a)} square to the left of {_a(b)} circle",
+        f"{_a(a)} square to the right of {_a(b)} circle",
+    )
 
 
 def _colour_pattern(rng: random.Random, s: int) -> Pair:
@@ -150,8 +166,12 @@ def _structure(rng: random.Random, s: int) -> Pair:
             for x in range(int(box[0]) + step // 2, int(box[2]), step):
                 draw.rectangle([x, box[1], x + step // 2, box[3]], fill=(250, 250, 250))
         out.append(image)
-    return (out[0], out[1], f"{_a(name)} square with white vertical stripes",
-            f"a solid {name} square")
+    return (
+        out[0],
+        out[1],
+        f"{_a(name)} square with white vertical stripes",
+        f"a solid {name} square",
+    )
 
 
 def _font(size: int):
@@ -166,12 +186,20 @@ def _texts(rng: random.Random, s: int) -> Pair:
     out = []
     for word in words:
         image, draw = _canvas(rng, s)
-        draw.rectangle([s * 0.1, s * 0.3, s * 0.9, s * 0.7], fill=(255, 255, 255),
-                       outline=(20, 20, 20), width=max(1, s // 50))
+        draw.rectangle(
+            [s * 0.1, s * 0.3, s * 0.9, s * 0.7],
+            fill=(255, 255, 255),
+            outline=(20, 20, 20),
+            width=max(1, s // 50),
+        )
         draw.text((s / 2, s / 2), word, fill=(10, 10, 10), font=_font(s // 6), anchor="mm")
         out.append(image)
-    return (out[0], out[1], f'a white sign with the word "{words[0]}" written on it',
-            f'a white sign with the word "{words[1]}" written on it')
+    return (
+        out[0],
+        out[1],
+        f'a white sign with the word "{words[0]}" written on it',
+        f'a white sign with the word "{words[1]}" written on it',
+    )
 
 
 def _viewpoint(rng: random.Random, s: int) -> Pair:
@@ -182,24 +210,46 @@ def _viewpoint(rng: random.Random, s: int) -> Pair:
     r = s * rng.uniform(0.22, 0.28)
     front[1].rectangle([s / 2 - r, s / 2 - r, s / 2 + r, s / 2 + r], fill=fill)
     c, d = (s / 2, s / 2), r * 1.1
-    corner = [(c[0] + d * math.cos(math.radians(a)), c[1] - d * math.sin(math.radians(a)))
-              for a in (90, 150, 210, 270, 330, 30)]
+    corner = [
+        (c[0] + d * math.cos(math.radians(a)), c[1] - d * math.sin(math.radians(a)))
+        for a in (90, 150, 210, 270, 330, 30)
+    ]
     draw = angled[1]
     draw.polygon([c, corner[5], corner[0], corner[1]], fill=fill)  # top face
     draw.polygon([c, corner[1], corner[2], corner[3]], fill=darker)  # left face
     draw.polygon([c, corner[3], corner[4], corner[5]], fill=darkest)  # right face
-    return (front[0], angled[0], f"{_a(name)} cube seen straight from the front, one face visible",
-            f"{_a(name)} cube seen from above at an angle, three faces visible")
+    return (
+        front[0],
+        angled[0],
+        f"{_a(name)} cube seen straight from the front, one face visible",
+        f"{_a(name)} cube seen from above at an angle, three faces visible",
+    )
 
 
-DRAWERS: dict[str, Callable[[random.Random, int], Pair]] = dict(zip(PATTERNS, (
-    _orientation, _presence, _state, _quantity, _position, _colour_pattern, _structure, _texts,
-    _viewpoint,
-), strict=True))
+DRAWERS: dict[str, Callable[[random.Random, int], Pair]] = dict(
+    zip(
+        PATTERNS,
+        (
+            _orientation,
+            _presence,
+            _state,
+            _quantity,
+            _position,
+            _colour_pattern,
+            _structure,
+            _texts,
+            _viewpoint,
+        ),
+        strict=True,
+    )
+)
 
 
 def make_mmvp_benchmark(
-    out: str | Path, pairs_per_pattern: int = 15, image_size: int = 224, seed: int = 0,
+    out: str | Path,
+    pairs_per_pattern: int = 15,
+    image_size: int = 224,
+    seed: int = 0,
     overwrite: bool = False,
 ) -> Path:
     """Write a generated benchmark in MMVP-VLM's distributed layout.
@@ -231,9 +281,16 @@ def make_mmvp_benchmark(
         writer = csv.writer(f)
         writer.writerow(["Question ID", "Type", "Statement"])
         writer.writerows(rows)
-    (out / FIXTURE_MARKER).write_text(json.dumps(  # read back: reports and charts say so
-        {"generator": "genhancer eval make-benchmark", "seed": seed,
-         "pairs_per_pattern": pairs_per_pattern, "what": "generated fixture, not MMVP-VLM"}))
+    (out / FIXTURE_MARKER).write_text(
+        json.dumps(  # read back: reports and charts say so
+            {
+                "generator": "genhancer eval make-benchmark",
+                "seed": seed,
+                "pairs_per_pattern": pairs_per_pattern,
+                "what": "generated fixture, not MMVP-VLM",
+            }
+        )
+    )
     (out / "README.md").write_text(
         "# Generated MMVP-VLM-format benchmark\n\nA format fixture drawn by "
         f"`genhancer eval make-benchmark` (seed {seed}, {pairs_per_pattern} pairs per "
@@ -273,12 +330,22 @@ def make_zeroshot_fixture(
         colour, shape = classes[i % len(classes)]
         name = f"images/{i}.png"
         _draw_shape(rng, image_size, colour, shape).save(ret_dir / name)
-        records.append({"image": name, "captions": [f"{_a(colour)} {shape}",
-                                                    f"a picture of {_a(colour)} {shape}"]})
+        records.append(
+            {
+                "image": name,
+                "captions": [f"{_a(colour)} {shape}", f"a picture of {_a(colour)} {shape}"],
+            }
+        )
     (ret_dir / "captions.json").write_text(json.dumps(records, indent=1))
-    (out / FIXTURE_MARKER).write_text(json.dumps(  # read back: reports and charts say so
-        {"generator": "genhancer eval make-benchmark --with_zeroshot", "seed": seed,
-         "what": "generated zero-shot fixture"}))
+    (out / FIXTURE_MARKER).write_text(
+        json.dumps(  # read back: reports and charts say so
+            {
+                "generator": "genhancer eval make-benchmark --with_zeroshot",
+                "seed": seed,
+                "what": "generated zero-shot fixture",
+            }
+        )
+    )
     return cls_dir, ret_dir / "captions.json"
 
 

@@ -35,12 +35,26 @@ from typing import Any
 from ..errors import GenhancerError
 from .report import _mpl, grouped_bars
 
-__all__ = ["LmmsRun", "load_lmms_run", "score_run", "lenient_letter", "lenient_yes_no",
-           "cambrian_scores", "pope_scores", "LMMS_RENAMED", "lmms_markdown", "write_lmms_report",
-           "POPE_SPLITS"]
+__all__ = [
+    "LmmsRun",
+    "load_lmms_run",
+    "score_run",
+    "lenient_letter",
+    "lenient_yes_no",
+    "cambrian_scores",
+    "pope_scores",
+    "LMMS_RENAMED",
+    "lmms_markdown",
+    "write_lmms_report",
+    "POPE_SPLITS",
+]
 
-POPE_SPLITS = {"pope_adv": "adversarial", "pope_pop": "popular", "pope_random": "random",
-               "pope": "all"}
+POPE_SPLITS = {
+    "pope_adv": "adversarial",
+    "pope_pop": "popular",
+    "pope_random": "random",
+    "pope": "all",
+}
 CV_SOURCES = ("ADE20K", "COCO", "Omni3D")
 # lmms-eval metric names that do not say what they measure -> what they measure
 # (lmms-eval's pope_yes_ratio is the share of "yes" in the ground truth, not in the replies)
@@ -64,8 +78,10 @@ def load_lmms_run(results_dir: str | Path, name: str | None = None) -> LmmsRun:
         raise GenhancerError(f"results folder {root} does not exist")
     found = sorted(root.rglob("*_results.json"))
     if not found:
-        raise GenhancerError(f"{root} holds no lmms-eval *_results.json; run lmms-eval with "
-                             f"--output_path {root} --log_samples")
+        raise GenhancerError(
+            f"{root} holds no lmms-eval *_results.json; run lmms-eval with "
+            f"--output_path {root} --log_samples"
+        )
     _one_model(root, found)
     run = LmmsRun(name=name or root.name)
     for path in sorted(found, key=lambda p: p.name):  # date-prefixed: older first, newer win
@@ -79,8 +95,9 @@ def load_lmms_run(results_dir: str | Path, name: str | None = None) -> LmmsRun:
             run.results[task] = metrics
             samples = path.with_name(f"{date}_samples_{task}.jsonl")
             if samples.is_file():
-                run.samples[task] = [json.loads(line) for line in
-                                     samples.read_text().splitlines() if line.strip()]
+                run.samples[task] = [
+                    json.loads(line) for line in samples.read_text().splitlines() if line.strip()
+                ]
     return run
 
 
@@ -112,9 +129,11 @@ def lenient_letter(reply: str, letters: str = "ABCDEF") -> str:
     """The chosen option letter of a reply ('' when none); see the module docstring."""
     text = reply.strip()
     allowed = f"[{letters}{letters.lower()}]"
-    for pattern in (rf"^\(?({allowed})\)?(?:[.:)\s]|$)",
-                    rf"(?:answer|option)\s*(?:is|:)?\s*\(?({allowed})\)?(?![a-z])",
-                    rf"\(({allowed})\)"):
+    for pattern in (
+        rf"^\(?({allowed})\)?(?:[.:)\s]|$)",
+        rf"(?:answer|option)\s*(?:is|:)?\s*\(?({allowed})\)?(?![a-z])",
+        rf"\(({allowed})\)",
+    ):
         match = re.search(pattern, text, flags=re.IGNORECASE)
         if match:
             return match.group(1).upper()
@@ -140,13 +159,19 @@ def _mmvp(samples: list[dict[str, Any]]) -> dict[str, Any]:
         correct = []
         for s in samples:
             rec = s["mmvp_pair_accuracy"]
-            ok = rec["is_correct"] if mode == "exact" else \
-                lenient_letter(rec["pred"], "AB") == rec["gt"]
+            ok = (
+                rec["is_correct"]
+                if mode == "exact"
+                else lenient_letter(rec["pred"], "AB") == rec["gt"]
+            )
             correct.append(bool(ok))
             pairs.setdefault(rec["pair_index"], []).append(bool(ok))
         full = [v for v in pairs.values() if len(v) == 2]
-        out[mode] = {"pair_accuracy": _pct(_mean([all(v) for v in full])),
-                     "accuracy": _pct(_mean(correct)), "pairs": len(full)}
+        out[mode] = {
+            "pair_accuracy": _pct(_mean([all(v) for v in full])),
+            "accuracy": _pct(_mean(correct)),
+            "pairs": len(full),
+        }
     return out
 
 
@@ -161,9 +186,13 @@ def cambrian_scores(correct_by_source: dict[str, list[bool]]) -> dict[str, float
     d2 = _mean(two_d) if len(two_d) == 2 else None
     d3 = acc.get("Omni3D")
     overall = (d2 + d3) / 2 if d2 is not None and d3 is not None else None
-    return {"2D": d2, "3D": d3, "overall": overall,
-            "sample_accuracy": _mean([x for v in correct_by_source.values() for x in v]),
-            **{src: acc.get(src) for src in CV_SOURCES}}
+    return {
+        "2D": d2,
+        "3D": d3,
+        "overall": overall,
+        "sample_accuracy": _mean([x for v in correct_by_source.values() for x in v]),
+        **{src: acc.get(src) for src in CV_SOURCES},
+    }
 
 
 def _cv_bench(samples: list[dict[str, Any]]) -> dict[str, Any]:
@@ -172,8 +201,11 @@ def _cv_bench(samples: list[dict[str, Any]]) -> dict[str, Any]:
         by_source: dict[str, list[bool]] = {}
         for s in samples:
             rec = s["cv_bench_acc"]
-            ok = rec["is_correct"] if mode == "exact" else \
-                lenient_letter(rec["pred"]) == rec["gt_content"]
+            ok = (
+                rec["is_correct"]
+                if mode == "exact"
+                else lenient_letter(rec["pred"]) == rec["gt_content"]
+            )
             by_source.setdefault(rec["source"], []).append(bool(ok))
         out[mode] = {k: _pct(v) for k, v in cambrian_scores(by_source).items()}
     return out
@@ -192,9 +224,13 @@ def pope_scores(preds: Sequence[str], truths: Sequence[str]) -> dict[str, float]
     precision = tp / (tp + fp) if tp + fp else 0.0
     recall = tp / (tp + fn) if tp + fn else 0.0
     f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
-    return {"accuracy": _mean([p == t for p, t in zip(preds, truths, strict=True)]),
-            "precision": precision, "recall": recall, "f1": f1,
-            "model_yes_ratio": _mean([p == "yes" for p in preds])}
+    return {
+        "accuracy": _mean([p == t for p, t in zip(preds, truths, strict=True)]),
+        "precision": precision,
+        "recall": recall,
+        "f1": f1,
+        "model_yes_ratio": _mean([p == "yes" for p in preds]),
+    }
 
 
 def _binary(preds: list[str], truths: list[str]) -> dict[str, float | None]:
@@ -211,18 +247,26 @@ def _pope_exact(records: list[dict[str, Any]]) -> dict[str, float | None]:
     precision = tp / (tp + fp) if tp + fp else 0.0
     recall = tp / (tp + fn) if tp + fn else 0.0
     f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
-    return {"accuracy": _pct(_mean([r["score"] for r in records])),
-            "precision": _pct(precision), "recall": _pct(recall), "f1": _pct(f1),
-            "model_yes_ratio": _pct(_mean([p == "yes" for p in preds]))}
+    return {
+        "accuracy": _pct(_mean([r["score"] for r in records])),
+        "precision": _pct(precision),
+        "recall": _pct(recall),
+        "f1": _pct(f1),
+        "model_yes_ratio": _pct(_mean([p == "yes" for p in preds])),
+    }
 
 
 def _pope(samples: list[dict[str, Any]]) -> dict[str, Any]:
     records = [s["pope_accuracy"] for s in samples]
     replies = [s.get("filtered_resps", s["pope_accuracy"]["prediction"]) for s in samples]
     replies = [r[0] if isinstance(r, list) else r for r in replies]
-    return {"questions": len(records), "exact": _pope_exact(records),
-            "lenient": _binary([lenient_yes_no(r) for r in replies],
-                               [r["ground_truth"] for r in records])}
+    return {
+        "questions": len(records),
+        "exact": _pope_exact(records),
+        "lenient": _binary(
+            [lenient_yes_no(r) for r in replies], [r["ground_truth"] for r in records]
+        ),
+    }
 
 
 def score_run(run: LmmsRun) -> dict[str, Any]:
@@ -230,24 +274,31 @@ def score_run(run: LmmsRun) -> dict[str, Any]:
     scores: dict[str, Any] = {"model": run.name, "files": run.files}
     if "mmvp" in run.samples:
         scores["mmvp"] = _mmvp(run.samples["mmvp"])
-    cv = run.samples.get("cv_bench") or (run.samples.get("cv_bench_2d", [])
-                                         + run.samples.get("cv_bench_3d", []))
+    cv = run.samples.get("cv_bench") or (
+        run.samples.get("cv_bench_2d", []) + run.samples.get("cv_bench_3d", [])
+    )
     if cv:
         scores["cv_bench"] = _cv_bench(cv)
-    pope = {split: _pope(run.samples[task]) for task, split in POPE_SPLITS.items()
-            if task in run.samples}
+    pope = {
+        split: _pope(run.samples[task])
+        for task, split in POPE_SPLITS.items()
+        if task in run.samples
+    }
     if pope:
         three = [s for s in ("adversarial", "popular", "random") if s in pope]
         for mode in ("exact", "lenient"):
-            pope[f"mean_f1_{mode}"] = (round(_mean([pope[s][mode]["f1"] for s in three]), 2)
-                                       if len(three) == 3 else None)
+            pope[f"mean_f1_{mode}"] = (
+                round(_mean([pope[s][mode]["f1"] for s in three]), 2) if len(three) == 3 else None
+            )
         scores["pope"] = pope
     scores["lmms_eval_reported"] = {
-        task: {LMMS_RENAMED.get(k.split(",")[0], k.split(",")[0]): _pct(v)
-               for k, v in metrics.items()
-               if isinstance(v, (int, float)) and not isinstance(v, bool)
-               and "stderr" not in k}
-        for task, metrics in run.results.items()}
+        task: {
+            LMMS_RENAMED.get(k.split(",")[0], k.split(",")[0]): _pct(v)
+            for k, v in metrics.items()
+            if isinstance(v, (int, float)) and not isinstance(v, bool) and "stderr" not in k
+        }
+        for task, metrics in run.results.items()
+    }
     return scores
 
 
@@ -269,15 +320,20 @@ HEADLINES = (
 
 def lmms_markdown(all_scores: Sequence[dict[str, Any]]) -> str:
     """Headline table (lenient parse) and the detail per benchmark (exact and lenient)."""
-    lines = ["## LLaVA on mmvp / cv_bench / pope (paper metrics, %)", "",
-             "| model | " + " | ".join(h for h, _ in HEADLINES) + " |",
-             "|---|" + "---:|" * len(HEADLINES)]
+    lines = [
+        "## LLaVA on mmvp / cv_bench / pope (paper metrics, %)",
+        "",
+        "| model | " + " | ".join(h for h, _ in HEADLINES) + " |",
+        "|---|" + "---:|" * len(HEADLINES),
+    ]
     for s in all_scores:
         lines.append(f"| {s['model']} | " + " | ".join(_fmt(f(s)) for _, f in HEADLINES) + " |")
     if len(all_scores) == 2:
         a, b = all_scores
-        cells = [_fmt(f(b) - f(a)) if f(a) is not None and f(b) is not None else "n/a"
-                 for _, f in HEADLINES]
+        cells = [
+            _fmt(f(b) - f(a)) if f(a) is not None and f(b) is not None else "n/a"
+            for _, f in HEADLINES
+        ]
         lines.append("| delta | " + " | ".join(cells) + " |")
     lines += ["", "Lenient parse; the `exact` rows below use lmms-eval's own parse.", ""]
     for s in all_scores:
@@ -285,28 +341,36 @@ def lmms_markdown(all_scores: Sequence[dict[str, Any]]) -> str:
         if "mmvp" in s:
             for mode in ("exact", "lenient"):
                 m = s["mmvp"][mode]
-                lines.append(f"- MMVP ({mode}): pair accuracy {_fmt(m['pair_accuracy'])} over "
-                             f"{m['pairs']} pairs; question accuracy {_fmt(m['accuracy'])}")
+                lines.append(
+                    f"- MMVP ({mode}): pair accuracy {_fmt(m['pair_accuracy'])} over "
+                    f"{m['pairs']} pairs; question accuracy {_fmt(m['accuracy'])}"
+                )
         if "cv_bench" in s:
             for mode in ("exact", "lenient"):
                 c = s["cv_bench"][mode]
-                lines.append(f"- CV-Bench ({mode}): 2D {_fmt(c['2D'])} (ADE20K "
-                             f"{_fmt(c['ADE20K'])}, COCO {_fmt(c['COCO'])}), 3D {_fmt(c['3D'])}, "
-                             f"overall {_fmt(c['overall'])}; sample accuracy "
-                             f"{_fmt(c['sample_accuracy'])}")
+                lines.append(
+                    f"- CV-Bench ({mode}): 2D {_fmt(c['2D'])} (ADE20K "
+                    f"{_fmt(c['ADE20K'])}, COCO {_fmt(c['COCO'])}), 3D {_fmt(c['3D'])}, "
+                    f"overall {_fmt(c['overall'])}; sample accuracy "
+                    f"{_fmt(c['sample_accuracy'])}"
+                )
         if "pope" in s:
             for split, p in s["pope"].items():
                 if split.startswith("mean_f1"):
                     continue
                 for mode in ("exact", "lenient"):
                     v = p[mode]
-                    lines.append(f"- POPE {split} ({mode}): acc {_fmt(v['accuracy'])}, F1 "
-                                 f"{_fmt(v['f1'])}, precision {_fmt(v['precision'])}, recall "
-                                 f"{_fmt(v['recall'])}, model yes-ratio "
-                                 f"{_fmt(v['model_yes_ratio'])}")
-            lines.append(f"- POPE mean F1 (adversarial/popular/random): exact "
-                         f"{_fmt(s['pope']['mean_f1_exact'])}, lenient "
-                         f"{_fmt(s['pope']['mean_f1_lenient'])}")
+                    lines.append(
+                        f"- POPE {split} ({mode}): acc {_fmt(v['accuracy'])}, F1 "
+                        f"{_fmt(v['f1'])}, precision {_fmt(v['precision'])}, recall "
+                        f"{_fmt(v['recall'])}, model yes-ratio "
+                        f"{_fmt(v['model_yes_ratio'])}"
+                    )
+            lines.append(
+                f"- POPE mean F1 (adversarial/popular/random): exact "
+                f"{_fmt(s['pope']['mean_f1_exact'])}, lenient "
+                f"{_fmt(s['pope']['mean_f1_lenient'])}"
+            )
         lines.append("")
     return "\n".join(lines)
 
@@ -317,16 +381,18 @@ def plot_lmms(all_scores: Sequence[dict[str, Any]], path: Path, source: str = ""
     fig, ax = plt.subplots(figsize=(8.0, 4.4))
     series = [(s["model"], [f(s) for _, f in HEADLINES]) for s in all_scores]
     title = "LLaVA: MMVP, CV-Bench, POPE (paper metrics, lenient parse)"
-    grouped_bars(ax, [h for h, _ in HEADLINES], series,
-                 f"{title}\ndata: {source}" if source else title, "%")
+    grouped_bars(
+        ax, [h for h, _ in HEADLINES], series, f"{title}\ndata: {source}" if source else title, "%"
+    )
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
 
 
-def write_lmms_report(results_dirs: Sequence[str | Path], out: str | Path,
-                      names: Sequence[str] | None = None) -> tuple[list[dict], dict[str, Path]]:
+def write_lmms_report(
+    results_dirs: Sequence[str | Path], out: str | Path, names: Sequence[str] | None = None
+) -> tuple[list[dict], dict[str, Path]]:
     """Score every RESULTS_DIR (one model each) and write report.md, report.json, report.png."""
     if names and len(names) != len(results_dirs):
         raise GenhancerError(f"{len(names)} --name for {len(results_dirs)} results folders")
@@ -334,8 +400,11 @@ def write_lmms_report(results_dirs: Sequence[str | Path], out: str | Path,
     all_scores = [score_run(r) for r in runs]
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    files = {"markdown": out / "report.md", "json": out / "report.json",
-             "figure": out / "report.png"}
+    files = {
+        "markdown": out / "report.md",
+        "json": out / "report.json",
+        "figure": out / "report.png",
+    }
     files["markdown"].write_text(lmms_markdown(all_scores))
     files["json"].write_text(json.dumps(all_scores, indent=2))
     source = "lmms-eval logs in " + ", ".join(str(d) for d in results_dirs)

@@ -37,8 +37,13 @@ __all__ = [
 ]
 
 CV_METRICS = ("cv_bench_overall", "cv_bench_2d", "cv_bench_3d")
-POPE_METRICS = ("pope_llava_accuracy", "pope_llava_precision", "pope_llava_recall",
-                "pope_llava_f1", "pope_llava_yes_ratio")
+POPE_METRICS = (
+    "pope_llava_accuracy",
+    "pope_llava_precision",
+    "pope_llava_recall",
+    "pope_llava_f1",
+    "pope_llava_yes_ratio",
+)
 
 
 def _reply(results: list[Any]) -> str:
@@ -54,8 +59,15 @@ def cv_bench_process_results(doc: dict[str, Any], results: list[Any]) -> dict[st
     reply = _reply(results)
     truth = str(doc["answer"]).strip().strip("()")
     parsed = lenient_letter(reply)
-    record = {"idx": doc["idx"], "source": doc["source"], "type": doc["type"], "reply": reply,
-              "parsed": parsed, "answer": truth, "correct": parsed == truth}
+    record = {
+        "idx": doc["idx"],
+        "source": doc["source"],
+        "type": doc["type"],
+        "reply": reply,
+        "parsed": parsed,
+        "answer": truth,
+        "correct": parsed == truth,
+    }
     return {metric: record for metric in CV_METRICS}
 
 
@@ -93,8 +105,12 @@ def pope_process_results(doc: dict[str, Any], results: list[Any]) -> dict[str, d
     """One POPE sample: the reply read as LLaVA's eval_pope does (`lenient_yes_no`)."""
     reply = _reply(results)
     truth = str(doc["answer"]).strip().lower()
-    record = {"question_id": doc["question_id"], "reply": reply,
-              "prediction": lenient_yes_no(reply), "ground_truth": truth}
+    record = {
+        "question_id": doc["question_id"],
+        "reply": reply,
+        "prediction": lenient_yes_no(reply),
+        "ground_truth": truth,
+    }
     return {metric: record for metric in POPE_METRICS}
 
 

@@ -66,8 +66,23 @@ PATTERNS = (
     "Texts",
     "Viewpoint and Perspective",
 )
-SHORT_NAMES = dict(zip(PATTERNS, ("Orientation", "Presence", "State", "Quantity", "Position",
-                                  "Color", "Structure", "Text", "Viewpoint"), strict=True))
+SHORT_NAMES = dict(
+    zip(
+        PATTERNS,
+        (
+            "Orientation",
+            "Presence",
+            "State",
+            "Quantity",
+            "Position",
+            "Color",
+            "Structure",
+            "Text",
+            "Viewpoint",
+        ),
+        strict=True,
+    )
+)
 PROMPT_PREFIX = "a photo of "
 IMAGE_DIR_NAMES = ("MLLM_VLM Images", "MLLM_VLM_Images")
 CSV_NAMES = ("Questions.csv", "questions.csv")
@@ -142,9 +157,16 @@ class MMVPResult:
         return sum(self.scores.values()) / len(self.scores) if self.scores else 0.0
 
     def to_dict(self, with_predictions: bool = False) -> dict[str, Any]:
-        out = {"model": self.model, "path": self.path, "family": self.family,
-               "source": self.source, "average": self.average, "scores": self.scores,
-               "correct": self.correct, "pairs": self.total}
+        out = {
+            "model": self.model,
+            "path": self.path,
+            "family": self.family,
+            "source": self.source,
+            "average": self.average,
+            "scores": self.scores,
+            "correct": self.correct,
+            "pairs": self.total,
+        }
         if with_predictions:
             out["predictions"] = self.predictions
         return out
@@ -162,8 +184,10 @@ def _find_csv(root: Path) -> Path:
             f"{root} holds no questions CSV (Questions.csv: qid,type,statement); pass the "
             "MMVP-VLM folder as distributed, or make one with `genhancer eval make-benchmark`"
         )
-    raise GenhancerError(f"{root} holds several CSV files ({', '.join(f.name for f in found)}); "
-                         "name the questions file Questions.csv")
+    raise GenhancerError(
+        f"{root} holds several CSV files ({', '.join(f.name for f in found)}); "
+        "name the questions file Questions.csv"
+    )
 
 
 def _variants(name: str) -> list[str]:
@@ -200,8 +224,10 @@ def _read_rows(csv_file: Path) -> list[MMVPItem]:
     if not items:
         raise GenhancerError(f"{csv_file} holds no questions")
     if len(items) % 2:
-        raise GenhancerError(f"{csv_file} holds {len(items)} statements; MMVP-VLM needs pairs "
-                             "(an even number of rows: qid 2k-1 and 2k)")
+        raise GenhancerError(
+            f"{csv_file} holds {len(items)} statements; MMVP-VLM needs pairs "
+            "(an even number of rows: qid 2k-1 and 2k)"
+        )
     return items
 
 
@@ -262,7 +288,10 @@ def assign_patterns(pairs: list[MMVPPair], source: Path | str = "the CSV") -> li
         warnings.warn(
             f"{source}: {len(pairs)} pairs is not a multiple of {len(PATTERNS)} patterns, so the "
             "reference's positional rule (pair // 15) cannot apply; patterns follow the type "
-            "column", UserWarning, stacklevel=2)
+            "column",
+            UserWarning,
+            stacklevel=2,
+        )
         return pairs
     out, disagree = [], []
     for i, pair in enumerate(pairs):
@@ -276,7 +305,10 @@ def assign_patterns(pairs: list[MMVPPair], source: Path | str = "the CSV") -> li
         warnings.warn(
             f"{source}: the type column disagrees with the reference's positional pattern "
             f"(pair // pairs-per-pattern) for {len(disagree)} pairs; scored by position, as the "
-            f"reference: {listed}{more}", UserWarning, stacklevel=2)
+            f"reference: {listed}{more}",
+            UserWarning,
+            stacklevel=2,
+        )
     return out
 
 
@@ -307,10 +339,18 @@ def score_pairs(
             prob = float(probs[p, s])
             pred = 0 if prob > 0.5 else 1
             rights.append(pred == item.truth)
-            records.append({"qid": item.qid, "pattern": pair.pattern, "statement": item.statement,
-                            "images": [str(pair.images[0]), str(pair.images[1])],
-                            "prob_image1": prob, "pred": f"img{pred + 1}",
-                            "truth": f"img{item.truth + 1}", "correct": rights[-1]})
+            records.append(
+                {
+                    "qid": item.qid,
+                    "pattern": pair.pattern,
+                    "statement": item.statement,
+                    "images": [str(pair.images[0]), str(pair.images[1])],
+                    "prob_image1": prob,
+                    "pred": f"img{pred + 1}",
+                    "truth": f"img{item.truth + 1}",
+                    "correct": rights[-1],
+                }
+            )
         both = all(rights)
         records[-1]["pair_correct"] = records[-2]["pair_correct"] = both
         total[pair.pattern] += 1
@@ -323,7 +363,7 @@ def run_mmvp(benchmark: MMVPBenchmark, scorer: Scorer, path: str = "") -> MMVPRe
     images = benchmark.images
     image_index = {img: i for i, img in enumerate(images)}
     texts = list(dict.fromkeys(item.text for item in benchmark.items))  # a repeated statement
-    text_index = {text: i for i, text in enumerate(texts)}              # is encoded once
+    text_index = {text: i for i, text in enumerate(texts)}  # is encoded once
     image_emb = scorer.encode_images(images)  # (N, d)
     text_emb = scorer.encode_texts(texts)  # (T, d)
     logits = torch.empty(len(benchmark.pairs), 2, 2)
@@ -335,5 +375,6 @@ def run_mmvp(benchmark: MMVPBenchmark, scorer: Scorer, path: str = "") -> MMVPRe
     for record in records:
         record["model"] = scorer.name
     scores = {k: 100.0 * correct[k] / total[k] for k in total}
-    return MMVPResult(scorer.name, path, scorer.family, scores, correct, total, records,
-                      source=benchmark.source)
+    return MMVPResult(
+        scorer.name, path, scorer.family, scores, correct, total, records, source=benchmark.source
+    )

@@ -58,16 +58,18 @@ def _mpl():
     try:
         import matplotlib
     except ImportError as err:
-        raise GenhancerError("figures need matplotlib: pip install 'genhancer-llava[eval]'"
-                             ) from err
+        raise GenhancerError(
+            "figures need matplotlib: pip install 'genhancer-llava[eval]'"
+        ) from err
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     return plt
 
 
-def grouped_bars(ax, categories: Sequence[str], series: Sequence[tuple[str, Sequence]],
-                 title: str, ylabel: str) -> None:
+def grouped_bars(
+    ax, categories: Sequence[str], series: Sequence[tuple[str, Sequence]], title: str, ylabel: str
+) -> None:
     """Side-by-side bars, one group per category, one bar per series (label, values).
 
     Every bar carries its value, so a measured 0 reads "0"; a value of None (not measured) gets
@@ -77,12 +79,25 @@ def grouped_bars(ax, categories: Sequence[str], series: Sequence[tuple[str, Sequ
     for i, (label, values) in enumerate(series):
         xs = [j + (i - (len(series) - 1) / 2) * width for j in range(len(categories))]
         measured = [(x, v) for x, v in zip(xs, values, strict=True) if v is not None]
-        ax.bar([x for x, _ in measured], [v for _, v in measured], width=width, label=label,
-               color=f"C{i}")
+        ax.bar(
+            [x for x, _ in measured],
+            [v for _, v in measured],
+            width=width,
+            label=label,
+            color=f"C{i}",
+        )
         for x, value in zip(xs, values, strict=True):
             if value is None:
-                ax.text(x, 1.5, "n/a", ha="center", va="bottom", fontsize=8, color="dimgray",
-                        fontweight="bold")
+                ax.text(
+                    x,
+                    1.5,
+                    "n/a",
+                    ha="center",
+                    va="bottom",
+                    fontsize=8,
+                    color="dimgray",
+                    fontweight="bold",
+                )
                 continue
             if value == 0:  # a bar of height 0 is invisible: a stub in the series' colour
                 ax.hlines(0.8, x - width * 0.4, x + width * 0.4, colors=f"C{i}", linewidth=3)
@@ -102,10 +117,17 @@ def data_source(results: Sequence[MMVPResult]) -> str:
 
 
 def _bars(ax, results: Sequence[MMVPResult], patterns: list[str]) -> None:
-    series = [(f"{r.model} ({r.average:.1f})", [r.scores.get(p) for p in patterns] + [r.average])
-              for r in results]
-    grouped_bars(ax, [_short(p) for p in patterns] + ["Average"], series,
-                 f"MMVP-VLM per pattern\ndata: {data_source(results)}", "pairs correct (%)")
+    series = [
+        (f"{r.model} ({r.average:.1f})", [r.scores.get(p) for p in patterns] + [r.average])
+        for r in results
+    ]
+    grouped_bars(
+        ax,
+        [_short(p) for p in patterns] + ["Average"],
+        series,
+        f"MMVP-VLM per pattern\ndata: {data_source(results)}",
+        "pairs correct (%)",
+    )
 
 
 def plot_mmvp(results: Sequence[MMVPResult], path: str | Path) -> Path:
@@ -121,14 +143,22 @@ def plot_mmvp(results: Sequence[MMVPResult], path: str | Path) -> Path:
     return path
 
 
-def write_mmvp(results: Sequence[MMVPResult], out: str | Path, stem: str = "mmvp_vlm"
-               ) -> dict[str, Path]:
+def write_mmvp(
+    results: Sequence[MMVPResult], out: str | Path, stem: str = "mmvp_vlm"
+) -> dict[str, Path]:
     """Write STEM.md, STEM.json, STEM.csv, STEM_predictions.jsonl and STEM.png under `out`."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    files = {k: out / f"{stem}{suffix}" for k, suffix in (
-        ("markdown", ".md"), ("json", ".json"), ("csv", ".csv"),
-        ("predictions", "_predictions.jsonl"), ("figure", ".png"))}
+    files = {
+        k: out / f"{stem}{suffix}"
+        for k, suffix in (
+            ("markdown", ".md"),
+            ("json", ".json"),
+            ("csv", ".csv"),
+            ("predictions", "_predictions.jsonl"),
+            ("figure", ".png"),
+        )
+    }
     files["markdown"].write_text(f"Data: {data_source(results)}\n\n" + mmvp_markdown(results))
     files["json"].write_text(json.dumps([r.to_dict() for r in results], indent=2))
     patterns = _patterns(results)
@@ -136,8 +166,9 @@ def write_mmvp(results: Sequence[MMVPResult], out: str | Path, stem: str = "mmvp
         writer = csv.writer(f)
         writer.writerow(["model", *patterns, "average"])
         for r in results:
-            writer.writerow([r.model, *(f"{r.scores[p]:.4f}" for p in patterns),
-                             f"{r.average:.4f}"])
+            writer.writerow(
+                [r.model, *(f"{r.scores[p]:.4f}" for p in patterns), f"{r.average:.4f}"]
+            )
     with open(files["predictions"], "w") as f:
         for r in results:
             for record in r.predictions:
@@ -169,56 +200,70 @@ def write_zeroshot(results: Sequence[ZeroShotResult], out: str | Path) -> dict[s
     """Write zeroshot.md, zeroshot.json and zeroshot.csv under `out`."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    files = {"markdown": out / "zeroshot.md", "json": out / "zeroshot.json",
-             "csv": out / "zeroshot.csv"}
+    files = {
+        "markdown": out / "zeroshot.md",
+        "json": out / "zeroshot.json",
+        "csv": out / "zeroshot.csv",
+    }
     files["markdown"].write_text(zeroshot_markdown(results, delta=len(results) == 2))
     files["json"].write_text(json.dumps([r.to_dict() for r in results], indent=2))
     with open(files["csv"], "w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(["metric", *(r.model for r in results)])
         for name in _metric_names(results):
-            writer.writerow([name, *(f"{r.metrics.get(name, float('nan')):.4f}"
-                                     for r in results)])
+            writer.writerow([name, *(f"{r.metrics.get(name, float('nan')):.4f}" for r in results)])
     return files
 
 
-def compare_results(mmvp: Sequence[MMVPResult] | None,
-                    zeroshot: Sequence[ZeroShotResult] | None) -> dict[str, Any]:
+def compare_results(
+    mmvp: Sequence[MMVPResult] | None, zeroshot: Sequence[ZeroShotResult] | None
+) -> dict[str, Any]:
     """The comparison record: base and enhanced numbers and enhanced-minus-base deltas."""
     report: dict[str, Any] = {}
     if mmvp:
         base, enhanced = mmvp
         report["mmvp_vlm"] = {
-            "base": base.to_dict(), "enhanced": enhanced.to_dict(),
+            "base": base.to_dict(),
+            "enhanced": enhanced.to_dict(),
             "delta": {p: enhanced.scores[p] - base.scores[p] for p in base.scores},
             "delta_average": enhanced.average - base.average,
         }
     if zeroshot:
         base, enhanced = zeroshot
         report["zeroshot"] = {
-            "base": base.to_dict(), "enhanced": enhanced.to_dict(),
+            "base": base.to_dict(),
+            "enhanced": enhanced.to_dict(),
             "delta": {m: enhanced.metrics[m] - base.metrics[m] for m in base.metrics},
         }
     return report
 
 
-def write_comparison(mmvp: Sequence[MMVPResult] | None,
-                     zeroshot: Sequence[ZeroShotResult] | None, out: str | Path
-                     ) -> dict[str, Path]:
+def write_comparison(
+    mmvp: Sequence[MMVPResult] | None, zeroshot: Sequence[ZeroShotResult] | None, out: str | Path
+) -> dict[str, Path]:
     """One markdown report, one JSON and one figure (MMVP per pattern; zero-shot deltas)."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    files = {"markdown": out / "report.md", "json": out / "report.json",
-             "figure": out / "report.png"}
+    files = {
+        "markdown": out / "report.md",
+        "json": out / "report.json",
+        "figure": out / "report.png",
+    }
     data = compare_results(mmvp, zeroshot)
     parts = ["# Base vs enhanced encoder\n"]
     if mmvp:
-        parts += ["## MMVP-VLM (pairs correct, %; delta in points)\n",
-                  f"Data: {data_source(mmvp)}\n", mmvp_markdown(mmvp, delta=True)]
+        parts += [
+            "## MMVP-VLM (pairs correct, %; delta in points)\n",
+            f"Data: {data_source(mmvp)}\n",
+            mmvp_markdown(mmvp, delta=True),
+        ]
     if zeroshot:
         source = "; ".join(dict.fromkeys(r.source for r in zeroshot if r.source))
-        parts += ["## Zero-shot preservation (%; delta in points)\n",
-                  f"Data: {source or 'unknown'}\n", zeroshot_markdown(zeroshot, delta=True)]
+        parts += [
+            "## Zero-shot preservation (%; delta in points)\n",
+            f"Data: {source or 'unknown'}\n",
+            zeroshot_markdown(zeroshot, delta=True),
+        ]
     files["markdown"].write_text("\n".join(parts))
     files["json"].write_text(json.dumps(data, indent=2))
 
@@ -232,10 +277,14 @@ def write_comparison(mmvp: Sequence[MMVPResult] | None,
         ax = axes.pop(0)
         deltas = data["zeroshot"]["delta"]
         names = list(deltas)
-        bars = ax.barh(range(len(names)), [deltas[n] for n in names],
-                       color=["tab:green" if deltas[n] >= 0 else "tab:red" for n in names])
-        ax.bar_label(bars, labels=[f"{deltas[n]:+.1f}" for n in names], fontsize=7,
-                     padding=3)  # a 0.0 delta reads "+0.0", not an empty row
+        bars = ax.barh(
+            range(len(names)),
+            [deltas[n] for n in names],
+            color=["tab:green" if deltas[n] >= 0 else "tab:red" for n in names],
+        )
+        ax.bar_label(
+            bars, labels=[f"{deltas[n]:+.1f}" for n in names], fontsize=7, padding=3
+        )  # a 0.0 delta reads "+0.0", not an empty row
         ax.set_yticks(range(len(names)))
         ax.set_yticklabels(names, fontsize=8)
         ax.axvline(0, color="black", linewidth=0.8)

@@ -33,8 +33,9 @@ def labels_for(paths: Sequence[str | Path], names: Sequence[str] | None = None) 
     """Table labels: the given names, else folder names (parent/name where they collide)."""
     if names:
         if len(names) != len(paths):
-            raise GenhancerError(f"got {len(names)} names for {len(paths)} models; give one "
-                                 "--name per --model")
+            raise GenhancerError(
+                f"got {len(names)} names for {len(paths)} models; give one --name per --model"
+            )
         return list(names)
     resolved = [Path(p).resolve() for p in paths]
     labels = [p.name for p in resolved]
@@ -61,8 +62,10 @@ def evaluate(
     if not models:
         raise GenhancerError("pass at least one --model DIR")
     if mmvp_data is None and classification is None and retrieval is None:
-        raise GenhancerError(f"nothing to score: pass {mmvp_flag} DIR (MMVP-VLM), "
-                             "--classification DIR and/or --retrieval JSON")
+        raise GenhancerError(
+            f"nothing to score: pass {mmvp_flag} DIR (MMVP-VLM), "
+            "--classification DIR and/or --retrieval JSON"
+        )
     for path in models:
         read_family(path)
     bench = load_benchmark(mmvp_data, mmvp_flag) if mmvp_data is not None else None
@@ -101,10 +104,22 @@ def compare(
     """
     base_family, enhanced_family = read_family(base), read_family(enhanced)
     if base_family != enhanced_family:
-        raise GenhancerError(f"base is a '{base_family}' model and enhanced a "
-                             f"'{enhanced_family}' one; compare an encoder with its own base")
-    mmvp, zeroshot = evaluate([base, enhanced], mmvp_data, classification, retrieval, templates,
-                              names, batch_size, device, dtype, mmvp_flag="--mmvp")
+        raise GenhancerError(
+            f"base is a '{base_family}' model and enhanced a "
+            f"'{enhanced_family}' one; compare an encoder with its own base"
+        )
+    mmvp, zeroshot = evaluate(
+        [base, enhanced],
+        mmvp_data,
+        classification,
+        retrieval,
+        templates,
+        names,
+        batch_size,
+        device,
+        dtype,
+        mmvp_flag="--mmvp",
+    )
     output = Path(output)
     files = write_comparison(mmvp or None, zeroshot or None, output)
     if mmvp:

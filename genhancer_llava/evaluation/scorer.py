@@ -110,8 +110,10 @@ def scoring_dtype(dtype: str | torch.dtype, device: torch.device) -> torch.dtype
             raise GenhancerError(f"--dtype {dtype} is unknown; choose {', '.join(DTYPES)}")
         dtype = DTYPES[dtype]
     if dtype == torch.float16 and device.type == "cpu":
-        raise GenhancerError("--dtype float16 on the CPU: score in float32 (the default, as the "
-                             "paper) or pass --device cuda")
+        raise GenhancerError(
+            "--dtype float16 on the CPU: score in float32 (the default, as the "
+            "paper) or pass --device cuda"
+        )
     return dtype
 
 
@@ -135,8 +137,14 @@ class HFScorer:
             (default float32, as the reference: an fp16 export is scored in fp32).
     """
 
-    def __init__(self, path: str | Path, batch_size: int = 64, device: str | None = None,
-                 name: str | None = None, dtype: str | torch.dtype = "float32"):
+    def __init__(
+        self,
+        path: str | Path,
+        batch_size: int = 64,
+        device: str | None = None,
+        name: str | None = None,
+        dtype: str | torch.dtype = "float32",
+    ):
         self.path = Path(path)
         self.family = read_family(self.path)
         self.name = name or model_label(self.path)
@@ -153,8 +161,9 @@ class HFScorer:
             )
         try:
             with quiet_transformers():
-                self.model = model_class.from_pretrained(self.path, dtype=self.dtype).to(
-                    self.device).eval()
+                self.model = (
+                    model_class.from_pretrained(self.path, dtype=self.dtype).to(self.device).eval()
+                )
                 self.image_processor = transformers.AutoImageProcessor.from_pretrained(self.path)
                 self.tokenizer = transformers.AutoTokenizer.from_pretrained(self.path)
         except (OSError, ValueError) as err:  # sentencepiece: ValueError on a missing model
@@ -164,18 +173,20 @@ class HFScorer:
                 f"tokenizer files ({first})"
             ) from None
         text_config = self.model.config.text_config
-        self.max_length = min(int(self.tokenizer.model_max_length),
-                              int(text_config.max_position_embeddings))
+        self.max_length = min(
+            int(self.tokenizer.model_max_length), int(text_config.max_position_embeddings)
+        )
         self.pad_to_max_length = spec.text_pad_to_max_length
-        self.text_inputs = ("input_ids", "attention_mask") if spec.text_attention_mask else (
-            "input_ids",)
+        self.text_inputs = (
+            ("input_ids", "attention_mask") if spec.text_attention_mask else ("input_ids",)
+        )
 
     @torch.no_grad()
     def encode_images(self, paths: Sequence[Path]) -> torch.Tensor:
         chunks = []
         for start in range(0, len(paths), self.batch_size):
             images = []
-            for p in paths[start:start + self.batch_size]:
+            for p in paths[start : start + self.batch_size]:
                 with Image.open(p) as image:
                     images.append(image.convert("RGB"))
             pixels = self.image_processor(images=images, return_tensors="pt")["pixel_values"]
@@ -189,9 +200,11 @@ class HFScorer:
         chunks = []
         for start in range(0, len(texts), self.batch_size):
             tokens = self.tokenizer(
-                list(texts[start:start + self.batch_size]),
+                list(texts[start : start + self.batch_size]),
                 padding="max_length" if self.pad_to_max_length else True,
-                truncation=True, max_length=self.max_length, return_tensors="pt",
+                truncation=True,
+                max_length=self.max_length,
+                return_tensors="pt",
             )
             tokens = {k: v.to(self.device) for k, v in tokens.items() if k in self.text_inputs}
             out = self.model.get_text_features(**tokens)  # (B, d)
@@ -207,7 +220,12 @@ class HFScorer:
         return logits
 
 
-def load_scorer(path: str | Path, batch_size: int = 64, device: str | None = None,
-                name: str | None = None, dtype: str | torch.dtype = "float32") -> HFScorer:
+def load_scorer(
+    path: str | Path,
+    batch_size: int = 64,
+    device: str | None = None,
+    name: str | None = None,
+    dtype: str | torch.dtype = "float32",
+) -> HFScorer:
     """`HFScorer` for a model folder (see its Args)."""
     return HFScorer(path, batch_size=batch_size, device=device, name=name, dtype=dtype)

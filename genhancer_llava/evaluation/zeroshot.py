@@ -83,8 +83,13 @@ class ZeroShotResult:
     source: str = ""  # what the data was (`zeroshot_source`)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"model": self.model, "path": self.path, "metrics": self.metrics,
-                "sizes": self.sizes, "source": self.source}
+        return {
+            "model": self.model,
+            "path": self.path,
+            "metrics": self.metrics,
+            "sizes": self.sizes,
+            "source": self.source,
+        }
 
 
 def zeroshot_source(classification: str | Path | None, retrieval: str | Path | None) -> str:
@@ -108,8 +113,7 @@ def _fill(template: str, name: str) -> str:
     return template.replace("{c}", name).replace("{}", name)
 
 
-def load_classification(root: str | Path, templates: list[str] | None = None
-                        ) -> ClassificationData:
+def load_classification(root: str | Path, templates: list[str] | None = None) -> ClassificationData:
     """Read an ImageNet-style class folder (see the module docstring)."""
     root = Path(root)
     if not root.is_dir():
@@ -118,19 +122,21 @@ def load_classification(root: str | Path, templates: list[str] | None = None
     if len(folders) < 2:
         raise GenhancerError(f"{root} needs one sub-folder per class (found {len(folders)})")
     if (root / "classnames.txt").is_file():
-        names = [n.strip() for n in (root / "classnames.txt").read_text().splitlines()
-                 if n.strip()]
+        names = [n.strip() for n in (root / "classnames.txt").read_text().splitlines() if n.strip()]
         if len(names) != len(folders):
-            raise GenhancerError(f"{root}/classnames.txt has {len(names)} names for "
-                                 f"{len(folders)} class folders; give one per folder, sorted")
+            raise GenhancerError(
+                f"{root}/classnames.txt has {len(names)} names for "
+                f"{len(folders)} class folders; give one per folder, sorted"
+            )
     elif (root / "classnames.json").is_file():
         mapping = json.loads((root / "classnames.json").read_text())
         names = [mapping.get(f.name, f.name.replace("_", " ")) for f in folders]
     else:
         names = [f.name.replace("_", " ") for f in folders]
     if templates is None and (root / "templates.txt").is_file():
-        templates = [t.strip() for t in (root / "templates.txt").read_text().splitlines()
-                     if t.strip()]
+        templates = [
+            t.strip() for t in (root / "templates.txt").read_text().splitlines() if t.strip()
+        ]
     templates = list(templates or DEFAULT_TEMPLATES)
     images, labels = [], []
     for label, folder in enumerate(folders):
@@ -149,8 +155,9 @@ def load_retrieval(json_file: str | Path) -> RetrievalData:
         raise GenhancerError(f"retrieval captions file {json_file} does not exist")
     records = json.loads(json_file.read_text())
     if not isinstance(records, list) or not records:
-        raise GenhancerError(f"{json_file} must be a JSON list of "
-                             '{"image": ..., "captions": [...]} records')
+        raise GenhancerError(
+            f'{json_file} must be a JSON list of {{"image": ..., "captions": [...]}} records'
+        )
     images, captions, owner, missing = [], [], [], []
     for i, record in enumerate(records):
         caps = record.get("captions", record.get("caption"))
@@ -164,8 +171,9 @@ def load_retrieval(json_file: str | Path) -> RetrievalData:
             captions.append(caption)
             owner.append(i)
     if missing:
-        raise GenhancerError(f"{len(missing)} retrieval images missing next to {json_file}: "
-                             f"{', '.join(missing[:5])}")
+        raise GenhancerError(
+            f"{len(missing)} retrieval images missing next to {json_file}: {', '.join(missing[:5])}"
+        )
     return RetrievalData(images, captions, owner)
 
 
@@ -194,8 +202,9 @@ def classify(data: ClassificationData, scorer: Scorer) -> dict[str, float]:
     return metrics
 
 
-def retrieve(data: RetrievalData, scorer: Scorer, ks: tuple[int, ...] = (1, 5, 10)
-             ) -> dict[str, float]:
+def retrieve(
+    data: RetrievalData, scorer: Scorer, ks: tuple[int, ...] = (1, 5, 10)
+) -> dict[str, float]:
     images = scorer.encode_images(data.images)  # (I, d)
     texts = scorer.encode_texts(data.captions)  # (T, d)
     scores = texts @ images.T  # (T, I)
@@ -209,16 +218,25 @@ def retrieve(data: RetrievalData, scorer: Scorer, ks: tuple[int, ...] = (1, 5, 1
     return metrics
 
 
-def run_zeroshot(scorer: Scorer, classification: ClassificationData | None = None,
-                 retrieval: RetrievalData | None = None, path: str = "") -> ZeroShotResult:
+def run_zeroshot(
+    scorer: Scorer,
+    classification: ClassificationData | None = None,
+    retrieval: RetrievalData | None = None,
+    path: str = "",
+) -> ZeroShotResult:
     """Zero-shot metrics (percent) of one model on the given data."""
     result = ZeroShotResult(scorer.name, path)
     if classification is not None:
         result.metrics.update(classify(classification, scorer))
-        result.sizes.update({"classification_images": len(classification.images),
-                             "classes": len(classification.classnames)})
+        result.sizes.update(
+            {
+                "classification_images": len(classification.images),
+                "classes": len(classification.classnames),
+            }
+        )
     if retrieval is not None:
         result.metrics.update(retrieve(retrieval, scorer))
-        result.sizes.update({"retrieval_images": len(retrieval.images),
-                             "captions": len(retrieval.captions)})
+        result.sizes.update(
+            {"retrieval_images": len(retrieval.images), "captions": len(retrieval.captions)}
+        )
     return result

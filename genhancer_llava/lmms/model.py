@@ -50,30 +50,47 @@ class GenhancerLlava(lmms):
 
     is_simple = True
 
-    def __init__(self, pretrained: str, vision_tower: str | None = None,
-                 device: str | None = None, dtype: str | None = "auto",
-                 device_map: str | None = None, conv_template: str = "vicuna_v1",
-                 attn_implementation: str | None = None, batch_size: int | str = 1,
-                 max_batch_size: int | str | None = None, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        pretrained: str,
+        vision_tower: str | None = None,
+        device: str | None = None,
+        dtype: str | None = "auto",
+        device_map: str | None = None,
+        conv_template: str = "vicuna_v1",
+        attn_implementation: str | None = None,
+        batch_size: int | str = 1,
+        max_batch_size: int | str | None = None,
+        **kwargs: Any,
+    ) -> None:
         super().__init__()
         if kwargs:
-            raise GenhancerError(f"genhancer_llava: unknown model_args {sorted(kwargs)}; known: "
-                                 "pretrained, vision_tower, device, dtype, device_map, "
-                                 "conv_template, attn_implementation")
+            raise GenhancerError(
+                f"genhancer_llava: unknown model_args {sorted(kwargs)}; known: "
+                "pretrained, vision_tower, device, dtype, device_map, "
+                "conv_template, attn_implementation"
+            )
         if int(batch_size) != 1:
             raise GenhancerError("genhancer_llava runs one request at a time: --batch_size 1")
-        self.runner = load_llava(pretrained, vision_tower=vision_tower or None, device=device,
-                                 dtype=dtype, device_map=device_map or None,
-                                 conv_template=conv_template,
-                                 attn_implementation=attn_implementation)
+        self.runner = load_llava(
+            pretrained,
+            vision_tower=vision_tower or None,
+            device=device,
+            dtype=dtype,
+            device_map=device_map or None,
+            conv_template=conv_template,
+            attn_implementation=attn_implementation,
+        )
         self.pretrained = str(pretrained)
         self.chat_template = None  # lmms-eval logs it; prompts come from the runner
         self._rank = int(os.environ.get("RANK", 0))
         self._world_size = int(os.environ.get("WORLD_SIZE", 1))
         family = self.runner.family.name if self.runner.family else "?"
-        logger.info(f"genhancer_llava: {self.runner.format} checkpoint {pretrained} ({family}) on "
-                    f"{self.runner.input_device} ({self.runner.dtype})"
-                    + (f", vision tower swapped to {vision_tower}" if vision_tower else ""))
+        logger.info(
+            f"genhancer_llava: {self.runner.format} checkpoint {pretrained} ({family}) on "
+            f"{self.runner.input_device} ({self.runner.dtype})"
+            + (f", vision tower swapped to {vision_tower}" if vision_tower else "")
+        )
         if vision_tower:  # lmms-eval silences Python warnings: say it through its logger
             logger.warning(f"genhancer_llava: {PROJECTOR_NOTE}")
 
@@ -121,7 +138,8 @@ class GenhancerLlava(lmms):
     def loglikelihood(self, requests: list[Instance]) -> list[tuple[float, bool]]:
         raise NotImplementedError(
             "genhancer_llava scores generation tasks (mmvp, cv_bench, pope, ...); "
-            "loglikelihood (multiple_choice output_type) tasks are not supported")
+            "loglikelihood (multiple_choice output_type) tasks are not supported"
+        )
 
     def generate_until_multi_round(self, requests) -> list[str]:
         raise NotImplementedError("genhancer_llava does not run multi-round tasks")
@@ -142,6 +160,11 @@ class GenhancerLlavaChat(GenhancerLlava):
         _, doc_to_messages, gen_kwargs, doc_id, task, split = args
         messages = ChatMessages(messages=doc_to_messages(self._doc(task, split, doc_id)))
         images, _, _ = messages.extract_media()
-        texts = [c.text for m in messages.messages if m.role == "user" for c in m.content
-                 if c.type == "text"]
+        texts = [
+            c.text
+            for m in messages.messages
+            if m.role == "user"
+            for c in m.content
+            if c.type == "text"
+        ]
         return _flatten(images), "\n".join(texts).replace("<image>", "").strip(), gen_kwargs

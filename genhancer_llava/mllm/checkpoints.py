@@ -70,8 +70,10 @@ class LlavaFamily:
     def transformers_class(self):
         """The transformers class of a llava-hf family."""
         if self.format != "llava-hf":
-            raise GenhancerError(f"{self.name} checkpoints load with LLaVA's own code "
-                                 "(llava_patches), not a transformers class")
+            raise GenhancerError(
+                f"{self.name} checkpoints load with LLaVA's own code "
+                "(llava_patches), not a transformers class"
+            )
         import transformers
 
         return getattr(transformers, self.model_class)
@@ -81,39 +83,84 @@ _HF_TOWER = ("model.vision_tower.", "vision_tower.")
 _ORIGINAL_TOWER = ("model.vision_tower.vision_tower.",)
 
 CHECKPOINT_FAMILIES: dict[str, LlavaFamily] = {
-    family.name: family for family in (
-        LlavaFamily("LLaVA-1.5 (llava-hf)", "llava-hf", "llava", "LlavaForConditionalGeneration",
-                    _HF_TOWER, "vision_feature_layer", "vision_feature_select_strategy", 0,
-                    "one image, one tile", "llava-hf/llava-1.5-7b-hf"),
-        LlavaFamily("LLaVA-NeXT (llava-hf)", "llava-hf", "llava_next",
-                    "LlavaNextForConditionalGeneration", _HF_TOWER, "vision_feature_layer",
-                    "vision_feature_select_strategy", 0,
-                    "anyres: a base view + tiles of image_grid_pinpoints",
-                    "llava-hf/llava-v1.6-vicuna-7b-hf"),
+    family.name: family
+    for family in (
+        LlavaFamily(
+            "LLaVA-1.5 (llava-hf)",
+            "llava-hf",
+            "llava",
+            "LlavaForConditionalGeneration",
+            _HF_TOWER,
+            "vision_feature_layer",
+            "vision_feature_select_strategy",
+            0,
+            "one image, one tile",
+            "llava-hf/llava-1.5-7b-hf",
+        ),
+        LlavaFamily(
+            "LLaVA-NeXT (llava-hf)",
+            "llava-hf",
+            "llava_next",
+            "LlavaNextForConditionalGeneration",
+            _HF_TOWER,
+            "vision_feature_layer",
+            "vision_feature_select_strategy",
+            0,
+            "anyres: a base view + tiles of image_grid_pinpoints",
+            "llava-hf/llava-v1.6-vicuna-7b-hf",
+        ),
         # The original LLaVA-OneVision code deletes SO400M's last layer and reads the new last
         # one; llava-hf stores that 26-layer tower with vision_feature_layer -1.
-        LlavaFamily("LLaVA-OneVision (llava-hf)", "llava-hf", "llava_onevision",
-                    "LlavaOnevisionForConditionalGeneration", _HF_TOWER, "vision_feature_layer",
-                    "vision_feature_select_strategy", 1,
-                    "anyres_max_9: a base view + up to 9 tiles' worth of image_grid_pinpoints",
-                    "llava-hf/llava-onevision-qwen2-0.5b-ov-hf"),
-        LlavaFamily("LLaVA-1.5 (original)", "original", None, "LlavaLlamaForCausalLM",
-                    _ORIGINAL_TOWER, "mm_vision_select_layer", "mm_vision_select_feature", 0,
-                    "image_aspect_ratio pad/square", "liuhaotian/llava-v1.5-7b"),
-        LlavaFamily("LLaVA-NeXT (original)", "original", None, "LlavaLlamaForCausalLM",
-                    _ORIGINAL_TOWER, "mm_vision_select_layer", "mm_vision_select_feature", 0,
-                    "image_aspect_ratio anyres: a base view + tiles of image_grid_pinpoints",
-                    "liuhaotian/llava-v1.6-vicuna-7b"),
+        LlavaFamily(
+            "LLaVA-OneVision (llava-hf)",
+            "llava-hf",
+            "llava_onevision",
+            "LlavaOnevisionForConditionalGeneration",
+            _HF_TOWER,
+            "vision_feature_layer",
+            "vision_feature_select_strategy",
+            1,
+            "anyres_max_9: a base view + up to 9 tiles' worth of image_grid_pinpoints",
+            "llava-hf/llava-onevision-qwen2-0.5b-ov-hf",
+        ),
+        LlavaFamily(
+            "LLaVA-1.5 (original)",
+            "original",
+            None,
+            "LlavaLlamaForCausalLM",
+            _ORIGINAL_TOWER,
+            "mm_vision_select_layer",
+            "mm_vision_select_feature",
+            0,
+            "image_aspect_ratio pad/square",
+            "liuhaotian/llava-v1.5-7b",
+        ),
+        LlavaFamily(
+            "LLaVA-NeXT (original)",
+            "original",
+            None,
+            "LlavaLlamaForCausalLM",
+            _ORIGINAL_TOWER,
+            "mm_vision_select_layer",
+            "mm_vision_select_feature",
+            0,
+            "image_aspect_ratio anyres: a base view + tiles of image_grid_pinpoints",
+            "liuhaotian/llava-v1.6-vicuna-7b",
+        ),
     )
 }
 
 
 def supported_families() -> str:
     """'LLaVA-1.5 (llava-hf): model_type 'llava', ...' for errors that say what fits."""
-    parts = [f"{f.name} (model_type {f.model_type!r})" for f in CHECKPOINT_FAMILIES.values()
-             if f.format == "llava-hf"]
-    parts.append("original-format LLaVA-1.5 / LLaVA-NeXT llava-v1.6-* (mm_vision_tower in "
-                 "config.json)")
+    parts = [
+        f"{f.name} (model_type {f.model_type!r})"
+        for f in CHECKPOINT_FAMILIES.values()
+        if f.format == "llava-hf"
+    ]
+    parts.append(
+        "original-format LLaVA-1.5 / LLaVA-NeXT llava-v1.6-* (mm_vision_tower in config.json)"
+    )
     return ", ".join(parts)
 
 
@@ -137,12 +184,19 @@ def _family_of_config(config: dict[str, Any]) -> LlavaFamily | None:
         return CHECKPOINT_FAMILIES["LLaVA-NeXT (original)" if anyres else "LLaVA-1.5 (original)"]
     if "vision_config" not in config:
         return None
-    return next((f for f in CHECKPOINT_FAMILIES.values()
-                 if f.model_type is not None and f.model_type == config.get("model_type")), None)
+    return next(
+        (
+            f
+            for f in CHECKPOINT_FAMILIES.values()
+            if f.model_type is not None and f.model_type == config.get("model_type")
+        ),
+        None,
+    )
 
 
-def checkpoint_family(ckpt: str | Path,
-                      config: dict[str, Any] | None = None) -> tuple[LlavaFamily, dict[str, Any]]:
+def checkpoint_family(
+    ckpt: str | Path, config: dict[str, Any] | None = None
+) -> tuple[LlavaFamily, dict[str, Any]]:
     """(family, config.json) of a checkpoint folder; a one-line error naming what fits.
 
     Args:
@@ -155,11 +209,14 @@ def checkpoint_family(ckpt: str | Path,
         raise GenhancerError(
             f"{ckpt} is neither a llava-hf checkpoint of a known family nor an original-format "
             f"LLaVA checkpoint: its config says model_type {config.get('model_type')!r}; what "
-            f"fits: {supported_families()}")
+            f"fits: {supported_families()}"
+        )
     return family, config
 
 
 def feature_selection(family: LlavaFamily, config: dict[str, Any]) -> dict[str, Any]:
     """The vision feature layer and select strategy the checkpoint uses (as stored)."""
-    return {family.feature_layer_key: config.get(family.feature_layer_key),
-            family.feature_strategy_key: config.get(family.feature_strategy_key)}
+    return {
+        family.feature_layer_key: config.get(family.feature_layer_key),
+        family.feature_strategy_key: config.get(family.feature_strategy_key),
+    }

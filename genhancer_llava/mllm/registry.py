@@ -46,6 +46,7 @@ REGISTRY_ENV = "GENHANCER_TOWERS"
 PREFIX = "genhancer"
 DEFAULT_ENTRY = "default"
 
+
 @dataclass(frozen=True)
 class TowerSpec:
     """A resolved tower: the name LLaVA stores, the folder it loads, and its kind."""

@@ -41,16 +41,28 @@ from ..utils import default_device, default_dtype
 from .checkpoints import LlavaFamily, checkpoint_family
 from .swap import resolve_encoder, swap_llava_hf_tower
 
-__all__ = ["FORMAT_GROUP", "GenerationSettings", "HFRunner", "LlavaRunner", "apply_until",
-           "clean_gen_kwargs", "load_llava", "resolve_device", "resolve_dtype", "rgb_images",
-           "runner_class"]
+__all__ = [
+    "FORMAT_GROUP",
+    "GenerationSettings",
+    "HFRunner",
+    "LlavaRunner",
+    "apply_until",
+    "clean_gen_kwargs",
+    "load_llava",
+    "resolve_device",
+    "resolve_dtype",
+    "rgb_images",
+    "runner_class",
+]
 
 # Entry point group of the runners for checkpoint formats other than llava-hf.
 FORMAT_GROUP = "genhancer_llava.llava_formats"
 
 # LLaVA-1.5's prompt (Vicuna v1), for llava-hf processors without a chat template.
-_SYSTEM = ("A chat between a curious user and an artificial intelligence assistant. "
-           "The assistant gives helpful, detailed, and polite answers to the user's questions.")
+_SYSTEM = (
+    "A chat between a curious user and an artificial intelligence assistant. "
+    "The assistant gives helpful, detailed, and polite answers to the user's questions."
+)
 # Generation arguments passed through to HF generate when a task sets them.
 _PASSED = ("repetition_penalty", "length_penalty", "min_new_tokens", "no_repeat_ngram_size")
 
@@ -64,8 +76,9 @@ class GenerationSettings:
     dropped: list[str] = field(default_factory=list)
 
 
-def clean_gen_kwargs(gen_kwargs: dict[str, Any] | None, default_max_new_tokens: int = 1024
-                     ) -> GenerationSettings:
+def clean_gen_kwargs(
+    gen_kwargs: dict[str, Any] | None, default_max_new_tokens: int = 1024
+) -> GenerationSettings:
     """lmms-eval's task generation kwargs -> HF generate kwargs + stop strings.
 
     `until` (lmms-eval's stop strings) is removed and applied to the text afterwards; a
@@ -166,8 +179,9 @@ class LlavaRunner(ABC):
         """The model's prompt for `text` with `num_images` image placeholders."""
 
     @abstractmethod
-    def answer(self, images: Sequence[Image.Image], text: str,
-               gen_kwargs: dict[str, Any] | None = None) -> str:
+    def answer(
+        self, images: Sequence[Image.Image], text: str, gen_kwargs: dict[str, Any] | None = None
+    ) -> str:
         """Generate the reply to one prompt."""
 
 
@@ -186,9 +200,16 @@ class HFRunner(LlavaRunner):
 
     format = "llava-hf"
 
-    def __init__(self, path: Path, vision_tower: str | None, device: str, dtype: torch.dtype,
-                 device_map: str | dict | None = None, conv_template: str | None = None,
-                 attn_implementation: str | None = None) -> None:
+    def __init__(
+        self,
+        path: Path,
+        vision_tower: str | None,
+        device: str,
+        dtype: torch.dtype,
+        device_map: str | dict | None = None,
+        conv_template: str | None = None,
+        attn_implementation: str | None = None,
+    ) -> None:
         from transformers import AutoProcessor
 
         family, _ = checkpoint_family(path)
@@ -207,29 +228,37 @@ class HFRunner(LlavaRunner):
         if getattr(self.processor, "chat_template", None):
             content = [{"type": "image"}] * num_images + [{"type": "text", "text": text}]
             return self.processor.apply_chat_template(
-                [{"role": "user", "content": content}], add_generation_prompt=True)
+                [{"role": "user", "content": content}], add_generation_prompt=True
+            )
         return f"{_SYSTEM} USER: {'<image>' * num_images}\n{text} ASSISTANT:"
 
     def answer(self, images, text, gen_kwargs=None) -> str:
         settings = clean_gen_kwargs(gen_kwargs)
         images = rgb_images(images)
-        inputs = self.processor(images=images or None, text=self.prompt(len(images), text),
-                                return_tensors="pt").to(self.input_device)
+        inputs = self.processor(
+            images=images or None, text=self.prompt(len(images), text), return_tensors="pt"
+        ).to(self.input_device)
         if "pixel_values" in inputs:  # (images, 3, H, W), or (images, tiles, 3, H, W) for anyres
             inputs["pixel_values"] = inputs["pixel_values"].to(self.dtype)
         pad = self.tokenizer.pad_token_id
         pad = self.tokenizer.eos_token_id if pad is None else pad
         with torch.inference_mode():
             out = self.model.generate(**inputs, **settings.kwargs, pad_token_id=pad)
-        new = out[0, inputs["input_ids"].shape[1]:]
-        return apply_until(self.tokenizer.decode(new, skip_special_tokens=True).strip(),
-                           settings.until)
+        new = out[0, inputs["input_ids"].shape[1] :]
+        return apply_until(
+            self.tokenizer.decode(new, skip_special_tokens=True).strip(), settings.until
+        )
 
 
-def load_llava(pretrained: str | Path, vision_tower: str | None = None,
-               device: str | None = None, dtype: str | torch.dtype | None = "auto",
-               device_map: str | dict | None = None, conv_template: str = "vicuna_v1",
-               attn_implementation: str | None = None) -> LlavaRunner:
+def load_llava(
+    pretrained: str | Path,
+    vision_tower: str | None = None,
+    device: str | None = None,
+    dtype: str | torch.dtype | None = "auto",
+    device_map: str | dict | None = None,
+    conv_template: str = "vicuna_v1",
+    attn_implementation: str | None = None,
+) -> LlavaRunner:
     """Load a LLaVA checkpoint of a known family (read from config.json).
 
     Args:
@@ -245,8 +274,15 @@ def load_llava(pretrained: str | Path, vision_tower: str | None = None,
     family, _ = checkpoint_family(path)
     cls = runner_class(family.format)
     device = resolve_device(device)
-    runner = cls(path, vision_tower, device, resolve_dtype(dtype, device), device_map=device_map,
-                 conv_template=conv_template, attn_implementation=attn_implementation)
+    runner = cls(
+        path,
+        vision_tower,
+        device,
+        resolve_dtype(dtype, device),
+        device_map=device_map,
+        conv_template=conv_template,
+        attn_implementation=attn_implementation,
+    )
     runner.family = family
     return runner
 
@@ -268,6 +304,7 @@ def runner_class(fmt: str) -> type[LlavaRunner]:
         )
     cls = next(iter(found)).load()
     if not (isinstance(cls, type) and issubclass(cls, LlavaRunner)):
-        raise GenhancerError(f"entry point {fmt!r} in {FORMAT_GROUP!r} is {cls!r}, "
-                             "not a LlavaRunner subclass")
+        raise GenhancerError(
+            f"entry point {fmt!r} in {FORMAT_GROUP!r} is {cls!r}, not a LlavaRunner subclass"
+        )
     return cls

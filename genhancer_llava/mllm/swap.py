@@ -85,7 +85,8 @@ _WARNED = False
 PROJECTOR_NOTE = (
     "the checkpoint's projector and LLM were trained on the old encoder's features; a "
     "swapped encoder is the cheap, weaker option. For the paper's protocol retrain them on "
-    f"the enhanced encoder with {FINETUNE_HINT} (LLaVA-1.5 pretrain + finetune)")
+    f"the enhanced encoder with {FINETUNE_HINT} (LLaVA-1.5 pretrain + finetune)"
+)
 
 
 @dataclass(frozen=True)
@@ -107,7 +108,7 @@ class TowerGeometry:
 
     @property
     def tokens(self) -> int:
-        return self.grid ** 2
+        return self.grid**2
 
     def describe_grid(self) -> str:
         px = f"{self.image_size} px, " if self.image_size else ""
@@ -150,22 +151,41 @@ def _quiet(fn, *args, **kwargs):
 def load_encoder_tower(folder: str | Path) -> PreTrainedModel:
     """The encoder folder's vision tower (CLIPVisionModel / SiglipVisionModel), fp32."""
     family, _ = folder_family(folder)
-    return _quiet(get_family(family).cls("vision_model").from_pretrained, folder,
-                  dtype=torch.float32)
+    return _quiet(
+        get_family(family).cls("vision_model").from_pretrained, folder, dtype=torch.float32
+    )
 
 
 def _geometry(config, family: str, source: str) -> TowerGeometry:
-    return geometry_of(family, config.hidden_size, config.patch_size, config.image_size,
-                       config.num_hidden_layers, source)
+    return geometry_of(
+        family,
+        config.hidden_size,
+        config.patch_size,
+        config.image_size,
+        config.num_hidden_layers,
+        source,
+    )
 
 
-def geometry_of(family: str, hidden_size: int, patch_size: int, image_size: int,
-                num_layers: int, source: str = "") -> TowerGeometry:
+def geometry_of(
+    family: str,
+    hidden_size: int,
+    patch_size: int,
+    image_size: int,
+    num_layers: int,
+    source: str = "",
+) -> TowerGeometry:
     """The geometry of a tower known by its config (its grid: image_size // patch_size, as the
     patch convolution drops any remainder)."""
-    return TowerGeometry(family=family, hidden_size=hidden_size, patch_size=patch_size,
-                         grid=image_size // patch_size, num_layers=num_layers,
-                         image_size=image_size, source=source)
+    return TowerGeometry(
+        family=family,
+        hidden_size=hidden_size,
+        patch_size=patch_size,
+        grid=image_size // patch_size,
+        num_layers=num_layers,
+        image_size=image_size,
+        source=source,
+    )
 
 
 def encoder_geometry(folder: str | Path) -> TowerGeometry:
@@ -188,34 +208,49 @@ def check_fits(old: TowerGeometry, new: TowerGeometry, dropped_last_layers: int 
     if old.family != new.family:
         problems.append(
             f"family: the checkpoint's tower is {old.family}, the encoder is {new.family} "
-            "(token layout and features differ)")
+            "(token layout and features differ)"
+        )
     if old.hidden_size != new.hidden_size:
         problems.append(
             f"width: the projector takes {old.hidden_size}-wide features, the encoder gives "
-            f"{new.hidden_size}")
+            f"{new.hidden_size}"
+        )
     if old.patch_size != new.patch_size:
-        problems.append(f"patch size: {old.patch_size} in the checkpoint, {new.patch_size} in "
-                        "the encoder (the patch embedding would not load)")
+        problems.append(
+            f"patch size: {old.patch_size} in the checkpoint, {new.patch_size} in "
+            "the encoder (the patch embedding would not load)"
+        )
     if old.grid != new.grid:
         problems.append(
             f"token grid: the checkpoint's tower sees {old.describe_grid()}, what the LLM was "
-            f"trained on; the encoder {new.describe_grid()}")
+            f"trained on; the encoder {new.describe_grid()}"
+        )
     depths = sorted({old.num_layers, old.num_layers + dropped_last_layers})
     if new.num_layers not in depths:
         fits = " or ".join(str(d) for d in depths)
-        kept = (f"; this family keeps the first {old.num_layers} of the encoder's layers"
-                if dropped_last_layers else "")
-        problems.append(f"depth: {old.num_layers} layers in the checkpoint's tower, "
-                        f"{new.num_layers} in the encoder (the selected layer would differ; "
-                        f"encoders of {fits} layers fit{kept})")
+        kept = (
+            f"; this family keeps the first {old.num_layers} of the encoder's layers"
+            if dropped_last_layers
+            else ""
+        )
+        problems.append(
+            f"depth: {old.num_layers} layers in the checkpoint's tower, "
+            f"{new.num_layers} in the encoder (the selected layer would differ; "
+            f"encoders of {fits} layers fit{kept})"
+        )
     if problems:
-        fits = (f"a {old.family} encoder {old.hidden_size} wide, patch {old.patch_size}, "
-                f"{old.describe_grid()}, {' or '.join(str(d) for d in depths)} layers")
+        fits = (
+            f"a {old.family} encoder {old.hidden_size} wide, patch {old.patch_size}, "
+            f"{old.describe_grid()}, {' or '.join(str(d) for d in depths)} layers"
+        )
         presets = fitting_presets(old, dropped_last_layers)
         raise GenhancerError(
-            f"{new.source} does not fit the checkpoint ({old.source}): " + "; ".join(problems)
-            + f"; what fits: {fits}" + (f" (presets {', '.join(presets)})" if presets else "")
-            + "; enhance the checkpoint's own tower instead")
+            f"{new.source} does not fit the checkpoint ({old.source}): "
+            + "; ".join(problems)
+            + f"; what fits: {fits}"
+            + (f" (presets {', '.join(presets)})" if presets else "")
+            + "; enhance the checkpoint's own tower instead"
+        )
 
 
 def fitting_presets(old: TowerGeometry, dropped_last_layers: int = 0) -> list[str]:
@@ -231,8 +266,10 @@ def fitting_presets(old: TowerGeometry, dropped_last_layers: int = 0) -> list[st
             continue
         family, shape = PAPER_TOWERS[tower]
         if (family, shape["hidden_size"], shape["patch_size"]) != (
-                old.family, old.hidden_size, old.patch_size) or \
-                shape["num_hidden_layers"] not in depths:
+            old.family,
+            old.hidden_size,
+            old.patch_size,
+        ) or shape["num_hidden_layers"] not in depths:
             continue
         if load_config(name).encoder.image_size // old.patch_size == old.grid:
             found.append(name)
@@ -246,8 +283,10 @@ def llava_hf_geometry(config, source: str) -> TowerGeometry:
     vision = config.vision_config
     found = family_of_model_type(getattr(vision, "model_type", None))
     if found is None:
-        raise GenhancerError(f"{source}: vision tower type {vision.model_type!r} is not CLIP or "
-                             "SigLIP; only those can be swapped")
+        raise GenhancerError(
+            f"{source}: vision tower type {vision.model_type!r} is not CLIP or "
+            "SigLIP; only those can be swapped"
+        )
     return _geometry(vision, found[0].name, source)
 
 
@@ -264,8 +303,9 @@ def _layer_index(key: str) -> int | None:
     return int(m.group(1)) if m else None
 
 
-def tower_state(stored: dict[str, tuple[int, ...]], encoder: dict[str, torch.Tensor],
-                source: str) -> tuple[dict[str, torch.Tensor], list[str]]:
+def tower_state(
+    stored: dict[str, tuple[int, ...]], encoder: dict[str, torch.Tensor], source: str
+) -> tuple[dict[str, torch.Tensor], list[str]]:
     """The encoder's tensors for each stored tower weight, and what of the encoder goes unused.
 
     Keys on both sides are compared without a `vision_model.` level. Unused encoder weights may
@@ -281,27 +321,42 @@ def tower_state(stored: dict[str, tuple[int, ...]], encoder: dict[str, torch.Ten
     encoder = {tower_key(k): v for k, v in encoder.items()}
     depth = len({i for k in stored if (i := _layer_index(k)) is not None})
     missing = sorted(set(stored) - set(encoder))
-    wrong = sorted(k for k in set(stored) & set(encoder)
-                   if tuple(encoder[k].shape) != tuple(stored[k]))
+    wrong = sorted(
+        k for k in set(stored) & set(encoder) if tuple(encoder[k].shape) != tuple(stored[k])
+    )
     extra = set(encoder) - set(stored)
     unused_layers = sorted({i for k in extra if (i := _layer_index(k)) is not None and i >= depth})
-    allowed = {k for k in extra if k.startswith("head.")
-               or ((i := _layer_index(k)) is not None and i >= depth)}
+    allowed = {
+        k
+        for k in extra
+        if k.startswith("head.") or ((i := _layer_index(k)) is not None and i >= depth)
+    }
     unexpected = sorted(extra - allowed)
     if missing or wrong or unexpected:
-        detail = "; ".join(f"{what}: {', '.join(keys[:3])}" for what, keys in (
-            ("missing in the encoder", missing), ("other shapes", wrong),
-            ("not in the tower", unexpected)) if keys)
-        raise GenhancerError(f"the encoder's weights do not match {source}'s vision tower "
-                             f"({detail})")
+        detail = "; ".join(
+            f"{what}: {', '.join(keys[:3])}"
+            for what, keys in (
+                ("missing in the encoder", missing),
+                ("other shapes", wrong),
+                ("not in the tower", unexpected),
+            )
+            if keys
+        )
+        raise GenhancerError(
+            f"the encoder's weights do not match {source}'s vision tower ({detail})"
+        )
     unused = [f"encoder.layers.{unused_layers[0]}-{unused_layers[-1]}"] if unused_layers else []
     if any(k.startswith("head.") for k in extra):
         unused.append("head (SigLIP pooling head)")
     return {k: encoder[k] for k in stored}, unused
 
 
-def swap_llava_hf_tower(model, encoder_dir: str | Path, source: str = "the checkpoint",
-                        family: LlavaFamily | None = None) -> list[str]:
+def swap_llava_hf_tower(
+    model,
+    encoder_dir: str | Path,
+    source: str = "the checkpoint",
+    family: LlavaFamily | None = None,
+) -> list[str]:
     """Load the encoder's vision weights strictly into a loaded llava-hf model's tower.
 
     Args:
@@ -318,14 +373,18 @@ def swap_llava_hf_tower(model, encoder_dir: str | Path, source: str = "the check
     tower = _vision_tower_module(model)
     current = tower.state_dict()
     names = {tower_key(k): k for k in current}
-    state, unused = tower_state({n: tuple(current[k].shape) for n, k in names.items()},
-                                load_encoder_tower(encoder_dir).state_dict(), source)
+    state, unused = tower_state(
+        {n: tuple(current[k].shape) for n, k in names.items()},
+        load_encoder_tower(encoder_dir).state_dict(),
+        source,
+    )
     try:
         tower.load_state_dict({names[n]: v for n, v in state.items()}, strict=True)
     except RuntimeError as exc:
         first = str(exc).splitlines()[0]
-        raise GenhancerError(f"the encoder's weights do not load into {source}'s vision tower "
-                             f"({first})") from exc
+        raise GenhancerError(
+            f"the encoder's weights do not load into {source}'s vision tower ({first})"
+        ) from exc
     warn_projector_once()
     return unused
 
@@ -339,14 +398,15 @@ def _stored_tower(files: list[Path], family: LlavaFamily) -> dict[Path, dict[str
     out = {}
     for f in files:
         keys = _stored_keys(f)
-        found = {k: tower_key(k[len(p):]) for k in keys if (p := _tower_prefix(k, family))}
+        found = {k: tower_key(k[len(p) :]) for k in keys if (p := _tower_prefix(k, family))}
         if found:
             out[f] = found
     return out
 
 
-def check_config_matches_stored(config: TowerGeometry, stored: dict[str, tuple[int, ...]],
-                                source: str) -> None:
+def check_config_matches_stored(
+    config: TowerGeometry, stored: dict[str, tuple[int, ...]], source: str
+) -> None:
     """The checkpoint's vision_config must describe the tower weights it stores: the swap trusts
     the config for the fit, and a deeper config would otherwise drop encoder layers silently."""
     depth = len({i for k in stored if (i := _layer_index(k)) is not None})
@@ -357,13 +417,16 @@ def check_config_matches_stored(config: TowerGeometry, stored: dict[str, tuple[i
     if widths and widths != {config.hidden_size}:
         found.append(f"{config.hidden_size} wide in the config, {min(widths)} stored")
     if found:
-        raise GenhancerError(f"{source}: its config.json vision_config disagrees with the weights "
-                             f"stored in it ({'; '.join(found)}); fix the config (or the weights) "
-                             "before swapping")
+        raise GenhancerError(
+            f"{source}: its config.json vision_config disagrees with the weights "
+            f"stored in it ({'; '.join(found)}); fix the config (or the weights) "
+            "before swapping"
+        )
 
 
-def _swap_llava_hf(ckpt: Path, encoder_dir: Path, out: Path, family: LlavaFamily,
-                   config: dict[str, Any]) -> dict[str, Any]:
+def _swap_llava_hf(
+    ckpt: Path, encoder_dir: Path, out: Path, family: LlavaFamily, config: dict[str, Any]
+) -> dict[str, Any]:
     from transformers import AutoProcessor
 
     source = f"{family.name} checkpoint {ckpt}"
@@ -374,12 +437,16 @@ def _swap_llava_hf(ckpt: Path, encoder_dir: Path, out: Path, family: LlavaFamily
         AutoProcessor.from_pretrained(ckpt)
     except (OSError, ValueError) as exc:
         reason = str(exc).splitlines()[0]
-        raise GenhancerError(f"{ckpt} has no loadable processor (llava-hf checkpoints ship "
-                             f"processor_config.json and tokenizer files): {reason}") from exc
+        raise GenhancerError(
+            f"{ckpt} has no loadable processor (llava-hf checkpoints ship "
+            f"processor_config.json and tokenizer files): {reason}"
+        ) from exc
     located = _stored_tower(_weight_files(ckpt), family)
     if not located:
-        raise GenhancerError(f"{source} stores no vision tower weights (no keys under "
-                             f"{' or '.join(family.tower_prefixes)}); nothing to swap")
+        raise GenhancerError(
+            f"{source} stores no vision tower weights (no keys under "
+            f"{' or '.join(family.tower_prefixes)}); nothing to swap"
+        )
     shapes = {}
     for f, keys in located.items():
         shapes.update({name: shape for name, shape in _stored_shapes(f, keys).items()})
@@ -394,11 +461,18 @@ def _swap_llava_hf(ckpt: Path, encoder_dir: Path, out: Path, family: LlavaFamily
             stored[key] = state[name].to(stored[key].dtype).contiguous()
         _save_weights(stored, out / f.name, metadata)
     warn_projector_once()
-    return {"format": "llava-hf", "family": family.name, "tower_module": "model.vision_tower",
-            "replaced_weight_files": sorted(f.name for f in located),
-            "tower_weights": len(state), "tower_layers": old.num_layers,
-            "unused_encoder_weights": unused, "dtype": ",".join(sorted(dtypes)),
-            "tiling": family.tiling, "kept": feature_selection(family, config)}
+    return {
+        "format": "llava-hf",
+        "family": family.name,
+        "tower_module": "model.vision_tower",
+        "replaced_weight_files": sorted(f.name for f in located),
+        "tower_weights": len(state),
+        "tower_layers": old.num_layers,
+        "unused_encoder_weights": unused,
+        "dtype": ",".join(sorted(dtypes)),
+        "tiling": family.tiling,
+        "kept": feature_selection(family, config),
+    }
 
 
 # --- original LLaVA ------------------------------------------------------------------------
@@ -426,8 +500,9 @@ def _metadata(path: Path) -> dict[str, str] | None:
         return f.metadata()
 
 
-def _save_weights(state: dict[str, torch.Tensor], path: Path,
-                  metadata: dict[str, str] | None = None) -> None:
+def _save_weights(
+    state: dict[str, torch.Tensor], path: Path, metadata: dict[str, str] | None = None
+) -> None:
     if path.suffix == ".safetensors":
         from safetensors.torch import save_file
 
@@ -466,15 +541,19 @@ def stored_tower_state(ckpt: str | Path) -> dict[str, torch.Tensor]:
     state: dict[str, torch.Tensor] = {}
     for f in _weight_files(Path(ckpt)):
         if _stored_tower_keys(f):
-            state.update({tower_key(k[len(ORIGINAL_TOWER_PREFIX):]): v
-                          for k, v in _load_weights(f).items()
-                          if k.startswith(ORIGINAL_TOWER_PREFIX)})
+            state.update(
+                {
+                    tower_key(k[len(ORIGINAL_TOWER_PREFIX) :]): v
+                    for k, v in _load_weights(f).items()
+                    if k.startswith(ORIGINAL_TOWER_PREFIX)
+                }
+            )
     return state
 
 
 def tower_key(key: str) -> str:
     """A tower weight's name without the `vision_model.` level (transformers 4 had it, 5 not)."""
-    return key[len("vision_model."):] if key.startswith("vision_model.") else key
+    return key[len("vision_model.") :] if key.startswith("vision_model.") else key
 
 
 def _stored_geometry(state: dict[str, torch.Tensor], source: str) -> TowerGeometry | None:
@@ -490,8 +569,14 @@ def _stored_geometry(state: dict[str, torch.Tensor], source: str) -> TowerGeomet
     family = next(f.name for f in FAMILIES.values() if f.has_cls_token == has_cls)
     layers = {int(m.group(1)) for k in state if (m := re.match(r"encoder\.layers\.(\d+)\.", k))}
     side = round((pos.shape[0] - has_cls) ** 0.5)
-    return TowerGeometry(family=family, hidden_size=patch.shape[0], patch_size=patch.shape[-1],
-                         grid=side, num_layers=len(layers), source=source)
+    return TowerGeometry(
+        family=family,
+        hidden_size=patch.shape[0],
+        patch_size=patch.shape[-1],
+        grid=side,
+        num_layers=len(layers),
+        source=source,
+    )
 
 
 def original_tower_name(config: dict[str, Any]) -> str:
@@ -513,12 +598,17 @@ def _named_geometry(name: str, source: str) -> TowerGeometry | None:
 
 
 def _same_tower(a: TowerGeometry, b: TowerGeometry) -> bool:
-    return (a.hidden_size, a.patch_size, a.grid, a.num_layers) == \
-        (b.hidden_size, b.patch_size, b.grid, b.num_layers)
+    return (a.hidden_size, a.patch_size, a.grid, a.num_layers) == (
+        b.hidden_size,
+        b.patch_size,
+        b.grid,
+        b.num_layers,
+    )
 
 
-def original_geometry(ckpt: Path, config: dict[str, Any],
-                      stored: dict[str, torch.Tensor] | None) -> TowerGeometry | None:
+def original_geometry(
+    ckpt: Path, config: dict[str, Any], stored: dict[str, torch.Tensor] | None
+) -> TowerGeometry | None:
     """What is known of an original-format checkpoint's tower (None: only its width).
 
     Stored tower weights win; when the tower's name also tells a geometry, the two must agree
@@ -534,31 +624,41 @@ def original_geometry(ckpt: Path, config: dict[str, Any],
             f"{named.patch_size}, {named.describe_grid()}, {named.num_layers} layers) but the "
             f"tower weights stored in it are {found.hidden_size} wide, patch "
             f"{found.patch_size}, {found.describe_grid()}, {found.num_layers} layers; fix "
-            "mm_vision_tower in its config.json (or its weights) before swapping")
+            "mm_vision_tower in its config.json (or its weights) before swapping"
+        )
     return found or named
 
 
-def check_original_fits(ckpt: Path, config: dict[str, Any], encoder_dir: Path,
-                        stored: dict[str, torch.Tensor] | None = None) -> TowerGeometry:
+def check_original_fits(
+    ckpt: Path,
+    config: dict[str, Any],
+    encoder_dir: Path,
+    stored: dict[str, torch.Tensor] | None = None,
+) -> TowerGeometry:
     """Width (mm_hidden_size), the select feature, and the full geometry when it can be known."""
     new = encoder_geometry(encoder_dir)
     width = config.get("mm_hidden_size")
     if width is not None and width != new.hidden_size:
         raise GenhancerError(
             f"{new.source} does not fit original-format checkpoint {ckpt}: width: its projector "
-            f"takes {width}-wide features (mm_hidden_size), the encoder gives {new.hidden_size}")
+            f"takes {width}-wide features (mm_hidden_size), the encoder gives {new.hidden_size}"
+        )
     feature = config.get("mm_vision_select_feature", "patch")
     if not get_family(new.family).has_cls_token and feature == "patch":
         raise GenhancerError(
             f"{new.source} is a {new.family} encoder (no CLS token) but {ckpt} selects 'patch' "
             "features (drops the first token, LLaVA's CLS); such a checkpoint only fits a CLIP "
-            "tower")
+            "tower"
+        )
     old = original_geometry(ckpt, config, stored)
     if old is None:
         warnings.warn(
             f"could not tell the image size, patch size or depth of {ckpt}'s tower "
             f"{original_tower_name(config)!r} (no stored tower weights, not a local folder); only "
-            "the width was checked", UserWarning, stacklevel=2)
+            "the width was checked",
+            UserWarning,
+            stacklevel=2,
+        )
     else:
         check_fits(old, new)
     return new
@@ -570,19 +670,29 @@ def swap_original(ckpt: Path, encoder_dir: Path, tower_name: str, out: Path) -> 
     with_tower = [f for f in files if _stored_tower_keys(f)]
     stored: dict[str, torch.Tensor] = {}
     for f in with_tower:
-        stored.update({k[len(ORIGINAL_TOWER_PREFIX):]: v for k, v in _load_weights(f).items()
-                       if k.startswith(ORIGINAL_TOWER_PREFIX)})
+        stored.update(
+            {
+                k[len(ORIGINAL_TOWER_PREFIX) :]: v
+                for k, v in _load_weights(f).items()
+                if k.startswith(ORIGINAL_TOWER_PREFIX)
+            }
+        )
     check_original_fits(ckpt, config, encoder_dir, stored)
-    new_state = {tower_key(k): v for k, v in load_encoder_tower(encoder_dir).state_dict().items()
-                 } if stored else {}
+    new_state = (
+        {tower_key(k): v for k, v in load_encoder_tower(encoder_dir).state_dict().items()}
+        if stored
+        else {}
+    )
     if stored:
         stored = {tower_key(k): v for k, v in stored.items()}
-        if set(stored) != set(new_state) or any(stored[k].shape != new_state[k].shape
-                                                for k in stored):
+        if set(stored) != set(new_state) or any(
+            stored[k].shape != new_state[k].shape for k in stored
+        ):
             missing = sorted(set(stored) ^ set(new_state))[:3]
             raise GenhancerError(
                 f"the tower weights stored in {ckpt} do not match the encoder's state dict "
-                f"(differing keys or shapes, e.g. {missing or 'shapes'})")
+                f"(differing keys or shapes, e.g. {missing or 'shapes'})"
+            )
     # Copy everything, then rewrite config.json and the files holding tower weights.
     shutil.copytree(ckpt, out, dirs_exist_ok=True)
     for f in with_tower:
@@ -590,17 +700,20 @@ def swap_original(ckpt: Path, encoder_dir: Path, tower_name: str, out: Path) -> 
         for key in state:
             if key.startswith(ORIGINAL_TOWER_PREFIX):
                 old = state[key]
-                new = new_state[tower_key(key[len(ORIGINAL_TOWER_PREFIX):])]
+                new = new_state[tower_key(key[len(ORIGINAL_TOWER_PREFIX) :])]
                 state[key] = new.to(old.dtype).contiguous()
         _save_weights(state, out / f.name)
     old_name = original_tower_name(config)
     config["mm_vision_tower"] = tower_name
     (out / "config.json").write_text(json.dumps(config, indent=2) + "\n")
     warn_projector_once()
-    return {"format": "original", "old_mm_vision_tower": old_name,
-            "mm_vision_tower": tower_name,
-            "replaced_weight_files": [f.name for f in with_tower],
-            "tower_weights_in_checkpoint": bool(stored)}
+    return {
+        "format": "original",
+        "old_mm_vision_tower": old_name,
+        "mm_vision_tower": tower_name,
+        "replaced_weight_files": [f.name for f in with_tower],
+        "tower_weights_in_checkpoint": bool(stored),
+    }
 
 
 # --- the command ---------------------------------------------------------------------------
@@ -632,15 +745,25 @@ def swap_checkpoint(ckpt: str | Path, vision_tower: str | Path, output: str | Pa
         geometry = asdict(encoder_geometry(encoder_dir))
         geometry.pop("source")
         provenance = _encoder_provenance(encoder_dir)
-        (tmp / "genhancer.json").write_text(json.dumps({
-            "genhancer_llava_version": __version__,
-            "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-            "swap": {"checkpoint": str(ckpt.resolve()), "encoder": str(encoder_dir),
-                     "encoder_geometry": geometry, "encoder_provenance": provenance,
-                     "retrained": False,
-                     "note": f"projector and LLM trained on the old encoder; see {FINETUNE_HINT}",
-                     **record},
-        }, indent=2))
+        (tmp / "genhancer.json").write_text(
+            json.dumps(
+                {
+                    "genhancer_llava_version": __version__,
+                    "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+                    "swap": {
+                        "checkpoint": str(ckpt.resolve()),
+                        "encoder": str(encoder_dir),
+                        "encoder_geometry": geometry,
+                        "encoder_provenance": provenance,
+                        "retrained": False,
+                        "note": "projector and LLM trained on the old encoder; "
+                        f"see {FINETUNE_HINT}",
+                        **record,
+                    },
+                },
+                indent=2,
+            )
+        )
     return out
 
 

@@ -54,18 +54,42 @@ _OPEN_CLIP_CONFIG = "open_clip_config.json"
 
 # Features of open_clip configs that a CLIPModel cannot express (key -> the default that is fine).
 _VISION_DEFAULTS: dict[str, Any] = {
-    "attentional_pool": False, "ls_init_value": None, "no_ln_pre": False, "pool_type": "tok",
-    "final_ln_after_pool": False, "pos_embed_type": "learnable", "qk_norm": False,
-    "scaled_cosine_attn": False, "scale_heads": False, "scale_attn_inner": False,
-    "scale_attn": False, "scale_fc": False, "act_kwargs": None, "norm_kwargs": None,
-    "timm_model_name": None, "block_type": None,
+    "attentional_pool": False,
+    "ls_init_value": None,
+    "no_ln_pre": False,
+    "pool_type": "tok",
+    "final_ln_after_pool": False,
+    "pos_embed_type": "learnable",
+    "qk_norm": False,
+    "scaled_cosine_attn": False,
+    "scale_heads": False,
+    "scale_attn_inner": False,
+    "scale_attn": False,
+    "scale_fc": False,
+    "act_kwargs": None,
+    "norm_kwargs": None,
+    "timm_model_name": None,
+    "block_type": None,
 }
 _TEXT_DEFAULTS: dict[str, Any] = {
-    "embed_cls": False, "no_causal_mask": False, "pool_type": "argmax", "proj_bias": False,
-    "proj_type": "linear", "final_ln_after_pool": False, "ls_init_value": None,
-    "hf_model_name": None, "hf_tokenizer_name": None, "tokenizer_kwargs": None,
-    "act_kwargs": None, "norm_kwargs": None, "qk_norm": False, "scaled_cosine_attn": False,
-    "scale_heads": False, "scale_attn_inner": False, "scale_attn": False, "scale_fc": False,
+    "embed_cls": False,
+    "no_causal_mask": False,
+    "pool_type": "argmax",
+    "proj_bias": False,
+    "proj_type": "linear",
+    "final_ln_after_pool": False,
+    "ls_init_value": None,
+    "hf_model_name": None,
+    "hf_tokenizer_name": None,
+    "tokenizer_kwargs": None,
+    "act_kwargs": None,
+    "norm_kwargs": None,
+    "qk_norm": False,
+    "scaled_cosine_attn": False,
+    "scale_heads": False,
+    "scale_attn_inner": False,
+    "scale_attn": False,
+    "scale_fc": False,
     "block_type": None,
 }
 
@@ -98,16 +122,20 @@ def unsupported_reason(model_cfg: dict[str, Any]) -> str | None:
             if cfg.get(key, default) != default:
                 return f"its {tower}_cfg sets {key}={cfg[key]!r}"
     if text.get("vocab_size", OPENAI_BPE_VOCAB) != OPENAI_BPE_VOCAB:
-        return (f"its text vocab_size is {text['vocab_size']}, not the OpenAI BPE's "
-                f"{OPENAI_BPE_VOCAB}")
+        return (
+            f"its text vocab_size is {text['vocab_size']}, not the OpenAI BPE's {OPENAI_BPE_VOCAB}"
+        )
     return None
 
 
 def convertible_architectures() -> list[str]:
     """open_clip's built-in architecture names that convert to a CLIPModel."""
     open_clip = _open_clip()
-    return [name for name in open_clip.list_models()
-            if unsupported_reason(open_clip.get_model_config(name)) is None]
+    return [
+        name
+        for name in open_clip.list_models()
+        if unsupported_reason(open_clip.get_model_config(name)) is None
+    ]
 
 
 def _vision_size(vision: dict[str, Any]) -> int:
@@ -152,7 +180,9 @@ def hf_config_from_open_clip(
             hidden_act=act,
             layer_norm_eps=1e-5,
             # pooled at the first end-of-text token, which is open_clip's argmax for this BPE
-            bos_token_id=_SOT, eos_token_id=_EOT, pad_token_id=_EOT,
+            bos_token_id=_SOT,
+            eos_token_id=_EOT,
+            pad_token_id=_EOT,
             projection_dim=model_cfg["embed_dim"],
         ),
         projection_dim=model_cfg["embed_dim"],
@@ -166,11 +196,20 @@ def _blocks(sd: dict[str, torch.Tensor], src: str, dst: str, layers: int) -> dic
         s, d = f"{src}.{i}", f"{dst}.{i}"
         for part in ("weight", "bias"):
             q, k, v = sd.pop(f"{s}.attn.in_proj_{part}").chunk(3, dim=0)
-            out.update({f"{d}.self_attn.q_proj.{part}": q, f"{d}.self_attn.k_proj.{part}": k,
-                        f"{d}.self_attn.v_proj.{part}": v})
-            for a, b in (("attn.out_proj", "self_attn.out_proj"), ("ln_1", "layer_norm1"),
-                         ("ln_2", "layer_norm2"), ("mlp.c_fc", "mlp.fc1"),
-                         ("mlp.c_proj", "mlp.fc2")):
+            out.update(
+                {
+                    f"{d}.self_attn.q_proj.{part}": q,
+                    f"{d}.self_attn.k_proj.{part}": k,
+                    f"{d}.self_attn.v_proj.{part}": v,
+                }
+            )
+            for a, b in (
+                ("attn.out_proj", "self_attn.out_proj"),
+                ("ln_1", "layer_norm1"),
+                ("ln_2", "layer_norm2"),
+                ("mlp.c_fc", "mlp.fc1"),
+                ("mlp.c_proj", "mlp.fc2"),
+            ):
                 out[f"{d}.{b}.{part}"] = sd.pop(f"{s}.{a}.{part}")
     return out
 
@@ -212,8 +251,11 @@ def open_clip_to_hf_state_dict(
 def _byte_characters() -> list[str]:
     """CLIP's 256 byte characters in CLIP's vocabulary order: the printable bytes as themselves,
     then the other bytes mapped to chr(256 + i) (the GPT-2 table, in its insertion order)."""
-    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1),
-                 *range(ord("®"), ord("ÿ") + 1)]
+    printable = [
+        *range(ord("!"), ord("~") + 1),
+        *range(ord("¡"), ord("¬") + 1),
+        *range(ord("®"), ord("ÿ") + 1),
+    ]
     extra = [b for b in range(256) if b not in printable]
     return [chr(b) for b in printable] + [chr(256 + i) for i in range(len(extra))]
 
@@ -232,7 +274,7 @@ def openai_bpe_tokenizer(folder: str | Path, bpe_path: str | Path | None = None)
     if bpe_path is None:
         bpe_path = _open_clip().tokenizer.default_bpe()
     lines = gzip.open(bpe_path).read().decode("utf-8").split("\n")
-    merges = [tuple(line.split()) for line in lines[1: 49152 - 256 - 2 + 1]]
+    merges = [tuple(line.split()) for line in lines[1 : 49152 - 256 - 2 + 1]]
     chars = _byte_characters()
     tokens = chars + [c + "</w>" for c in chars] + ["".join(m) for m in merges]
     tokens += ["<|startoftext|>", "<|endoftext|>"]
@@ -324,20 +366,29 @@ def convert_open_clip(
             f"{reason}"
         )
     try:
-        model = open_clip.create_model(name, device="cpu", precision="fp32",
-                                       force_quick_gelu=force_quick_gelu, **kwargs)
-    except (RuntimeError, ValueError, KeyError, AssertionError, OSError,
-            pickle.UnpicklingError) as err:
+        model = open_clip.create_model(
+            name, device="cpu", precision="fp32", force_quick_gelu=force_quick_gelu, **kwargs
+        )
+    except (
+        RuntimeError,
+        ValueError,
+        KeyError,
+        AssertionError,
+        OSError,
+        pickle.UnpicklingError,
+    ) as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise GenhancerError(
             f"open_clip could not load {checkpoint} as '{arch or name}': {first}"
         ) from None
     model.eval()
     quick = force_quick_gelu or bool(model_cfg.get("quick_gelu", False))
-    config = hf_config_from_open_clip(model_cfg, quick_gelu=quick,
-                                      logit_scale=float(model.logit_scale.detach()))
+    config = hf_config_from_open_clip(
+        model_cfg, quick_gelu=quick, logit_scale=float(model.logit_scale.detach())
+    )
     state = open_clip_to_hf_state_dict(
-        model.state_dict(), config.vision_config.num_hidden_layers,
+        model.state_dict(),
+        config.vision_config.num_hidden_layers,
         config.text_config.num_hidden_layers,
     )
     hf = CLIPModel(config)
@@ -355,10 +406,16 @@ def convert_open_clip(
         tokenizer.save_pretrained(tmp)
         preprocess = getattr(model.visual, "preprocess_cfg", {}) or {}
         _image_processor(preprocess, config.vision_config.image_size).save_pretrained(tmp)
-        (tmp / "open_clip_source.json").write_text(json.dumps({
-            "checkpoint": str(checkpoint.resolve()),
-            "architecture": arch or model_cfg,
-            "quick_gelu": quick,
-            "open_clip_version": getattr(open_clip, "__version__", None),
-        }, indent=2, default=str))
+        (tmp / "open_clip_source.json").write_text(
+            json.dumps(
+                {
+                    "checkpoint": str(checkpoint.resolve()),
+                    "architecture": arch or model_cfg,
+                    "quick_gelu": quick,
+                    "open_clip_version": getattr(open_clip, "__version__", None),
+                },
+                indent=2,
+                default=str,
+            )
+        )
     return output

@@ -29,8 +29,13 @@ def _shift(x: torch.Tensor | None) -> torch.Tensor | None:
 
 
 @torch.no_grad()
-def shuffle_gap(enhancer: nn.Module, pixel_values: torch.Tensor, target: torch.Tensor,
-                repeats: int = 4, seed: int = 0) -> dict[str, float]:
+def shuffle_gap(
+    enhancer: nn.Module,
+    pixel_values: torch.Tensor,
+    target: torch.Tensor,
+    repeats: int = 4,
+    seed: int = 0,
+) -> dict[str, float]:
     """Losses with true and shuffled conditions, and the relative gap (overall and per t).
 
     Args:
@@ -57,15 +62,17 @@ def shuffle_gap(enhancer: nn.Module, pixel_values: torch.Tensor, target: torch.T
         result["gap"] = (shuffled_loss - true_loss) / max(true_loss, 1e-12)
         if hasattr(denoiser, "velocity"):  # flow: the gap at fixed noise levels
             gen = torch.Generator(device=target.device).manual_seed(seed)
-            noise = torch.randn(target.shape, generator=gen, device=target.device,
-                                dtype=target.dtype)
+            noise = torch.randn(
+                target.shape, generator=gen, device=target.device, dtype=target.dtype
+            )
             v_true = velocity_target(target, noise).float()
             for t_value in FIXED_T:
                 t = torch.full((target.shape[0],), t_value, device=target.device)
                 x_t = interpolate(target, noise, t)
                 a = F.mse_loss(denoiser.velocity(x_t, t, pooled, context).float(), v_true).item()
-                b = F.mse_loss(denoiser.velocity(x_t, t, _shift(pooled), _shift(context)).float(),
-                               v_true).item()
+                b = F.mse_loss(
+                    denoiser.velocity(x_t, t, _shift(pooled), _shift(context)).float(), v_true
+                ).item()
                 result[f"gap_t{t_value}"] = (b - a) / max(a, 1e-12)
     enhancer.train(was_training)
     return {k: round(v, 6) for k, v in result.items()}

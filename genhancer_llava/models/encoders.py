@@ -54,6 +54,7 @@ __all__ = [
     "pick_local",
 ]
 
+
 # how to set encoder.path (in "not set" errors)
 @dataclass
 class EncoderOutput:
@@ -87,8 +88,13 @@ class _TowerEncoder(nn.Module):
 
     family: str
 
-    def __init__(self, model: nn.Module, image_mean: tuple[float, ...] | None,
-                 image_std: tuple[float, ...] | None, local_token_ratio: float) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        image_mean: tuple[float, ...] | None,
+        image_std: tuple[float, ...] | None,
+        local_token_ratio: float,
+    ) -> None:
         super().__init__()
         self.model = model
         spec = get_family(self.family)  # its default normalisation when none is given
@@ -123,8 +129,9 @@ class CLIPEncoder(_TowerEncoder):
     ) -> None:
         super().__init__(model, image_mean, image_std, local_token_ratio)
 
-    def lora_target_regex(self, modules: tuple[str, ...], include_projection: bool,
-                          head_attention: str = "full") -> str:
+    def lora_target_regex(
+        self, modules: tuple[str, ...], include_projection: bool, head_attention: str = "full"
+    ) -> str:
         """A peft `target_modules` regex that matches vision-tower layers only.
 
         `include_projection` adds `visual_projection` (the CLIP presets set it: the reference's
@@ -170,8 +177,8 @@ class CLIPEncoder(_TowerEncoder):
         key = attn.k_proj(normed).view(heads).transpose(1, 2)  # (B, h, T, hd)
         value = attn.v_proj(normed).view(heads).transpose(1, 2)  # (B, h, T, hd)
         attended = nn.functional.scaled_dot_product_attention(
-            query, key, value, dropout_p=attn.dropout if attn.training else 0.0,
-            scale=attn.scale)  # (B, h, 1, hd)
+            query, key, value, dropout_p=attn.dropout if attn.training else 0.0, scale=attn.scale
+        )  # (B, h, 1, hd)
         cls = hidden[:, 0] + attn.out_proj(attended.reshape(b, d))  # (B, D)
         cls = cls + last.mlp(last.layer_norm2(cls))
         return vision.post_layernorm(cls)  # (B, D)
@@ -202,8 +209,9 @@ class SiglipEncoder(_TowerEncoder):
     ) -> None:
         super().__init__(model, image_mean, image_std, local_token_ratio)
 
-    def lora_target_regex(self, modules: tuple[str, ...], include_projection: bool,
-                          head_attention: str = "full") -> str:
+    def lora_target_regex(
+        self, modules: tuple[str, ...], include_projection: bool, head_attention: str = "full"
+    ) -> str:
         """A peft `target_modules` regex over the tower's layers and its pooling head.
 
         The encoder layers' q/k/v/out_proj and fc1/fc2 and the pooling head's MLP, as the

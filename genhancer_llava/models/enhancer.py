@@ -38,8 +38,9 @@ class Enhancer(nn.Module):
         denoiser: the flow denoiser, conditioned only on the projector's outputs.
     """
 
-    def __init__(self, encoder: Encoder, projector: Projector,
-                 denoiser: FlowDenoiser | MaskedDenoiser) -> None:
+    def __init__(
+        self, encoder: Encoder, projector: Projector, denoiser: FlowDenoiser | MaskedDenoiser
+    ) -> None:
         super().__init__()
         self.encoder = encoder
         self.projector = projector
@@ -54,26 +55,36 @@ class Enhancer(nn.Module):
             enc = self.encoder(pixel_values)
         return self.projector(enc.global_token, enc.local_tokens)  # (B, P), (B, T, D)
 
-    def cached_condition(self, global_token: torch.Tensor,
-                         patch_tokens: torch.Tensor | None = None):
+    def cached_condition(
+        self, global_token: torch.Tensor, patch_tokens: torch.Tensor | None = None
+    ):
         """The projector on the frozen encoder's pre-computed outputs (genhancer cache)."""
         if self.encoder_trainable():
-            raise GenhancerError("pre-computed encoder tokens need a frozen encoder (stage 1); "
-                                 "a stage that trains the encoder reads the cached pixels")
+            raise GenhancerError(
+                "pre-computed encoder tokens need a frozen encoder (stage 1); "
+                "a stage that trains the encoder reads the cached pixels"
+            )
         dtype = next(self.projector.parameters()).dtype
         local = None
         if self.encoder.num_local_tokens:
             if patch_tokens is None:
-                raise GenhancerError("encoder.local_token_ratio > 0 but the cache holds no patch "
-                                     "tokens; re-run genhancer cache with this config")
+                raise GenhancerError(
+                    "encoder.local_token_ratio > 0 but the cache holds no patch "
+                    "tokens; re-run genhancer cache with this config"
+                )
             # the same random pick as the encoder's forward makes on the fly
-            local = pick_local(patch_tokens, self.encoder.num_local_tokens,
-                               self.encoder.training).to(dtype)
+            local = pick_local(
+                patch_tokens, self.encoder.num_local_tokens, self.encoder.training
+            ).to(dtype)
         return self.projector(global_token.to(dtype), local)
 
-    def forward(self, pixel_values: torch.Tensor | None = None,
-                target: torch.Tensor | None = None, global_token: torch.Tensor | None = None,
-                patch_tokens: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+    def forward(
+        self,
+        pixel_values: torch.Tensor | None = None,
+        target: torch.Tensor | None = None,
+        global_token: torch.Tensor | None = None,
+        patch_tokens: torch.Tensor | None = None,
+    ) -> dict[str, torch.Tensor]:
         # pixel_values: (B, 3, H, W) encoder view; target: (B, N, C) clean target tokens;
         # or, instead of pixels, the frozen encoder's cached global (B, d) / patch tokens
         if global_token is not None:
@@ -96,8 +107,10 @@ def build_enhancer(cfg: Config, encoder: Encoder | None = None) -> Enhancer:
         # precision's master weights) would be silently wrong otherwise; autocast picks bf16.
         encoder = load_encoder(
             required_path(cfg.encoder.path, "encoder.path", ENCODER_PATH_HINT),
-            cfg.encoder.image_size, cfg.encoder.local_token_ratio,
-            dtype=torch.float32, family=cfg.encoder.family,
+            cfg.encoder.image_size,
+            cfg.encoder.local_token_ratio,
+            dtype=torch.float32,
+            family=cfg.encoder.family,
         )
     if encoder.family != cfg.encoder.family:
         raise GenhancerError(
@@ -130,8 +143,9 @@ def add_lora(encoder: Encoder, cfg: LoraConfig) -> None:
         lora_alpha=cfg.alpha,
         lora_dropout=cfg.dropout,
         bias=cfg.bias,
-        target_modules=encoder.lora_target_regex(cfg.target_modules, cfg.include_projection,
-                                                 cfg.head_attention),
+        target_modules=encoder.lora_target_regex(
+            cfg.target_modules, cfg.include_projection, cfg.head_attention
+        ),
     )
     encoder.model = get_peft_model(encoder.model, peft_config)
 
@@ -190,8 +204,9 @@ def trainable_parameter_table(enhancer: Enhancer) -> dict[str, dict[str, int]]:
     return table
 
 
-def apply_speed_options(enhancer: Enhancer, compile_denoiser: bool = False,
-                        activation_checkpointing: bool = False) -> None:
+def apply_speed_options(
+    enhancer: Enhancer, compile_denoiser: bool = False, activation_checkpointing: bool = False
+) -> None:
     """Optional speed / memory trade-offs on the denoiser, in place.
 
     Args:

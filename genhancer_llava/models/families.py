@@ -173,8 +173,7 @@ def read_folder_family(path: str | Path) -> tuple[Family, str]:
     found = family_of_model_type(model_type)
     if found is None:
         raise GenhancerError(
-            f"{path} holds a '{model_type}' model; known encoder model types: "
-            f"{known_model_types()}"
+            f"{path} holds a '{model_type}' model; known encoder model types: {known_model_types()}"
         )
     return found[0], model_type
 
@@ -196,7 +195,7 @@ FAMILIES["clip"] = Family(
     global_token="visual_projection(pooler_output): the post-LN CLS in the joint space",
     global_dim_field="projection_dim",
     weights_hint="the vision tower and visual_projection (a CLIPModel or "
-                 "CLIPVisionModelWithProjection)",
+    "CLIPVisionModelWithProjection)",
     presets="openai-clip-* or metaclip-*",
     text_pad_to_max_length=False,  # padded to the longest text, EOS-pooled with its mask
     text_attention_mask=True,
@@ -218,7 +217,7 @@ FAMILIES["siglip"] = Family(
     global_token="pooler_output: the attention-pooling head over the post-LN patch tokens",
     global_dim_field="hidden_size",
     weights_hint="the vision tower with its pooling head (a SiglipModel or SiglipVisionModel "
-                 "folder)",
+    "folder)",
     presets="siglip-so400m-*",
     text_pad_to_max_length=True,  # as SigLIP was trained: max_length, no mask, last position
     text_attention_mask=False,

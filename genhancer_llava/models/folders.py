@@ -17,11 +17,19 @@ from .families import family_of_model_type, get_family, known_model_types
 if TYPE_CHECKING:
     from transformers import PretrainedConfig
 
-ENCODER_PATH_HINT = ("pass encoder.path=DIR, a local CLIP or SigLIP folder (`genhancer "
-                     "make-tiny-clip DIR` writes a tiny one)")
+ENCODER_PATH_HINT = (
+    "pass encoder.path=DIR, a local CLIP or SigLIP folder (`genhancer "
+    "make-tiny-clip DIR` writes a tiny one)"
+)
 
-__all__ = ["ENCODER_PATH_HINT", "check_encoder_folder", "folder_family", "read_vision_config",
-           "read_clip_vision_config", "check_resolution"]
+__all__ = [
+    "ENCODER_PATH_HINT",
+    "check_encoder_folder",
+    "folder_family",
+    "read_vision_config",
+    "read_clip_vision_config",
+    "check_resolution",
+]
 
 
 def check_encoder_folder(path: str | Path) -> Path:

@@ -11,18 +11,48 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["PAPER_TOWERS", "PRESET_CHECKPOINTS", "preset_checkpoint", "preset_tower",
-           "random_tower"]
+__all__ = [
+    "PAPER_TOWERS",
+    "PRESET_CHECKPOINTS",
+    "preset_checkpoint",
+    "preset_tower",
+    "random_tower",
+]
 
 # name -> (family, vision-config fields; image_size comes from the preset)
 PAPER_TOWERS: dict[str, tuple[str, dict[str, Any]]] = {
-    "clip-l14": ("clip", dict(hidden_size=1024, intermediate_size=4096, num_hidden_layers=24,
-                              num_attention_heads=16, patch_size=14, projection_dim=768)),
-    "metaclip-h14": ("clip", dict(hidden_size=1280, intermediate_size=5120, num_hidden_layers=32,
-                                  num_attention_heads=16, patch_size=14, projection_dim=1024)),
-    "siglip-so400m": ("siglip", dict(hidden_size=1152, intermediate_size=4304,
-                                     num_hidden_layers=27, num_attention_heads=16,
-                                     patch_size=14)),
+    "clip-l14": (
+        "clip",
+        dict(
+            hidden_size=1024,
+            intermediate_size=4096,
+            num_hidden_layers=24,
+            num_attention_heads=16,
+            patch_size=14,
+            projection_dim=768,
+        ),
+    ),
+    "metaclip-h14": (
+        "clip",
+        dict(
+            hidden_size=1280,
+            intermediate_size=5120,
+            num_hidden_layers=32,
+            num_attention_heads=16,
+            patch_size=14,
+            projection_dim=1024,
+        ),
+    ),
+    "siglip-so400m": (
+        "siglip",
+        dict(
+            hidden_size=1152,
+            intermediate_size=4304,
+            num_hidden_layers=27,
+            num_attention_heads=16,
+            patch_size=14,
+        ),
+    ),
 }
 # paper preset (its -masked twin too) -> the public checkpoint it enhances
 PRESET_CHECKPOINTS = {

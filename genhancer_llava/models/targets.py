@@ -24,7 +24,12 @@ from ..errors import GenhancerError
 from ..paths import required_path
 
 __all__ = [
-    "pack", "unpack", "PixelTarget", "FluxAutoencoderTarget", "VQTarget", "build_target",
+    "pack",
+    "unpack",
+    "PixelTarget",
+    "FluxAutoencoderTarget",
+    "VQTarget",
+    "build_target",
     "check_target",
     "image_ids",
 ]
@@ -137,18 +142,29 @@ def _read_model_config(path: Path, what: str, setting: str, hint: str) -> dict:
     if not path.is_dir():
         raise GenhancerError(f"{what} folder '{path}' does not exist; set {setting}{hint}")
     if not (path / "config.json").is_file():
-        raise GenhancerError(f"{setting}={path} has no config.json; it is not a diffusers model "
-                             f"folder; set {setting}{hint}")
+        raise GenhancerError(
+            f"{setting}={path} has no config.json; it is not a diffusers model "
+            f"folder; set {setting}{hint}"
+        )
     return json.loads((path / "config.json").read_text())
 
 
 # what each target kind loads: (diffusers class, what, size key, config setting, how to set it)
 _TARGET_FOLDERS = {
-    "vq": ("VQModel", "VQ-GAN", "num_vq_embeddings", "codebook_size",
-           " to a local VQModel folder (`genhancer make-tiny-vq DIR` writes a tiny one)"),
-    "flux_vae": ("AutoencoderKL", "autoencoder", "latent_channels", "latent_channels",
-                 " to a local AutoencoderKL folder (the FLUX.1 'vae' sub-folder) or use "
-                 "target.kind=pixels"),
+    "vq": (
+        "VQModel",
+        "VQ-GAN",
+        "num_vq_embeddings",
+        "codebook_size",
+        " to a local VQModel folder (`genhancer make-tiny-vq DIR` writes a tiny one)",
+    ),
+    "flux_vae": (
+        "AutoencoderKL",
+        "autoencoder",
+        "latent_channels",
+        "latent_channels",
+        " to a local AutoencoderKL folder (the FLUX.1 'vae' sub-folder) or use target.kind=pixels",
+    ),
 }
 
 
@@ -182,8 +198,7 @@ def _load_checked(cfg: TargetConfig, dtype: torch.dtype | None) -> nn.Module:
     import diffusers
 
     path = check_target(cfg)
-    return getattr(diffusers, _TARGET_FOLDERS[cfg.kind][0]).from_pretrained(path,
-                                                                           torch_dtype=dtype)
+    return getattr(diffusers, _TARGET_FOLDERS[cfg.kind][0]).from_pretrained(path, torch_dtype=dtype)
 
 
 def build_target(

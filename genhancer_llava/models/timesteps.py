@@ -53,8 +53,9 @@ def velocity_target(x: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
     return noise - x
 
 
-def shifted_schedule(steps: int, num_tokens: int, base_shift: float = 0.5,
-                     max_shift: float = 1.15) -> torch.Tensor:
+def shifted_schedule(
+    steps: int, num_tokens: int, base_shift: float = 0.5, max_shift: float = 1.15
+) -> torch.Tensor:
     """FLUX's sampling schedule: t from 1 to 0, shifted towards 1 for longer sequences.
 
     mu is linear in the token count between 256 (base_shift) and 4096 tokens (max_shift);

@@ -28,14 +28,20 @@ from transformers import (
 from ..errors import GenhancerError
 
 __all__ = [
-    "make_tiny_clip", "make_tiny_siglip", "make_tiny_vq", "byte_level_clip_tokenizer",
+    "make_tiny_clip",
+    "make_tiny_siglip",
+    "make_tiny_vq",
+    "byte_level_clip_tokenizer",
 ]
 
 
 def _byte_characters() -> list[str]:
     """The 256 printable characters byte-level BPE uses for the 256 byte values (GPT-2 scheme)."""
-    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1),
-                 *range(ord("®"), ord("ÿ") + 1)]
+    printable = [
+        *range(ord("!"), ord("~") + 1),
+        *range(ord("¡"), ord("¬") + 1),
+        *range(ord("®"), ord("ÿ") + 1),
+    ]
     extra = (b for b in range(256) if b not in printable)
     mapping = {b: chr(b) for b in printable}
     mapping.update({b: chr(256 + i) for i, b in enumerate(extra)})
@@ -58,8 +64,12 @@ def byte_level_clip_tokenizer(folder: str | Path) -> CLIPTokenizer:
 
 def _tower_dims(hidden_size: int, num_layers: int) -> dict[str, int]:
     """Widths shared by the vision and text towers of the tiny models."""
-    return dict(hidden_size=hidden_size, intermediate_size=hidden_size * 4,
-                num_hidden_layers=num_layers, num_attention_heads=max(1, hidden_size // 32))
+    return dict(
+        hidden_size=hidden_size,
+        intermediate_size=hidden_size * 4,
+        num_hidden_layers=num_layers,
+        num_attention_heads=max(1, hidden_size // 32),
+    )
 
 
 def make_tiny_clip(
@@ -87,9 +97,14 @@ def make_tiny_clip(
     tokenizer = byte_level_clip_tokenizer(folder)
     common = _tower_dims(hidden_size, num_layers)
     config = CLIPConfig(
-        text_config=dict(common, vocab_size=len(tokenizer), max_position_embeddings=77,
-                         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-                         pad_token_id=tokenizer.pad_token_id),
+        text_config=dict(
+            common,
+            vocab_size=len(tokenizer),
+            max_position_embeddings=77,
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+        ),
         vision_config=dict(common, image_size=image_size, patch_size=patch_size),
         projection_dim=projection_dim,
     )
@@ -127,8 +142,14 @@ def make_tiny_siglip(
     folder.mkdir(parents=True, exist_ok=True)
     common = _tower_dims(hidden_size, num_layers)
     config = SiglipConfig(
-        text_config=dict(common, vocab_size=256, max_position_embeddings=16,
-                         pad_token_id=1, bos_token_id=None, eos_token_id=2),
+        text_config=dict(
+            common,
+            vocab_size=256,
+            max_position_embeddings=16,
+            pad_token_id=1,
+            bos_token_id=None,
+            eos_token_id=2,
+        ),
         vision_config=dict(common, image_size=image_size, patch_size=patch_size),
     )
     torch.manual_seed(seed)
@@ -139,7 +160,10 @@ def make_tiny_siglip(
 
 
 def make_tiny_vq(
-    folder: str | Path, codebook_size: int = 32, downsample: int = 4, latent_channels: int = 4,
+    folder: str | Path,
+    codebook_size: int = 32,
+    downsample: int = 4,
+    latent_channels: int = 4,
     seed: int = 0,
 ) -> Path:
     """Write a tiny random diffusers `VQModel` folder (a stand-in VQ-GAN tokenizer).
@@ -158,10 +182,15 @@ def make_tiny_vq(
         raise GenhancerError(f"--downsample {downsample} must be a power of two")
     torch.manual_seed(seed)
     VQModel(
-        in_channels=3, out_channels=3, latent_channels=latent_channels,
+        in_channels=3,
+        out_channels=3,
+        latent_channels=latent_channels,
         down_block_types=("DownEncoderBlock2D",) * levels,
         up_block_types=("UpDecoderBlock2D",) * levels,
-        block_out_channels=(8,) * levels, layers_per_block=1, norm_num_groups=4,
-        num_vq_embeddings=codebook_size, vq_embed_dim=latent_channels,
+        block_out_channels=(8,) * levels,
+        layers_per_block=1,
+        norm_num_groups=4,
+        num_vq_embeddings=codebook_size,
+        vq_embed_dim=latent_channels,
     ).save_pretrained(folder)
     return Path(folder)

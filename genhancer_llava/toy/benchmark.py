@@ -46,9 +46,17 @@ def write_mmvp(out: str | Path, pairs_per_attribute: int = 100, seed: int = 1) -
         writer = csv.writer(f)
         writer.writerow(["Question ID", "Type", "Statement"])
         writer.writerows(rows)
-    (out / FIXTURE_MARKER).write_text(json.dumps(  # read back: titles say so, no 9-pattern rule
-        {"generator": "genhancer toy", "seed": seed, "pairs_per_attribute": pairs_per_attribute,
-         "what": "toy-world pairs, not MMVP-VLM", "patterns": "type"}))
+    (out / FIXTURE_MARKER).write_text(
+        json.dumps(  # read back: titles say so, no 9-pattern rule
+            {
+                "generator": "genhancer toy",
+                "seed": seed,
+                "pairs_per_attribute": pairs_per_attribute,
+                "what": "toy-world pairs, not MMVP-VLM",
+                "patterns": "type",
+            }
+        )
+    )
     return out
 
 

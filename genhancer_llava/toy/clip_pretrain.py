@@ -23,8 +23,14 @@ import torch.nn.functional as F
 from ..errors import GenhancerError
 from .world import SIZE, caption, draw_scene, render, vocabulary
 
-__all__ = ["PretrainConfig", "word_tokenizer", "pretrain_clip", "render_batch", "CLIP_MEAN",
-           "CLIP_STD"]
+__all__ = [
+    "PretrainConfig",
+    "word_tokenizer",
+    "pretrain_clip",
+    "render_batch",
+    "CLIP_MEAN",
+    "CLIP_STD",
+]
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -78,8 +84,12 @@ def word_tokenizer():
         special_tokens=[("<|startoftext|>", bos), ("<|endoftext|>", eos)],
     )
     return PreTrainedTokenizerFast(
-        tokenizer_object=tok, bos_token="<|startoftext|>", eos_token="<|endoftext|>",
-        pad_token="<|endoftext|>", unk_token="<|unk|>", model_max_length=MAX_LEN,
+        tokenizer_object=tok,
+        bos_token="<|startoftext|>",
+        eos_token="<|endoftext|>",
+        pad_token="<|endoftext|>",
+        unk_token="<|unk|>",
+        model_max_length=MAX_LEN,
     )
 
 
@@ -99,26 +109,30 @@ def _build_model(cfg: PretrainConfig, vocab_size: int, bos: int, eos: int):
     from transformers import CLIPConfig, CLIPModel
 
     heads = max(1, cfg.width // 32)
-    common = dict(hidden_size=cfg.width, intermediate_size=cfg.width * 4,
-                  num_attention_heads=heads)
+    common = dict(hidden_size=cfg.width, intermediate_size=cfg.width * 4, num_attention_heads=heads)
     config = CLIPConfig(
-        text_config=dict(common, num_hidden_layers=cfg.text_layers, vocab_size=vocab_size,
-                         max_position_embeddings=MAX_LEN, bos_token_id=bos, eos_token_id=eos,
-                         pad_token_id=eos),
-        vision_config=dict(common, num_hidden_layers=cfg.vision_layers, image_size=SIZE,
-                           patch_size=cfg.patch_size),
+        text_config=dict(
+            common,
+            num_hidden_layers=cfg.text_layers,
+            vocab_size=vocab_size,
+            max_position_embeddings=MAX_LEN,
+            bos_token_id=bos,
+            eos_token_id=eos,
+            pad_token_id=eos,
+        ),
+        vision_config=dict(
+            common, num_hidden_layers=cfg.vision_layers, image_size=SIZE, patch_size=cfg.patch_size
+        ),
         projection_dim=cfg.projection_dim,
     )
     torch.manual_seed(cfg.seed)
     model = CLIPModel(config)
     with torch.no_grad():
-        model.vision_model.embeddings.position_embedding.weight.normal_(
-            0.0, cfg.position_init_std)
+        model.vision_model.embeddings.position_embedding.weight.normal_(0.0, cfg.position_init_std)
     return model
 
 
-def pretrain_clip(out: str | Path, cfg: PretrainConfig | None = None,
-                  log_every: int = 50) -> Path:
+def pretrain_clip(out: str | Path, cfg: PretrainConfig | None = None, log_every: int = 50) -> Path:
     """Train the toy CLIP and write it to `out` (a CLIPModel folder); returns the folder."""
     from transformers import CLIPImageProcessor
 
@@ -130,13 +144,20 @@ def pretrain_clip(out: str | Path, cfg: PretrainConfig | None = None,
     tic = time.perf_counter()
     scenes = [draw_scene(rng) for _ in range(cfg.num_images)]
     images = (render_batch(scenes) * 255).to(torch.uint8)
-    print(f"pretrain-clip: {cfg.num_images} scenes drawn in {time.perf_counter() - tic:.1f} s",
-          flush=True)
+    print(
+        f"pretrain-clip: {cfg.num_images} scenes drawn in {time.perf_counter() - tic:.1f} s",
+        flush=True,
+    )
     model = _build_model(cfg, len(tokenizer), tokenizer.bos_token_id, tokenizer.eos_token_id)
     decay = [p for n, p in model.named_parameters() if p.dim() >= 2 and "embedding" not in n]
     other = [p for n, p in model.named_parameters() if not (p.dim() >= 2 and "embedding" not in n)]
-    optim = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
-                               {"params": other, "weight_decay": 0.0}], lr=cfg.lr)
+    optim = torch.optim.AdamW(
+        [
+            {"params": decay, "weight_decay": cfg.weight_decay},
+            {"params": other, "weight_decay": 0.0},
+        ],
+        lr=cfg.lr,
+    )
     warmup = max(1, cfg.steps // 20)
 
     def schedule(step: int) -> float:
@@ -151,11 +172,15 @@ def pretrain_clip(out: str | Path, cfg: PretrainConfig | None = None,
     for step in range(cfg.steps):
         idx = torch.randint(0, cfg.num_images, (cfg.batch_size,), generator=gen)
         texts = [PROMPT + caption(scenes[i], rng, cfg.fine_p) for i in idx.tolist()]
-        tokens = tokenizer(texts, padding="max_length", truncation=True, max_length=MAX_LEN,
-                           return_tensors="pt")
+        tokens = tokenizer(
+            texts, padding="max_length", truncation=True, max_length=MAX_LEN, return_tensors="pt"
+        )
         pixels = _normalise(images[idx].float() / 255.0)
-        out_ = model(input_ids=tokens["input_ids"], attention_mask=tokens["attention_mask"],
-                     pixel_values=pixels)
+        out_ = model(
+            input_ids=tokens["input_ids"],
+            attention_mask=tokens["attention_mask"],
+            pixel_values=pixels,
+        )
         logits = out_.logits_per_image  # (B, B), scaled
         same = torch.tensor([[a == b for b in texts] for a in texts], dtype=torch.float32)
         target = same / same.sum(1, keepdim=True)
@@ -170,16 +195,29 @@ def pretrain_clip(out: str | Path, cfg: PretrainConfig | None = None,
         losses.append(loss.item())
         if (step + 1) % log_every == 0 or step + 1 == cfg.steps:
             recent = sum(losses[-log_every:]) / len(losses[-log_every:])
-            print(f"pretrain-clip: step {step + 1}/{cfg.steps} loss {recent:.4f} "
-                  f"({time.perf_counter() - tic:.0f} s)", flush=True)
+            print(
+                f"pretrain-clip: step {step + 1}/{cfg.steps} loss {recent:.4f} "
+                f"({time.perf_counter() - tic:.0f} s)",
+                flush=True,
+            )
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
     CLIPImageProcessor(
-        size={"shortest_edge": SIZE}, crop_size={"height": SIZE, "width": SIZE},
-        image_mean=list(CLIP_MEAN), image_std=list(CLIP_STD),
+        size={"shortest_edge": SIZE},
+        crop_size={"height": SIZE, "width": SIZE},
+        image_mean=list(CLIP_MEAN),
+        image_std=list(CLIP_STD),
     ).save_pretrained(out)
-    (out / "toy_pretrain.json").write_text(json.dumps(
-        {**asdict(cfg), "loss_first": losses[0], "loss_last": losses[-1],
-         "seconds": round(time.perf_counter() - tic, 1)}, indent=2))
+    (out / "toy_pretrain.json").write_text(
+        json.dumps(
+            {
+                **asdict(cfg),
+                "loss_first": losses[0],
+                "loss_last": losses[-1],
+                "seconds": round(time.perf_counter() - tic, 1),
+            },
+            indent=2,
+        )
+    )
     return out

@@ -27,8 +27,14 @@ def probe_scenes(num: int, seed: int = 4):
     return scenes, labels
 
 
-def fit_probe(x_train: torch.Tensor, y_train: torch.Tensor, x_test: torch.Tensor,
-              y_test: torch.Tensor, l2: float = 1e-3, iters: int = 200) -> float:
+def fit_probe(
+    x_train: torch.Tensor,
+    y_train: torch.Tensor,
+    x_test: torch.Tensor,
+    y_test: torch.Tensor,
+    l2: float = 1e-3,
+    iters: int = 200,
+) -> float:
     """Test accuracy (%) of a logistic-regression probe trained on (x_train, y_train)."""
     mean, std = x_train.mean(0), x_train.std(0) + 1e-6
     xa, xb = (x_train - mean) / std, (x_test - mean) / std
@@ -39,7 +45,7 @@ def fit_probe(x_train: torch.Tensor, y_train: torch.Tensor, x_test: torch.Tensor
 
     def closure():
         opt.zero_grad()
-        loss = F.cross_entropy(xa @ w + b, y_train) + l2 * (w ** 2).sum()
+        loss = F.cross_entropy(xa @ w + b, y_train) + l2 * (w**2).sum()
         loss.backward()
         return loss
 
@@ -58,16 +64,19 @@ def global_tokens(model_dir: str | Path, scenes, batch_size: int = 500) -> torch
     std = torch.tensor(CLIP_STD).view(1, 3, 1, 1)
     chunks = []
     for i in range(0, len(scenes), batch_size):
-        pixels = (render_batch(scenes[i:i + batch_size]) - mean) / std
+        pixels = (render_batch(scenes[i : i + batch_size]) - mean) / std
         out = model.get_image_features(pixel_values=pixels)
         chunks.append(getattr(out, "pooler_output", out))
     return torch.cat(chunks)
 
 
-def probe_encoder(model_dir: str | Path, train: int = 3000, test: int = 3000,
-                  seed: int = 4) -> dict[str, float]:
+def probe_encoder(
+    model_dir: str | Path, train: int = 3000, test: int = 3000, seed: int = 4
+) -> dict[str, float]:
     """attribute -> probe test accuracy (%) for the encoder in `model_dir`."""
     scenes, labels = probe_scenes(train + test, seed)
     x = global_tokens(model_dir, scenes)
-    return {a: round(fit_probe(x[:train], y[:train], x[train:], y[train:]), 2)
-            for a, y in labels.items()}
+    return {
+        a: round(fit_probe(x[:train], y[:train], x[train:], y[train:]), 2)
+        for a, y in labels.items()
+    }

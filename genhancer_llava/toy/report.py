@@ -29,46 +29,71 @@ def study_markdown(results: dict[str, Any]) -> str:
     seeds = results["config"]["seeds"]
     chance = {a: 100 / len(v) for a, v in ATTRIBUTES.items()}
     lines = [
-        "# GenHancer at toy scale: study report", "",
+        "# GenHancer at toy scale: study report",
+        "",
         f"Seeds {seeds}; cells are mean ± std over seeds (delta to the base). Probe: logistic "
         f"regression of the 64-d global token, {results['config']['probe_train']} train / "
         f"{results['config']['probe_test']} test held-out scenes. Wall time "
-        f"{results.get('wall_seconds', 0):.0f} s.", "",
-        "## Linear probes of the global token (accuracy %)", "",
+        f"{results.get('wall_seconds', 0):.0f} s.",
+        "",
+        "## Linear probes of the global token (accuracy %)",
+        "",
         "| setting | " + " | ".join(ATTRS) + " | zero-shot top-1 | shuffle gap % (stage 1) |",
         "|---" * (len(ATTRS) + 3) + "|",
         "| chance | " + " | ".join(f"{chance[a]:.1f}" for a in ATTRS) + " | 16.7 | |",
-        "| base | " + " | ".join(f"{base['probe'][a]:.1f}" for a in ATTRS)
+        "| base | "
+        + " | ".join(f"{base['probe'][a]:.1f}" for a in ATTRS)
         + f" | {base['zeroshot_top1']:.1f} | |",
     ]
     for setting, row in results["table"].items():
         lines.append(
-            f"| {setting} | " + " | ".join(_cell(row["probe"][a], base["probe"][a]) for a in ATTRS)
+            f"| {setting} | "
+            + " | ".join(_cell(row["probe"][a], base["probe"][a]) for a in ATTRS)
             + f" | {_cell(row['zeroshot_top1'], base['zeroshot_top1'])}"
-            + f" | {_cell(row['shuffle_gap'])} |")
-    lines += ["", "## MMVP-VLM-format pairs from the toy world (pair accuracy %, chance 25)", "",
-              "| setting | " + " | ".join(ATTRS) + " |", "|---" * (len(ATTRS) + 1) + "|",
-              "| base | " + " | ".join(f"{base['mmvp'][a]:.1f}" for a in ATTRS) + " |"]
+            + f" | {_cell(row['shuffle_gap'])} |"
+        )
+    lines += [
+        "",
+        "## MMVP-VLM-format pairs from the toy world (pair accuracy %, chance 25)",
+        "",
+        "| setting | " + " | ".join(ATTRS) + " |",
+        "|---" * (len(ATTRS) + 1) + "|",
+        "| base | " + " | ".join(f"{base['mmvp'][a]:.1f}" for a in ATTRS) + " |",
+    ]
     for setting, row in results["table"].items():
-        lines.append(f"| {setting} | "
-                     + " | ".join(_cell(row["mmvp"][a], base["mmvp"][a]) for a in ATTRS) + " |")
+        lines.append(
+            f"| {setting} | "
+            + " | ".join(_cell(row["mmvp"][a], base["mmvp"][a]) for a in ATTRS)
+            + " |"
+        )
     lines += ["", "## Settings", ""]
     for setting in results["table"]:
         overrides, claim = SETTINGS[setting]
         extra = results["config"]["overrides"]
         lines.append(f"- **{setting}**: {claim}; overrides `{' '.join(overrides + extra)}`")
-    lines += ["", "## Shuffle gap at fixed noise levels (stage 1, mean over seeds, %)", "",
-              "| setting | t=0.25 | t=0.5 | t=0.75 | t=0.95 |", "|---|---|---|---|---|"]
+    lines += [
+        "",
+        "## Shuffle gap at fixed noise levels (stage 1, mean over seeds, %)",
+        "",
+        "| setting | t=0.25 | t=0.5 | t=0.75 | t=0.95 |",
+        "|---|---|---|---|---|",
+    ]
     for setting, per_seed in results["runs"].items():
-        gaps = [r["stages"].get("stage1", r["stages"].get("end-to-end", {})).get("shuffle_gap", {})
-                for r in per_seed.values()]
+        gaps = [
+            r["stages"].get("stage1", r["stages"].get("end-to-end", {})).get("shuffle_gap", {})
+            for r in per_seed.values()
+        ]
         cells = []
         for t in ("0.25", "0.5", "0.75", "0.95"):
             vals = [g[f"gap_t{t}"] for g in gaps if f"gap_t{t}" in g]
             cells.append(f"{100 * sum(vals) / len(vals):.1f}" if vals else "")
         lines.append(f"| {setting} | " + " | ".join(cells) + " |")
-    lines += ["", "Plots: `probes.png`, `mmvp.png`; reconstruction grids (top: inputs, bottom: "
-              "rebuilt from the global token, seed 0, end of the first stage): `previews/`.", ""]
+    lines += [
+        "",
+        "Plots: `probes.png`, `mmvp.png`; reconstruction grids (top: inputs, bottom: "
+        "rebuilt from the global token, seed 0, end of the first stage): `previews/`.",
+        "",
+    ]
     return "\n".join(lines)
 
 

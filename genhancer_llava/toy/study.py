@@ -49,8 +49,10 @@ SETTINGS: dict[str, tuple[list[str], str]] = {
     "local": (["encoder.local_token_ratio=1.0"], "(b) + local tokens as condition"),
     "end-to-end": (["schedule=end-to-end"], "(c) end-to-end instead of two-stage"),
     "uniform": (["denoiser.timestep_sampling=uniform"], "(d) uniform timesteps"),
-    "strong": (["denoiser.num_layers=4", "denoiser.num_single_layers=8",
-                "denoiser.num_attention_heads=4"], "(e) a 2x deeper, 2x wider denoiser"),
+    "strong": (
+        ["denoiser.num_layers=4", "denoiser.num_single_layers=8", "denoiser.num_attention_heads=4"],
+        "(e) a 2x deeper, 2x wider denoiser",
+    ),
 }
 ATTRS = (*FINE, *COARSE)
 
@@ -74,8 +76,9 @@ class StudyConfig:
     def check(self) -> None:
         unknown = [s for s in self.settings if s not in SETTINGS]
         if unknown:
-            raise GenhancerError(f"unknown study setting(s) {', '.join(unknown)}; choose from "
-                                 f"{', '.join(SETTINGS)}")
+            raise GenhancerError(
+                f"unknown study setting(s) {', '.join(unknown)}; choose from {', '.join(SETTINGS)}"
+            )
         if not self.seeds:
             raise GenhancerError("the study needs at least one seed")
         if self.base and not Path(self.base, "config.json").is_file():
@@ -87,8 +90,7 @@ def score_encoder(model_dir: Path, data: dict[str, Path], cfg: StudyConfig) -> d
     from ..evaluation.runs import evaluate
 
     probes = probe_encoder(model_dir, cfg.probe_train, cfg.probe_test)
-    mmvp, zeroshot = evaluate([model_dir], mmvp_data=data["mmvp"],
-                              classification=data["zeroshot"])
+    mmvp, zeroshot = evaluate([model_dir], mmvp_data=data["mmvp"], classification=data["zeroshot"])
     by_pattern = mmvp[0].scores
     return {
         "probe": probes,
@@ -103,8 +105,11 @@ def _prepare(cfg: StudyConfig, out: Path) -> tuple[Path, dict[str, Path]]:
         print(f"study: pretraining the toy CLIP into {base}", flush=True)
         pretrain_clip(base, cfg.pretrain)
     data_dir = out / "data"
-    data = {"train": data_dir / "train-images", "mmvp": data_dir / "mmvp-vlm",
-            "zeroshot": data_dir / "zeroshot"}
+    data = {
+        "train": data_dir / "train-images",
+        "mmvp": data_dir / "mmvp-vlm",
+        "zeroshot": data_dir / "zeroshot",
+    }
     if not data["train"].is_dir() or len(list(data["train"].iterdir())) != cfg.train_images:
         shutil.rmtree(data["train"], ignore_errors=True)
         write_images(data["train"], cfg.train_images)
@@ -115,22 +120,36 @@ def _prepare(cfg: StudyConfig, out: Path) -> tuple[Path, dict[str, Path]]:
     return base, data
 
 
-def _enhance_one(cfg: StudyConfig, base: Path, data: dict[str, Path], setting: str, seed: int,
-                 run_dir: Path) -> dict[str, Any]:
+def _enhance_one(
+    cfg: StudyConfig, base: Path, data: dict[str, Path], setting: str, seed: int, run_dir: Path
+) -> dict[str, Any]:
     """`genhancer enhance --preset <preset> ...` in a child process, its output to a log."""
     from ..config import load_config
     from ..stages import stages
     from ..train.run_dir import RunDir
 
-    overrides = [f"encoder.path={base}", f"data.path={data['train']}",
-                 f"run.output_dir={run_dir}", f"run.seed={seed}",
-                 *SETTINGS[setting][0], *cfg.overrides]
+    overrides = [
+        f"encoder.path={base}",
+        f"data.path={data['train']}",
+        f"run.output_dir={run_dir}",
+        f"run.seed={seed}",
+        *SETTINGS[setting][0],
+        *cfg.overrides,
+    ]
     run_cfg = load_config(cfg.preset, overrides=overrides)  # a bad override fails here, early
     tic = time.perf_counter()
     log = run_dir.with_suffix(".log")
     run_dir.parent.mkdir(parents=True, exist_ok=True)
-    cmd = [sys.executable, "-m", "genhancer_llava.cli", "enhance", "--preset", cfg.preset,
-           "--overwrite", *overrides]
+    cmd = [
+        sys.executable,
+        "-m",
+        "genhancer_llava.cli",
+        "enhance",
+        "--preset",
+        cfg.preset,
+        "--overwrite",
+        *overrides,
+    ]
     with open(log, "w") as f:
         code = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT).returncode
     if code != 0:
@@ -140,11 +159,15 @@ def _enhance_one(cfg: StudyConfig, base: Path, data: dict[str, Path], setting: s
     return {
         "seconds": round(time.perf_counter() - tic, 1),
         "encoder": str(run.encoder_dir),
-        "stages": {name: {"loss_first": s["loss_first"], "loss_last": s["loss_last"],
-                          "shuffle_gap": s.get("shuffle_gap", {})}
-                   for name, s in summaries.items()},
-        "previews": {name: str(run.stage(name) / "previews" / "final.png")
-                     for name in summaries},
+        "stages": {
+            name: {
+                "loss_first": s["loss_first"],
+                "loss_last": s["loss_last"],
+                "shuffle_gap": s.get("shuffle_gap", {}),
+            }
+            for name, s in summaries.items()
+        },
+        "previews": {name: str(run.stage(name) / "previews" / "final.png") for name in summaries},
     }
 
 
@@ -165,8 +188,9 @@ def _aggregate(results: dict[str, Any]) -> dict[str, Any]:
             entry[part] = {a: _stats([r["scores"][part][a] for r in rows]) for a in ATTRS}
         entry["zeroshot_top1"] = _stats([r["scores"]["zeroshot_top1"] for r in rows])
         first = "stage1" if "stage1" in rows[0]["stages"] else "end-to-end"
-        entry["shuffle_gap"] = _stats([100 * r["stages"][first]["shuffle_gap"].get("gap", 0.0)
-                                       for r in rows])
+        entry["shuffle_gap"] = _stats(
+            [100 * r["stages"][first]["shuffle_gap"].get("gap", 0.0) for r in rows]
+        )
         table[setting] = entry
     return table
 
@@ -181,8 +205,12 @@ def run_study(cfg: StudyConfig) -> Path:
     tic = time.perf_counter()
     base, data = _prepare(cfg, out)
     print("study: scoring the base", flush=True)
-    results: dict[str, Any] = {"config": asdict(cfg), "base_dir": str(base),
-                               "base": score_encoder(base, data, cfg), "runs": {}}
+    results: dict[str, Any] = {
+        "config": asdict(cfg),
+        "base_dir": str(base),
+        "base": score_encoder(base, data, cfg),
+        "runs": {},
+    }
     print(f"study: base {json.dumps(results['base'])}", flush=True)
     jobs = [(s, seed) for s in cfg.settings for seed in cfg.seeds]
     report_dir = out / "report"
@@ -192,8 +220,10 @@ def run_study(cfg: StudyConfig) -> Path:
         setting, seed = job
         info = _enhance_one(cfg, base, data, setting, seed, out / "runs" / f"{setting}-seed{seed}")
         info["scores"] = score_encoder(Path(info["encoder"]), data, cfg)
-        print(f"study: {setting} seed {seed} ({info['seconds']:.0f} s): "
-              f"{json.dumps(info['scores'])}", flush=True)
+        print(
+            f"study: {setting} seed {seed} ({info['seconds']:.0f} s): {json.dumps(info['scores'])}",
+            flush=True,
+        )
         with lock:  # the report grows run by run: an interrupted study keeps what it has
             results["runs"].setdefault(setting, {})[str(seed)] = info
             results["table"] = _aggregate(results)

@@ -43,8 +43,12 @@ __all__ = [
 SIZE = 32
 CELL = SIZE // 2
 COLOURS = {
-    "red": (230, 40, 40), "green": (40, 200, 60), "blue": (50, 90, 240),
-    "yellow": (235, 215, 40), "purple": (160, 60, 200), "white": (235, 235, 235),
+    "red": (230, 40, 40),
+    "green": (40, 200, 60),
+    "blue": (50, 90, 240),
+    "yellow": (235, 215, 40),
+    "purple": (160, 60, 200),
+    "white": (235, 235, 235),
 }
 ORIENTATIONS = ("up", "right", "down", "left")
 COUNTS = ("one", "two", "three", "four")
@@ -53,7 +57,10 @@ STATES = ("filled", "hollow")
 OTHER_SHAPES = ("circle", "square")
 # attribute -> its values (index = the recorded label)
 ATTRIBUTES: dict[str, tuple[str, ...]] = {
-    "orientation": ORIENTATIONS, "count": COUNTS, "position": POSITIONS, "state": STATES,
+    "orientation": ORIENTATIONS,
+    "count": COUNTS,
+    "position": POSITIONS,
+    "state": STATES,
     "colour": tuple(COLOURS),
 }
 FINE = ("orientation", "count", "position", "state")
@@ -85,26 +92,43 @@ class Scene:
         """attribute -> label index (see ATTRIBUTES)."""
         t = self.triangle
         return {
-            "orientation": t.orientation, "count": len(self.objects) - 1, "position": t.cell,
-            "state": int(t.hollow), "colour": list(COLOURS).index(t.colour),
+            "orientation": t.orientation,
+            "count": len(self.objects) - 1,
+            "position": t.cell,
+            "state": int(t.hollow),
+            "colour": list(COLOURS).index(t.colour),
         }
 
 
 def _other(rng: random.Random, cell: int, avoid: str) -> Obj:
     colour = rng.choice([c for c in COLOURS if c != avoid])
-    return Obj(rng.choice(OTHER_SHAPES), colour, cell, rng.randint(-2, 2), rng.randint(-2, 2),
-               rng.randint(4, 5))
+    return Obj(
+        rng.choice(OTHER_SHAPES),
+        colour,
+        cell,
+        rng.randint(-2, 2),
+        rng.randint(-2, 2),
+        rng.randint(4, 5),
+    )
 
 
 def draw_scene(rng: random.Random) -> Scene:
     """A random scene: every attribute uniform over its values."""
     colour = rng.choice(list(COLOURS))
     cell = rng.randrange(4)
-    tri = Obj("triangle", colour, cell, rng.randint(-1, 1), rng.randint(-1, 1),
-              rng.randint(5, 6), orientation=rng.randrange(4), hollow=rng.random() < 0.5)
+    tri = Obj(
+        "triangle",
+        colour,
+        cell,
+        rng.randint(-1, 1),
+        rng.randint(-1, 1),
+        rng.randint(5, 6),
+        orientation=rng.randrange(4),
+        hollow=rng.random() < 0.5,
+    )
     free = [c for c in range(4) if c != cell]
     rng.shuffle(free)
-    others = tuple(_other(rng, c, colour) for c in sorted(free[:rng.randrange(4)]))
+    others = tuple(_other(rng, c, colour) for c in sorted(free[: rng.randrange(4)]))
     return Scene((tri, *others))
 
 
@@ -157,7 +181,7 @@ def phrase(scene: Scene, attribute: str) -> str:
 
 
 def caption(scene: Scene, rng: random.Random, fine_p: float = 0.1) -> str:
-    """"red triangle [fine phrase] [and blue circle ...]" (the prompt prefix is the caller's)."""
+    """ "red triangle [fine phrase] [and blue circle ...]" (the prompt prefix is the caller's)."""
     words = [phrase(scene, "colour")]
     if rng.random() < fine_p:
         words.append(phrase(scene, rng.choice(FINE)))
@@ -176,8 +200,22 @@ def statement(scene: Scene, attribute: str) -> str:
 
 def vocabulary() -> list[str]:
     """Every word a caption, statement or zero-shot prompt can hold."""
-    words = {"a", "photo", "of", "and", "triangle", "pointing", "at", "object", "objects",
-             *OTHER_SHAPES, *COLOURS, *ORIENTATIONS, *COUNTS, *STATES}
+    words = {
+        "a",
+        "photo",
+        "of",
+        "and",
+        "triangle",
+        "pointing",
+        "at",
+        "object",
+        "objects",
+        *OTHER_SHAPES,
+        *COLOURS,
+        *ORIENTATIONS,
+        *COUNTS,
+        *STATES,
+    }
     for p in POSITIONS:
         words.update(p.split())
     return sorted(words)
@@ -191,8 +229,7 @@ def pair_differing(rng: random.Random, attribute: str) -> tuple[Scene, Scene]:
         other = replace(t, orientation=rng.choice([o for o in range(4) if o != t.orientation]))
         return scene, replace(scene, objects=(other, *scene.objects[1:]))
     if attribute == "state":
-        return scene, replace(scene, objects=(replace(t, hollow=not t.hollow),
-                                              *scene.objects[1:]))
+        return scene, replace(scene, objects=(replace(t, hollow=not t.hollow), *scene.objects[1:]))
     if attribute == "colour":
         used = {o.colour for o in scene.objects[1:]}
         colour = rng.choice([c for c in COLOURS if c != t.colour and c not in used])

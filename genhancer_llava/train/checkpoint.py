@@ -37,8 +37,16 @@ from .faults import fault_at, kill_self
 from .preflight import resume_mismatch
 from .run_dir import RunDir
 
-__all__ = ["Progress", "Pin", "save_checkpoint", "latest_checkpoint", "read_progress",
-           "load_checkpoint", "checkpoint_problem", "rotate"]
+__all__ = [
+    "Progress",
+    "Pin",
+    "save_checkpoint",
+    "latest_checkpoint",
+    "read_progress",
+    "load_checkpoint",
+    "checkpoint_problem",
+    "rotate",
+]
 
 
 @dataclass
@@ -52,8 +60,11 @@ class Progress:
 
 
 def _complete(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.glob("step-*")
-                  if p.is_dir() and not p.name.endswith(".tmp") and (p / "progress.json").is_file())
+    return sorted(
+        p
+        for p in folder.glob("step-*")
+        if p.is_dir() and not p.name.endswith(".tmp") and (p / "progress.json").is_file()
+    )
 
 
 def latest_checkpoint(run: RunDir, stage: str) -> Path | None:
@@ -116,8 +127,11 @@ def rotate(root: Path, keep: int, log: Callable[[str], None] = print) -> None:
 
 
 def _manifest(folder: Path) -> dict[str, int]:
-    return {str(p.relative_to(folder)): p.stat().st_size
-            for p in sorted(folder.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(folder)): p.stat().st_size
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
 
 
 def checkpoint_problem(folder: Path) -> str | None:
@@ -140,8 +154,9 @@ def _any_rank(accelerator: Accelerator, failed: bool) -> bool:
     return accelerator.reduce(flag, "sum").item() > 0
 
 
-def save_checkpoint(accelerator: Accelerator, run: RunDir, stage: str, progress: Progress,
-                    keep: int) -> Path:
+def save_checkpoint(
+    accelerator: Accelerator, run: RunDir, stage: str, progress: Progress, keep: int
+) -> Path:
     root = run.checkpoints(stage)
     final = root / f"step-{progress.step:08d}"
     tmp = root / f"step-{progress.step:08d}.tmp"
@@ -190,8 +205,14 @@ def _reason(err: Exception, folder: Path) -> str:
     return f"{type(err).__name__}: {lines[0] if lines else ''}"
 
 
-def _give_up(accelerator: Accelerator, tmp: Path, stage: str, step: int, error: str | None,
-             previous: Path | None) -> None:
+def _give_up(
+    accelerator: Accelerator,
+    tmp: Path,
+    stage: str,
+    step: int,
+    error: str | None,
+    previous: Path | None,
+) -> None:
     if accelerator.is_main_process:
         shutil.rmtree(tmp, ignore_errors=True)  # the half-written one frees its space
     reason = error or "failed on another rank"
@@ -202,16 +223,19 @@ def _give_up(accelerator: Accelerator, tmp: Path, stage: str, step: int, error: 
     )
 
 
-def _pick(run: RunDir, stage: str, which: str,
-          log: Callable[[str], None]) -> tuple[Path | None, Pin | None]:
+def _pick(
+    run: RunDir, stage: str, which: str, log: Callable[[str], None]
+) -> tuple[Path | None, Pin | None]:
     """The checkpoint to resume from, pinned; a broken 'latest' gives way to the one before."""
     if which != "latest":
         folder, pin = Path(which), Pin(Path(which))
         problem = checkpoint_problem(folder) if pin.acquire() else "it is gone"
         if problem:
             pin.release()
-            raise GenhancerError(f"{folder} is not a complete checkpoint ({problem}); "
-                                 "pass another one or --resume latest")
+            raise GenhancerError(
+                f"{folder} is not a complete checkpoint ({problem}); "
+                "pass another one or --resume latest"
+            )
         return folder, pin
     for folder in reversed(_complete(run.checkpoints(stage))):
         pin = Pin(folder)
@@ -219,13 +243,19 @@ def _pick(run: RunDir, stage: str, which: str,
         if problem is None:
             return folder, pin
         pin.release()
-        log(f"warning: [{stage}] skipping checkpoint {folder.name}: {problem}; "
-            "trying the one before")
+        log(
+            f"warning: [{stage}] skipping checkpoint {folder.name}: {problem}; "
+            "trying the one before"
+        )
     return None, None
 
 
 def read_progress(
-    run: RunDir, stage: str, which: str, world_size: int, zero_stage: int,
+    run: RunDir,
+    stage: str,
+    which: str,
+    world_size: int,
+    zero_stage: int,
     log: Callable[[str], None] = print,
 ) -> tuple[Path | None, Progress, Pin | None]:
     """The checkpoint `which` ('latest' or a path) names, its progress record, and its pin.

@@ -42,8 +42,10 @@ def accelerate_config(zero: int, path: str | Path | None = None, num_processes: 
         if zero not in ZERO_STAGES:
             raise GenhancerError(f"--zero {zero} is not supported; choose 0, 2 or 3")
         if zero == 0 and num_processes > 1:
-            raise GenhancerError(f"--zero 0 (no DeepSpeed) runs one process, not {num_processes}; "
-                                 "use --zero 2 or 3 with several processes")
+            raise GenhancerError(
+                f"--zero 0 (no DeepSpeed) runs one process, not {num_processes}; "
+                "use --zero 2 or 3 with several processes"
+            )
         config = LAUNCH_CONFIGS / f"zero{zero}.yaml"
     if not config.is_file():
         raise GenhancerError(
@@ -86,12 +88,21 @@ def launch_stage(
 ) -> None:
     """`accelerate launch` one stage; raises when it fails."""
     cmd = [
-        sys.executable, "-m", "genhancer_llava.train.accelerate_run",  # `accelerate launch`
-        "--config_file", str(accel_config),
-        "--num_processes", str(num_processes),
-        "--main_process_port", str(free_port()),
-        "-m", "genhancer_llava.train",
-        "--run_dir", str(run.root), "--stage", stage,
+        sys.executable,
+        "-m",
+        "genhancer_llava.train.accelerate_run",  # `accelerate launch`
+        "--config_file",
+        str(accel_config),
+        "--num_processes",
+        str(num_processes),
+        "--main_process_port",
+        str(free_port()),
+        "-m",
+        "genhancer_llava.train",
+        "--run_dir",
+        str(run.root),
+        "--stage",
+        stage,
     ]
     if resume:
         cmd += ["--resume", resume]
@@ -102,8 +113,9 @@ def launch_stage(
     if not torch.cuda.is_available():
         env.setdefault("DS_ACCELERATOR", "cpu")  # the launcher imports DeepSpeed too
     # the agent's wait between passing SIGTERM on and SIGKILL: time for the last checkpoint
-    env.setdefault("TORCH_ELASTIC_SHUTDOWN_TIMEOUT",
-                   str(int(float(env.get(GRACE_ENV, DEFAULT_GRACE_S)))))
+    env.setdefault(
+        "TORCH_ELASTIC_SHUTDOWN_TIMEOUT", str(int(float(env.get(GRACE_ENV, DEFAULT_GRACE_S))))
+    )
     record = run.stage(stage) / "stopped.json"  # written by rank 0 when it stops on a signal
     record.unlink(missing_ok=True)
     error_file = run.stage(stage) / "error.txt"  # a worker's one-line error, for our last line
@@ -116,23 +128,28 @@ def launch_stage(
     if error:  # a worker's one-line error exits 2, whatever another rank did on its way out
         raise StageFailed(error, 2)
     if code != 0:
-        raise StageFailed(f"{stage} failed (exit code {code}); its traceback is printed above",
-                          code)
+        raise StageFailed(
+            f"{stage} failed (exit code {code}); its traceback is printed above", code
+        )
 
 
 def _raise_if_stopped(stage: str, record: Path, received: int | None, code: int) -> None:
     if record.is_file():
         info = json.loads(record.read_text())
         if info.get("checkpoint"):
-            raise Stopped(f"[{stage}] {info['signal']} received: stopped after step "
-                          f"{info['step']} of {info['steps']}, checkpoint {info['checkpoint']}")
+            raise Stopped(
+                f"[{stage}] {info['signal']} received: stopped after step "
+                f"{info['step']} of {info['steps']}, checkpoint {info['checkpoint']}"
+            )
         raise Stopped(f"[{stage}] {info['signal']} received after the stage finished")
     if received is not None:
         name = signal.Signals(received).name
         if code == 0:
             raise Stopped(f"[{stage}] {name} received after the stage finished")
-        raise Stopped(f"[{stage}] {name} received; the launch ended (exit code {code}) "
-                      "without a clean stop; the checkpoints written before are kept")
+        raise Stopped(
+            f"[{stage}] {name} received; the launch ended (exit code {code}) "
+            "without a clean stop; the checkpoints written before are kept"
+        )
 
 
 def enhance(

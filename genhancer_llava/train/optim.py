@@ -13,8 +13,9 @@ def use_fused_adamw(device: torch.device | str | None) -> bool:
     return device is not None and torch.device(device).type == "cuda"
 
 
-def build_optimizer(cfg, model: torch.nn.Module, lr: float,
-                    device: torch.device | str | None = None):
+def build_optimizer(
+    cfg, model: torch.nn.Module, lr: float, device: torch.device | str | None = None
+):
     """AdamW over the trainable parameters and a constant schedule (no warmup, as the paper).
 
     torch's AdamW, not DeepSpeed's: identical maths, and nothing to compile on first use.
@@ -27,8 +28,12 @@ def build_optimizer(cfg, model: torch.nn.Module, lr: float,
     """
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(
-        params, lr=lr, betas=cfg.optim.betas, eps=cfg.optim.eps,
-        weight_decay=cfg.optim.weight_decay, fused=True if use_fused_adamw(device) else None,
+        params,
+        lr=lr,
+        betas=cfg.optim.betas,
+        eps=cfg.optim.eps,
+        weight_decay=cfg.optim.weight_decay,
+        fused=True if use_fused_adamw(device) else None,
     )
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
     return optimizer, scheduler

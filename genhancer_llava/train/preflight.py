@@ -24,8 +24,14 @@ from ..shards import expand_shards
 from ..stages import stages
 from .run_dir import RunDir
 
-__all__ = ["preflight", "check_paths", "check_encoder", "check_data", "check_resume",
-           "resume_mismatch"]
+__all__ = [
+    "preflight",
+    "check_paths",
+    "check_encoder",
+    "check_data",
+    "check_resume",
+    "resume_mismatch",
+]
 
 
 def check_paths(cfg: Config) -> None:
@@ -35,8 +41,9 @@ def check_paths(cfg: Config) -> None:
     if cfg.data.kind == "shards":
         expand_shards(cfg.data.path)
     elif cfg.data.kind == "cached":
-        required_dir(cfg.data.path, "data.path", "pass data.path=DIR, a folder written by "
-                     "`genhancer cache`")
+        required_dir(
+            cfg.data.path, "data.path", "pass data.path=DIR, a folder written by `genhancer cache`"
+        )
     elif cfg.data.kind == "folder":
         root = required_dir(cfg.data.path, "data.path", FOLDER_HINT)
         if not any(p.suffix.lower() in IMAGE_EXTENSIONS for p in root.rglob("*")):
@@ -73,8 +80,9 @@ def check_data(cfg: Config) -> None:
         CachedSource(cfg.data.path)  # and every shard is there
 
 
-def resume_mismatch(folder: Path, record: dict, num_processes: int,
-                    zero_stage: int | None) -> str | None:
+def resume_mismatch(
+    folder: Path, record: dict, num_processes: int, zero_stage: int | None
+) -> str | None:
     """Why checkpoint `folder` (its progress record) cannot be resumed by this launch, or None.
 
     A checkpoint holds one state per rank, in DeepSpeed's partitioned layout under ZeRO and in
@@ -83,17 +91,22 @@ def resume_mismatch(folder: Path, record: dict, num_processes: int,
     """
     written_by = len(record.get("batches_per_rank", []))
     if written_by != num_processes:
-        return (f"{folder} was written by {written_by} processes; resume it with "
-                f"--num_processes {written_by} (now {num_processes})")
+        return (
+            f"{folder} was written by {written_by} processes; resume it with "
+            f"--num_processes {written_by} (now {num_processes})"
+        )
     written_zero = record.get("zero_stage")  # absent in checkpoints from before it was recorded
     if None not in (written_zero, zero_stage) and written_zero != zero_stage:
-        return f"{folder} was written with --zero {written_zero}; resume it with --zero " \
-               f"{written_zero} (now {zero_stage})"
+        return (
+            f"{folder} was written with --zero {written_zero}; resume it with --zero "
+            f"{written_zero} (now {zero_stage})"
+        )
     return None
 
 
-def check_resume(cfg: Config, num_processes: int, resume: str | None,
-                 zero_stage: int | None = None) -> None:
+def check_resume(
+    cfg: Config, num_processes: int, resume: str | None, zero_stage: int | None = None
+) -> None:
     """The checkpoint a resume would continue was written by as many processes as now, and
     with the same ZeRO stage."""
     if not resume:
@@ -103,16 +116,21 @@ def check_resume(cfg: Config, num_processes: int, resume: str | None,
     if resume == "latest":
         if not pending:
             return
-        folders = sorted(p for p in run.checkpoints(pending[0]).glob("step-*")
-                         if p.is_dir() and (p / "progress.json").is_file())
+        folders = sorted(
+            p
+            for p in run.checkpoints(pending[0]).glob("step-*")
+            if p.is_dir() and (p / "progress.json").is_file()
+        )
         if not folders:
             return  # nothing written yet: the stage starts from step 0
         folder = folders[-1]
     else:
         folder = Path(resume)
         if not (folder / "progress.json").is_file():
-            raise GenhancerError(f"--resume {resume} is not a checkpoint folder (no progress.json);"
-                                 " pass a step-N folder or --resume latest")
+            raise GenhancerError(
+                f"--resume {resume} is not a checkpoint folder (no progress.json);"
+                " pass a step-N folder or --resume latest"
+            )
     try:
         record = json.loads((folder / "progress.json").read_text())
     except (OSError, ValueError):
@@ -122,8 +140,9 @@ def check_resume(cfg: Config, num_processes: int, resume: str | None,
         raise GenhancerError(problem)
 
 
-def preflight(cfg: Config, num_processes: int = 1, resume: str | None = None,
-              zero_stage: int | None = None) -> None:
+def preflight(
+    cfg: Config, num_processes: int = 1, resume: str | None = None, zero_stage: int | None = None
+) -> None:
     """Every check that needs no launch, in one place: one-line errors, nothing written.
 
     Args:

@@ -23,15 +23,28 @@ from ..cache import record_errors
 from ..data import PairTransform, build_source
 from ..models.enhancer import Enhancer
 
-__all__ = ["preview_batch", "reconstruct", "preview_grid", "render_grid", "save_grid",
-           "grid_size", "preview_run", "ROW_LABELS", "MIN_TILE", "LABEL_WIDTH"]
+__all__ = [
+    "preview_batch",
+    "reconstruct",
+    "preview_grid",
+    "render_grid",
+    "save_grid",
+    "grid_size",
+    "preview_run",
+    "ROW_LABELS",
+    "MIN_TILE",
+    "LABEL_WIDTH",
+]
 
 MIN_TILE = 128  # pixels a side, at least, per image in the grid
 LABEL_WIDTH = 150  # the row-label column
 TITLE_HEIGHT = 24
 ROW_GAP = 4
-ROW_LABELS = ("input", "reconstruction from its own global token",
-              "reconstruction from the next image's global token (same noise)")
+ROW_LABELS = (
+    "input",
+    "reconstruction from its own global token",
+    "reconstruction from the next image's global token (same noise)",
+)
 
 
 def preview_batch(cfg, enhancer: Enhancer, count: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -40,14 +53,21 @@ def preview_batch(cfg, enhancer: Enhancer, count: int) -> tuple[torch.Tensor, to
     Returns (encoder views (N, 3, H, W), target views in [-1, 1] (N, 3, H, W)).
     """
     source = build_source(cfg.data, cfg.encoder.image_size, cfg.run.seed)
-    transform = PairTransform(cfg.encoder.image_size, enhancer.encoder.image_mean,
-                              enhancer.encoder.image_std, cfg.data.crop_scale)
+    transform = PairTransform(
+        cfg.encoder.image_size,
+        enhancer.encoder.image_mean,
+        enhancer.encoder.image_std,
+        cfg.data.crop_scale,
+    )
     cached = cfg.data.kind == "cached"
     views = []
     for item in source.epoch(0, 0, 1, cfg.run.seed):
         try:  # a cache holds the crops: its first one
-            views.append(transform.views(item.load()["pixels"][0]) if cached
-                         else transform(item.load(), seed=0))
+            views.append(
+                transform.views(item.load()["pixels"][0])
+                if cached
+                else transform(item.load(), seed=0)
+            )
         except (OSError, ValueError, SyntaxError, KeyError, *record_errors()):
             continue
         if len(views) == count:
@@ -98,16 +118,20 @@ def _tile(image_size: int, min_tile: int = MIN_TILE) -> int:
     return image_size * max(1, math.ceil(min_tile / image_size))  # a whole enlargement factor
 
 
-def grid_size(images: int, image_size: int, rows: int = 3, title: bool = True,
-              min_tile: int = MIN_TILE) -> tuple[int, int]:
+def grid_size(
+    images: int, image_size: int, rows: int = 3, title: bool = True, min_tile: int = MIN_TILE
+) -> tuple[int, int]:
     """(width, height) of the grid `render_grid` draws for `images` columns of `rows` rows."""
     tile = _tile(image_size, min_tile)
-    return (LABEL_WIDTH + images * tile,
-            (TITLE_HEIGHT if title else 0) + rows * tile + (rows - 1) * ROW_GAP)
+    return (
+        LABEL_WIDTH + images * tile,
+        (TITLE_HEIGHT if title else 0) + rows * tile + (rows - 1) * ROW_GAP,
+    )
 
 
-def render_grid(rows: list[tuple[str, torch.Tensor]], title: str | None = None,
-                min_tile: int = MIN_TILE) -> Image.Image:
+def render_grid(
+    rows: list[tuple[str, torch.Tensor]], title: str | None = None, min_tile: int = MIN_TILE
+) -> Image.Image:
     """Labelled rows of images: each (label, (N, 3, H, W) in [-1, 1]); returns the picture.
 
     Images are enlarged by a whole factor (nearest neighbour, pixels stay visible) to at least
@@ -132,9 +156,16 @@ def render_grid(rows: list[tuple[str, torch.Tensor]], title: str | None = None,
     return canvas
 
 
-def preview_grid(enhancer: Enhancer, target, pixel_values: torch.Tensor,
-                 target_pixels: torch.Tensor, steps: int, seed: int = 0,
-                 path: str | Path | None = None, title: str | None = None) -> Image.Image:
+def preview_grid(
+    enhancer: Enhancer,
+    target,
+    pixel_values: torch.Tensor,
+    target_pixels: torch.Tensor,
+    steps: int,
+    seed: int = 0,
+    path: str | Path | None = None,
+    title: str | None = None,
+) -> Image.Image:
     """The labelled preview of one batch (see the module docstring); written to `path` if given.
 
     Args:
@@ -149,8 +180,10 @@ def preview_grid(enhancer: Enhancer, target, pixel_values: torch.Tensor,
 
     Collective under ZeRO-3 (every rank must call it); only the caller's rank writes.
     """
-    rows = [(ROW_LABELS[0], target_pixels),
-            (ROW_LABELS[1], reconstruct(enhancer, target, pixel_values, steps, seed))]
+    rows = [
+        (ROW_LABELS[0], target_pixels),
+        (ROW_LABELS[1], reconstruct(enhancer, target, pixel_values, steps, seed)),
+    ]
     if pixel_values.shape[0] > 1:  # with one image there is no other condition to show
         other = reconstruct(enhancer, target, pixel_values.roll(-1, dims=0), steps, seed)
         rows.append((ROW_LABELS[2], other))
@@ -167,8 +200,12 @@ def save_grid(image: Image.Image, path: str | Path) -> Path:
     return path
 
 
-def preview_run(path: str | Path, output: str | Path | None = None, images: int | None = None,
-                steps: int | None = None) -> Path:
+def preview_run(
+    path: str | Path,
+    output: str | Path | None = None,
+    images: int | None = None,
+    steps: int | None = None,
+) -> Path:
     """`genhancer preview`: reconstructions from a finished stage of a run.
 
     Args:
@@ -203,12 +240,20 @@ def preview_run(path: str | Path, output: str | Path | None = None, images: int 
     if (final / "adapter").is_dir():
         from peft import PeftModel
 
-        enhancer.encoder.model = PeftModel.from_pretrained(enhancer.encoder.model,
-                                                           final / "adapter")
+        enhancer.encoder.model = PeftModel.from_pretrained(
+            enhancer.encoder.model, final / "adapter"
+        )
     target = build_target(cfg.target)
     encoder_views, target_views = preview_batch(cfg, enhancer, images or cfg.run.preview_images)
     path = Path(output or final / "preview.png")
-    preview_grid(enhancer, target, encoder_views, target_views,
-                 steps or cfg.run.preview_sample_steps, seed=cfg.run.seed, path=path,
-                 title=f"{final.parent.name} (final)")
+    preview_grid(
+        enhancer,
+        target,
+        encoder_views,
+        target_views,
+        steps or cfg.run.preview_sample_steps,
+        seed=cfg.run.seed,
+        path=path,
+        title=f"{final.parent.name} (final)",
+    )
     return path

@@ -25,8 +25,7 @@ from collections.abc import Sequence
 
 from ..errors import Stopped
 
-__all__ = ["STOP_SIGNALS", "StopRequest", "run_launcher", "guard_worker",
-           "set_parent_death_signal"]
+__all__ = ["STOP_SIGNALS", "StopRequest", "run_launcher", "guard_worker", "set_parent_death_signal"]
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 PR_SET_PDEATHSIG = 1  # linux/prctl.h
@@ -95,8 +94,10 @@ class StopRequest:
         if self.signal is None:
             self.signal = signum
             if not self.armed:
-                raise Stopped(f"{self.name} received before training began; nothing new to "
-                              "save, the checkpoints so far are kept")
+                raise Stopped(
+                    f"{self.name} received before training began; nothing new to "
+                    "save, the checkpoints so far are kept"
+                )
 
     @property
     def requested(self) -> bool:

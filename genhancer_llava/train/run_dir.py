@@ -44,8 +44,7 @@ class RunDir:
 
     def stage(self, name: str) -> Path:
         if name not in STAGE_NAMES:
-            raise GenhancerError(
-                f"unknown stage '{name}'; choose one of {', '.join(STAGE_NAMES)}")
+            raise GenhancerError(f"unknown stage '{name}'; choose one of {', '.join(STAGE_NAMES)}")
         return self.root / name
 
     def final(self, name: str) -> Path:

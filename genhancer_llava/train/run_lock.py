@@ -100,10 +100,18 @@ class RunLock:
                 holder = json.loads(stale)
             except ValueError:
                 holder = {}
-            print(f"[lock] taking over the stale lock {self.path} of {_describe(holder)}, "
-                  "which is gone", file=sys.stderr, flush=True)
-        record = {"pid": os.getpid(), "host": socket.gethostname(), "command": self.command,
-                  "since": time.time()}
+            print(
+                f"[lock] taking over the stale lock {self.path} of {_describe(holder)}, "
+                "which is gone",
+                file=sys.stderr,
+                flush=True,
+            )
+        record = {
+            "pid": os.getpid(),
+            "host": socket.gethostname(),
+            "command": self.command,
+            "since": time.time(),
+        }
         os.ftruncate(fd, 0)
         os.pwrite(fd, json.dumps(record).encode(), 0)
         os.fsync(fd)

@@ -112,14 +112,20 @@ def build_model(cfg: Config, run: RunDir, stage: str) -> tuple[Enhancer, str]:
     return enhancer, spec.policy
 
 
-def build_dataloader(cfg: Config, enhancer: Enhancer, accelerator: Accelerator,
-                     start_batches: int) -> DataLoader:
+def build_dataloader(
+    cfg: Config, enhancer: Enhancer, accelerator: Accelerator, start_batches: int
+) -> DataLoader:
     if cfg.data.kind == "cached":
         check_cache(cfg)  # made for this run's encoder, target and image size
     stream = build_stream(
-        cfg.data, cfg.encoder.image_size, enhancer.encoder.image_mean,
-        enhancer.encoder.image_std, seed=cfg.run.seed, rank=accelerator.process_index,
-        world_size=accelerator.num_processes, batch_size=cfg.optim.per_device_batch_size,
+        cfg.data,
+        cfg.encoder.image_size,
+        enhancer.encoder.image_mean,
+        enhancer.encoder.image_std,
+        seed=cfg.run.seed,
+        rank=accelerator.process_index,
+        world_size=accelerator.num_processes,
+        batch_size=cfg.optim.per_device_batch_size,
         start_batches=start_batches,
     )
     return DataLoader(
@@ -135,8 +141,13 @@ def build_dataloader(cfg: Config, enhancer: Enhancer, accelerator: Accelerator,
 # ---- the stage's final state ---------------------------------------------------------------
 
 
-def save_final(accelerator: Accelerator, model: torch.nn.Module, run: RunDir, stage: str,
-               summary: dict[str, Any]) -> None:
+def save_final(
+    accelerator: Accelerator,
+    model: torch.nn.Module,
+    run: RunDir,
+    stage: str,
+    summary: dict[str, Any],
+) -> None:
     """projector/denoiser weights, the LoRA adapter (peft format) and summary.json."""
     state = accelerator.get_state_dict(model)  # gathered on rank 0 under ZeRO-3
     if accelerator.is_main_process:
@@ -151,8 +162,9 @@ def save_final(accelerator: Accelerator, model: torch.nn.Module, run: RunDir, st
 
 def _sub_state(state: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
     return {
-        k[len(prefix):]: (v.float() if v.is_floating_point() else v)
-        for k, v in state.items() if k.startswith(prefix)
+        k[len(prefix) :]: (v.float() if v.is_floating_point() else v)
+        for k, v in state.items()
+        if k.startswith(prefix)
     }
 
 
@@ -206,8 +218,14 @@ def _agreed_stop(accelerator: Accelerator, stop: StopRequest) -> str | None:
 class StageTrainer:
     """One stage, recipe-style: setup (here), `fit` (the loop), `checkpoint`, `finish`."""
 
-    def __init__(self, cfg: Config, run: RunDir, stage: str, resume_from: str | None = None,
-                 stop: StopRequest | None = None):
+    def __init__(
+        self,
+        cfg: Config,
+        run: RunDir,
+        stage: str,
+        resume_from: str | None = None,
+        stop: StopRequest | None = None,
+    ):
         self.cfg, self.run, self.stage = cfg, run, stage
         self.stop_request = stop or StopRequest()  # not installed: a plain flag nobody sets
         self.accelerator = accelerator = setup_accelerator(cfg, run, stage)
@@ -226,8 +244,9 @@ class StageTrainer:
         zero_stage = plugin.zero_stage if plugin is not None else 0
         self.progress = Progress(batches_per_rank=[0] * self.world, zero_stage=zero_stage)
         if resume_from:
-            checkpoint, self.progress, pin = read_progress(run, stage, resume_from, self.world,
-                                                           zero_stage, accelerator.print)
+            checkpoint, self.progress, pin = read_progress(
+                run, stage, resume_from, self.world, zero_stage, accelerator.print
+            )
         self.batches_seen = self.progress.batches_per_rank[self.rank]
         self.dataloader = build_dataloader(cfg, enhancer, accelerator, self.batches_seen)
         self.previews = preview_batch(cfg, enhancer, cfg.run.preview_images)
@@ -241,12 +260,14 @@ class StageTrainer:
             load_checkpoint(accelerator, checkpoint)  # model, optimiser, scheduler, RNG states
             pin.release()  # loaded: rotation may delete it from now on
             accelerator.print(f"[{stage}] resumed from {checkpoint} at step {self.progress.step}")
-        accelerator.init_trackers("genhancer",
-                                  config={"stage": stage, "policy": self.policy, "lr": self.lr})
+        accelerator.init_trackers(
+            "genhancer", config={"stage": stage, "policy": self.policy, "lr": self.lr}
+        )
         accelerator.print(_table_text(stage, self.policy, self.table))
         # keys reach the file at checkpoints, so after a kill it matches the checkpoint resumed
-        self.keys_path = (run.stage(stage) / f"keys-rank{self.rank}.txt"
-                          if cfg.data.log_keys else None)
+        self.keys_path = (
+            run.stage(stage) / f"keys-rank{self.rank}.txt" if cfg.data.log_keys else None
+        )
         if self.keys_path and checkpoint is None:
             self.keys_path.unlink(missing_ok=True)
         self.pending_keys: list[str] = []
@@ -265,8 +286,12 @@ class StageTrainer:
         """
         accelerator, model = self.accelerator, self.model
         # the target tokens come first (a sampled posterior draws from the RNG as on the fly)
-        inputs = model_inputs(self.target, batch, accelerator.device,
-                              cached_condition=not STAGE_POLICIES[self.policy].encoder_lora)
+        inputs = model_inputs(
+            self.target,
+            batch,
+            accelerator.device,
+            cached_condition=not STAGE_POLICIES[self.policy].encoder_lora,
+        )
         with accelerator.accumulate(model):
             losses = model(**inputs)
             loss = sum(losses.values())  # one named loss per denoiser: flow_loss / mask_loss
@@ -274,7 +299,8 @@ class StageTrainer:
                 loss = loss * float("nan")
             self.step_losses.append(loss.detach())
             if accelerator.sync_gradients and not _all_finite(
-                    accelerator, torch.stack(self.step_losses).sum()):
+                accelerator, torch.stack(self.step_losses).sum()
+            ):
                 raise GenhancerError(
                     f"[{self.stage}] the loss became non-finite at step {self.progress.step + 1};"
                     f" lower the lr (now {self.lr}) or check the data; checkpoints so far are kept"
@@ -289,9 +315,14 @@ class StageTrainer:
 
     def fit(self) -> None:
         cfg, progress = self.cfg, self.progress
-        bar = tqdm(total=self.steps, initial=progress.step, desc=self.stage, unit="step",
-                   disable=not self.accelerator.is_local_main_process,
-                   mininterval=1.0 if sys.stderr.isatty() else 30.0)  # quieter in batch logs
+        bar = tqdm(
+            total=self.steps,
+            initial=progress.step,
+            desc=self.stage,
+            unit="step",
+            disable=not self.accelerator.is_local_main_process,
+            mininterval=1.0 if sys.stderr.isatty() else 30.0,
+        )  # quieter in batch logs
         window: list[torch.Tensor] = []  # optimiser-step losses since the last log line
         batches = iter(self.dataloader)
         self.model.train()
@@ -360,10 +391,15 @@ class StageTrainer:
 
     def _preview(self, name: str) -> None:
         encoder_views, target_views = self.previews
-        image = preview_grid(self.accelerator.unwrap_model(self.model), self.target,
-                             encoder_views, target_views, self.cfg.run.preview_sample_steps,
-                             seed=self.cfg.run.seed,
-                             title=f"{self.stage}, step {self.progress.step} of {self.steps}")
+        image = preview_grid(
+            self.accelerator.unwrap_model(self.model),
+            self.target,
+            encoder_views,
+            target_views,
+            self.cfg.run.preview_sample_steps,
+            seed=self.cfg.run.seed,
+            title=f"{self.stage}, step {self.progress.step} of {self.steps}",
+        )
         if self.accelerator.is_main_process:
             save_grid(image, self.run.stage(self.stage) / "previews" / name)
 
@@ -375,8 +411,12 @@ class StageTrainer:
             return {}
         device = self.accelerator.device
         with self.accelerator.autocast():
-            return shuffle_gap(self.accelerator.unwrap_model(self.model), views.to(device),
-                               self.target.encode(targets.to(device)), seed=self.cfg.run.seed)
+            return shuffle_gap(
+                self.accelerator.unwrap_model(self.model),
+                views.to(device),
+                self.target.encode(targets.to(device)),
+                seed=self.cfg.run.seed,
+            )
 
     def _collect(self) -> None:
         """Fold every rank's counters since the last call into `progress`."""
@@ -385,8 +425,7 @@ class StageTrainer:
         counts = accelerator.reduce(counts, "sum")
         progress.images += int(counts[0])
         progress.skipped += int(counts[1])
-        positions = accelerator.gather(torch.tensor([self.batches_seen],
-                                                    device=accelerator.device))
+        positions = accelerator.gather(torch.tensor([self.batches_seen], device=accelerator.device))
         progress.batches_per_rank = [int(b) for b in positions.tolist()]
         self.images = self.skipped = 0
         if self.keys_path is not None and self.pending_keys:
@@ -398,8 +437,9 @@ class StageTrainer:
         """Save, timed outside the throughput window; the time goes to the log."""
         with self.meter.paused():
             self._collect()
-            folder = save_checkpoint(self.accelerator, self.run, self.stage, self.progress,
-                                     self.cfg.run.keep_checkpoints)
+            folder = save_checkpoint(
+                self.accelerator, self.run, self.stage, self.progress, self.cfg.run.keep_checkpoints
+            )
         seconds = self.meter.last_pause_s
         self.accelerator.log({"checkpoint_s": seconds}, step=self.progress.step)
         if self.accelerator.is_local_main_process:
@@ -410,8 +450,9 @@ class StageTrainer:
         """Leave after this step on a stop signal: checkpoint (unless just written), record the
         stop for the launching CLI, and raise `Stopped`."""
         step = self.progress.step
-        folder = (self.run.checkpoints(self.stage) / f"step-{step:08d}" if saved
-                  else self.checkpoint())
+        folder = (
+            self.run.checkpoints(self.stage) / f"step-{step:08d}" if saved else self.checkpoint()
+        )
         self._record_stop(signal_name, folder)
         raise Stopped(
             f"[{self.stage}] {signal_name} received: stopped after step {step} of {self.steps}, "
@@ -420,8 +461,12 @@ class StageTrainer:
 
     def _record_stop(self, signal_name: str, folder: Path | None) -> None:
         if self.accelerator.is_main_process:
-            record = {"signal": signal_name, "step": self.progress.step, "steps": self.steps,
-                      "checkpoint": str(folder) if folder else None}
+            record = {
+                "signal": signal_name,
+                "step": self.progress.step,
+                "steps": self.steps,
+                "checkpoint": str(folder) if folder else None,
+            }
             tmp = stop_record(self.run, self.stage).with_suffix(".tmp")
             tmp.write_text(json.dumps(record))
             tmp.rename(stop_record(self.run, self.stage))
@@ -456,8 +501,10 @@ class StageTrainer:
                 f"images {progress.images}, skipped (unreadable) {progress.skipped}"
             )
         if gap:
-            self.accelerator.print(f"[{self.stage}] shuffle gap (loss rise with shuffled "
-                                   f"conditions): {100 * gap['gap']:.1f}%")
+            self.accelerator.print(
+                f"[{self.stage}] shuffle gap (loss rise with shuffled "
+                f"conditions): {100 * gap['gap']:.1f}%"
+            )
         # a signal during the last step or the final save: done, but the CLI must stop here
         self.late_stop = _agreed_stop(self.accelerator, self.stop_request)
         if self.late_stop:
@@ -471,8 +518,13 @@ def stop_record(run: RunDir, stage: str) -> Path:
     return run.stage(stage) / "stopped.json"
 
 
-def train_stage(cfg: Config, run: RunDir, stage: str, resume_from: str | None = None,
-                stop: StopRequest | None = None):
+def train_stage(
+    cfg: Config,
+    run: RunDir,
+    stage: str,
+    resume_from: str | None = None,
+    stop: StopRequest | None = None,
+):
     """Train one stage of `run` to its final state; returns its summary.
 
     Args:
@@ -499,8 +551,9 @@ def _table_text(stage: str, policy: str, table: dict[str, dict[str, int]]) -> st
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m genhancer_llava.train",
-                                     description="Train one stage of a GenHancer run.")
+    parser = argparse.ArgumentParser(
+        prog="python -m genhancer_llava.train", description="Train one stage of a GenHancer run."
+    )
     parser.add_argument("--run_dir", required=True, help="run folder holding config.yaml")
     parser.add_argument("--stage", required=True, choices=STAGE_NAMES)
     parser.add_argument("--resume", default=None, help="'latest' or a checkpoint folder")

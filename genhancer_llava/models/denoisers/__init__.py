@@ -14,8 +14,16 @@ def build_denoiser(cfg, grid: tuple[int, int]):
         grid: the target token grid (h, w).
     """
     if cfg.denoiser.kind == "masked":
-        return MaskedDenoiser(cfg.denoiser, vocab_size=cfg.target.codebook_size,
-                              context_dim=cfg.projector.context_dim, grid=grid)
-    return FlowDenoiser(cfg.denoiser, in_channels=cfg.target.token_dim,
-                        pooled_dim=cfg.projector.pooled_dim,
-                        context_dim=cfg.projector.context_dim, grid=grid)
+        return MaskedDenoiser(
+            cfg.denoiser,
+            vocab_size=cfg.target.codebook_size,
+            context_dim=cfg.projector.context_dim,
+            grid=grid,
+        )
+    return FlowDenoiser(
+        cfg.denoiser,
+        in_channels=cfg.target.token_dim,
+        pooled_dim=cfg.projector.pooled_dim,
+        context_dim=cfg.projector.context_dim,
+        grid=grid,
+    )

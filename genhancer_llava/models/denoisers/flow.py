@@ -48,7 +48,11 @@ class FlowDenoiser(nn.Module):
     """Rectified flow: x_t = (1 - t) x + t n, predict v = n - x, plain mean MSE."""
 
     def __init__(
-        self, cfg: FlowDenoiserConfig, in_channels: int, pooled_dim: int, context_dim: int,
+        self,
+        cfg: FlowDenoiserConfig,
+        in_channels: int,
+        pooled_dim: int,
+        context_dim: int,
         grid: tuple[int, int],
     ) -> None:
         super().__init__()
@@ -86,7 +90,10 @@ class FlowDenoiser(nn.Module):
         # target: (B, N, C) clean tokens
         b = target.shape[0]
         t = sample_timesteps(
-            b, self.cfg.timestep_sampling, self.cfg.logit_normal_scale, device=target.device,
+            b,
+            self.cfg.timestep_sampling,
+            self.cfg.logit_normal_scale,
+            device=target.device,
             mean=self.cfg.logit_normal_mean,
         )
         noise = torch.randn_like(target)
@@ -97,7 +104,10 @@ class FlowDenoiser(nn.Module):
 
     @torch.no_grad()
     def sample(
-        self, pooled: torch.Tensor, context: torch.Tensor, steps: int = 28,
+        self,
+        pooled: torch.Tensor,
+        context: torch.Tensor,
+        steps: int = 28,
         generator: torch.Generator | None = None,
     ) -> torch.Tensor:
         """Euler from t=1 (noise) to t=0 along FLUX's shifted schedule -> (B, N, C) tokens."""

@@ -38,8 +38,9 @@ def mask_ratio(t: torch.Tensor, schedule: str = "cosine") -> torch.Tensor:
     raise ValueError(f"unknown mask schedule '{schedule}'; choose cosine or linear")
 
 
-def sample_mask(ratio: torch.Tensor, num_tokens: int,
-                generator: torch.Generator | None = None) -> torch.Tensor:
+def sample_mask(
+    ratio: torch.Tensor, num_tokens: int, generator: torch.Generator | None = None
+) -> torch.Tensor:
     """(B, N) bool mask with ceil(ratio * N) (at least 1) random positions True per row."""
     b = ratio.shape[0]
     count = torch.clamp(torch.ceil(ratio * num_tokens), 1, num_tokens).long()  # (B,)
@@ -48,8 +49,9 @@ def sample_mask(ratio: torch.Tensor, num_tokens: int,
     return rank < count[:, None]
 
 
-def masked_cross_entropy(logits: torch.Tensor, targets: torch.Tensor,
-                         mask: torch.Tensor) -> torch.Tensor:
+def masked_cross_entropy(
+    logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor
+) -> torch.Tensor:
     """Mean cross-entropy over masked positions only. logits (B, N, V); targets, mask (B, N)."""
     return F.cross_entropy(logits[mask].float(), targets[mask])
 
@@ -62,8 +64,9 @@ class _Block(nn.Module):
         self.norm1 = nn.LayerNorm(width)
         self.self_attn = nn.MultiheadAttention(width, heads, batch_first=True)
         self.norm2 = nn.LayerNorm(width)
-        self.cross_attn = nn.MultiheadAttention(width, heads, kdim=context_dim, vdim=context_dim,
-                                                batch_first=True)
+        self.cross_attn = nn.MultiheadAttention(
+            width, heads, kdim=context_dim, vdim=context_dim, batch_first=True
+        )
         self.norm3 = nn.LayerNorm(width)
         hidden = int(width * mlp_ratio)
         self.mlp = nn.Sequential(nn.Linear(width, hidden), nn.GELU(), nn.Linear(hidden, width))
@@ -86,8 +89,9 @@ class MaskedDenoiser(nn.Module):
         grid: the token grid (h, w).
     """
 
-    def __init__(self, cfg: MaskedDenoiserConfig, vocab_size: int, context_dim: int,
-                 grid: tuple[int, int]) -> None:
+    def __init__(
+        self, cfg: MaskedDenoiserConfig, vocab_size: int, context_dim: int, grid: tuple[int, int]
+    ) -> None:
         super().__init__()
         self.cfg = cfg
         self.grid = grid
@@ -114,19 +118,30 @@ class MaskedDenoiser(nn.Module):
             x = block(x, context)
         return self.head(self.norm(x))
 
-    def forward(self, target: torch.Tensor, pooled: torch.Tensor | None,
-                context: torch.Tensor) -> dict[str, torch.Tensor]:
+    def forward(
+        self, target: torch.Tensor, pooled: torch.Tensor | None, context: torch.Tensor
+    ) -> dict[str, torch.Tensor]:
         # target: (B, N) token ids; pooled is unused (the condition enters by cross-attention)
         b, n = target.shape
-        t = sample_timesteps(b, self.cfg.timestep_sampling, self.cfg.logit_normal_scale,
-                             device=target.device, mean=self.cfg.logit_normal_mean)
+        t = sample_timesteps(
+            b,
+            self.cfg.timestep_sampling,
+            self.cfg.logit_normal_scale,
+            device=target.device,
+            mean=self.cfg.logit_normal_mean,
+        )
         mask = sample_mask(mask_ratio(t, self.cfg.mask_schedule), n)
         inputs = target.masked_fill(mask, self.mask_id)
         return {"mask_loss": masked_cross_entropy(self.logits(inputs, context), target, mask)}
 
     @torch.no_grad()
-    def sample(self, pooled: torch.Tensor | None, context: torch.Tensor, steps: int = 12,
-               generator: torch.Generator | None = None) -> torch.Tensor:
+    def sample(
+        self,
+        pooled: torch.Tensor | None,
+        context: torch.Tensor,
+        steps: int = 12,
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
         """MaskGIT decoding: start all masked; each step predicts every hidden position, keeps the
         most confident ones and re-masks the rest along the schedule. -> (B, N) ids."""
         b = context.shape[0]
