@@ -4,10 +4,11 @@
 single blocks, context 1024, pooled 768; tiny CLIP (vision 128 wide, 4 layers, patch 8,
 projection 128); autoencoder in the FLUX layout at channel width 32 (ch_mult 1,2,4,4, 2 residual
 blocks, 16 latent channels).
-`paper()`: the paper's shapes: OpenAI CLIP ViT-L/14 @224 (openai/clip-vit-large-patch14's
-config.json), the FLUX.1 autoencoder (black-forest-labs/FLUX.1-schnell vae/config.json: 128,
-(1,2,4,4), 2 blocks, 16 channels) and the 1.31 B DiT (3072 wide, 24 heads of 128, 2+4 blocks,
-context 4096, pooled 768; genhancer_llava/presets/openai-clip-l14-224.yaml).
+`paper()`: the paper's shapes, read from where the project keeps them: OpenAI CLIP ViT-L/14 @224
+(`PAPER_TOWERS["clip-l14"]`), the 1.31 B DiT and its projector (3072 wide, 24 heads of 128, 2+4
+blocks, context 4096, pooled 768: the openai-clip-l14-224 preset) and the FLUX.1 autoencoder
+(128, (1,2,4,4), 2 blocks, 16 channels; tests/test_benchmarks.py holds `autoencoder_config` to
+the published vae/config.json in tests/fixtures/configs/flux1-vae.json).
 `tiny()`: seconds on a CPU, for smoke runs.
 """
 
@@ -69,12 +70,12 @@ class Shapes:
             projection_dim=self.global_dim,
         )
 
-    def autoencoder_kl(self):
-        """The same autoencoder as a diffusers AutoencoderKL (FLUX's vae/config.json layout)."""
-        from diffusers import AutoencoderKL
+    def autoencoder_config(self) -> dict:
+        """The autoencoder's AutoencoderKL arguments, in FLUX's vae/config.json layout."""
+        from genhancer_llava.config import TargetConfig
 
-        n = len(self.ae_ch_mult)
-        return AutoencoderKL(
+        n, target = len(self.ae_ch_mult), TargetConfig()
+        return dict(
             in_channels=3,
             out_channels=3,
             latent_channels=self.latent_channels,
@@ -85,9 +86,15 @@ class Shapes:
             norm_num_groups=32,
             use_quant_conv=False,
             use_post_quant_conv=False,
-            scaling_factor=0.3611,
-            shift_factor=0.1159,
+            scaling_factor=target.scaling_factor,
+            shift_factor=target.shift_factor,
         )
+
+    def autoencoder_kl(self):
+        """The same autoencoder as a diffusers AutoencoderKL."""
+        from diffusers import AutoencoderKL
+
+        return AutoencoderKL(**self.autoencoder_config())
 
     def overrides(self) -> list[str]:
         """Config overrides that put our preset at these shapes."""
@@ -113,24 +120,27 @@ def scaled(image_size: int, batch: int = 8) -> Shapes:
 
 
 def paper(batch: int = 16) -> Shapes:
+    from genhancer_llava.config import load_config
+    from genhancer_llava.models.paper_towers import PAPER_TOWERS
+
+    cfg = load_config("openai-clip-l14-224")
+    tower = dict(PAPER_TOWERS["clip-l14"][1])
+    denoiser = cfg.denoiser
     return Shapes(
         "paper-224",
-        224,
+        cfg.encoder.image_size,
         batch,
-        dit_width=3072,
-        dit_heads=24,
-        axes_dims_rope=(16, 56, 56),
-        context_dim=4096,
+        dit_width=denoiser.num_attention_heads * denoiser.attention_head_dim,
+        dit_heads=denoiser.num_attention_heads,
+        double_blocks=denoiser.num_layers,
+        single_blocks=denoiser.num_single_layers,
+        axes_dims_rope=tuple(denoiser.axes_dims_rope),
+        pooled_dim=cfg.projector.pooled_dim,
+        context_dim=cfg.projector.context_dim,
         ae_ch=128,
-        clip_vision=dict(
-            hidden_size=1024,
-            num_hidden_layers=24,
-            num_attention_heads=16,
-            intermediate_size=4096,
-            patch_size=14,
-            hidden_act="quick_gelu",
-        ),
-        global_dim=768,
+        latent_channels=cfg.target.latent_channels,
+        global_dim=tower.pop("projection_dim"),
+        clip_vision=dict(tower, hidden_act="quick_gelu"),  # OpenAI CLIP's activation
     )
 
 
