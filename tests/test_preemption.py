@@ -234,8 +234,9 @@ def test_concurrent_second_enhance_and_export_are_refused(tiny_clip, tmp_path):
         (signal.SIGKILL, "launcher"),
         (signal.SIGTERM, "cli"),
         (signal.SIGTERM, "group"),
+        (signal.SIGTERM, "launcher"),
     ],
-    ids=["kill-cli", "kill-group", "kill-launcher", "term-cli", "term-group"],
+    ids=["kill-cli", "kill-group", "kill-launcher", "term-cli", "term-group", "term-launcher"],
 )
 def test_no_orphans_whatever_kills_the_cli(tiny_clip, tmp_path, sig, target):
     out = tmp_path / "run"
@@ -274,6 +275,7 @@ def test_no_orphans_whatever_kills_the_cli(tiny_clip, tmp_path, sig, target):
             f"encoder.path={tiny_clip} stage1.steps=100000 "
             "run.save_every=2 --resume latest"
         ), last
+        assert "Traceback" not in log, log[-3000:]
         step = int(last.split("stopped after step ")[1].split()[0])
         assert latest_checkpoint_of(out).name == f"step-{step:08d}"
     else:

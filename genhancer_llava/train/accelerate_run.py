@@ -5,7 +5,9 @@ and runs the same launcher in this process. When a worker fails, accelerate's la
 torch-elastic's `ChildFailedError` (or `CalledProcessError` for a single plain process) and
 Python prints some thirty lines of traceback after the worker's own one-line error; here it
 exits quietly with the worker's exit status instead (75 for a clean stop, 2 for a one-line
-error), so that what the CLI prints next is the user's last line.
+error), so that what the CLI prints next is the user's last line. A stop signal sent to the
+launcher itself (torch-elastic's `SignalException`, raised once the workers have stopped) ends it
+as quietly, with 128 + the signal.
 
 A worker's one-line error reaches the CLI through the file named by `$GENHANCER_ERROR_FILE`
 (`report_error`); the CLI prints it after the launcher has ended (`read_error`).
@@ -61,6 +63,7 @@ def exit_status(code: int) -> int:
 
 def main(argv: list[str] | None = None) -> None:
     from accelerate.commands.launch import launch_command, launch_command_parser
+    from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
 
     args = launch_command_parser().parse_args(argv)
@@ -75,6 +78,10 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(exit_status(failure.exitcode))
     except subprocess.CalledProcessError as err:
         sys.exit(exit_status(err.returncode))
+    except SignalException as err:
+        # SIGTERM/SIGINT sent to this process itself: the agent has passed it on to the workers
+        # and waited for their last checkpoint; they say what happened, the CLI says it last
+        sys.exit(128 + err.sigval)
 
 
 if __name__ == "__main__":
