@@ -370,19 +370,12 @@ def build_stream(
     batch_size: int = 1,
     start_batches: int = 0,
 ) -> ImageStream:
-    if cfg.kind == "cached":  # pre-computed targets (genhancer cache)
+    stream = ImageStream
+    if cfg.kind == "cached":  # pre-computed targets (genhancer cache): same stream, cached records
         from .cache import CachedStream
 
-        return CachedStream(
-            build_source(cfg, image_size, seed),
-            PairTransform(image_size, mean, std, cfg.crop_scale),
-            rank=rank,
-            world_size=world_size,
-            batch_size=batch_size,
-            seed=seed,
-            start_batches=start_batches,
-        )
-    return ImageStream(
+        stream = CachedStream
+    return stream(
         build_source(cfg, image_size, seed),
         PairTransform(image_size, mean, std, cfg.crop_scale),
         rank=rank,
